@@ -1,0 +1,118 @@
+"""NVML power and energy: the counter-aligned energy window of one config."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from collectors.power._base import PowerObserver
+
+
+class NVMLObserver(PowerObserver):
+    """Energy counter, power, SM clock and temperature of one GPU through pynvml.
+
+    The energy counter (mJ since driver load) updates about every 100 ms on an H100, so a
+    window is measured between two observed counter updates ("ticks").
+    """
+
+    def __init__(self, device_index: int = 0):
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._power_mw: list[float] = []
+        self._clocks: list[float] = []
+        self._temps: list[float] = []
+        self._throttle = 0
+
+    def energy_mj(self) -> int:
+        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+
+    def during(self) -> None:
+        nvml, handle = self._nvml, self._handle
+        self._power_mw.append(nvml.nvmlDeviceGetPowerUsage(handle))
+        self._clocks.append(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))
+        self._temps.append(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+        try:
+            self._throttle |= nvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
+        except (AttributeError, nvml.NVMLError):
+            self._throttle |= nvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
+
+    def get_results(self) -> dict[str, Any]:
+        results = {
+            "sampled_power_w": statistics.mean(self._power_mw) / 1e3 if self._power_mw else None,
+            "sm_clock_mhz": statistics.median(self._clocks) if self._clocks else None,
+            "temperature_c": max(self._temps) if self._temps else None,
+            "throttle_reasons": _throttle_names(self._nvml, self._throttle),
+        }
+        self._reset()
+        return results
+
+
+def measure_energy(fn: Callable[[], None], synchronize: Callable[[], None],
+                   observer: NVMLObserver, *, call_ms: float, window_s: float = 1.0,
+                   warm_s: float = 0.2, batch_ms: float = 5.0) -> dict[str, Any]:
+    """Run ``fn`` back to back for at least ``window_s`` between two energy-counter ticks.
+
+    Calls go in batches of about ``batch_ms``; the counter is read after each batch, so a
+    tick is attributed to the calls finished by then (an error of at most one batch).
+    Returns average power, energy per call, the window, clocks and temperature.
+    """
+    batch = max(1, int(batch_ms / max(call_ms, 1e-4)))
+
+    def run_batch() -> None:
+        for _ in range(batch):
+            fn()
+        synchronize()
+
+    deadline = time.perf_counter() + warm_s
+    while time.perf_counter() < deadline:
+        run_batch()
+    observer.get_results()  # drop samples from the warm-up
+    observer.before_start()
+    calls = 0
+    last = observer.energy_mj()
+    ticks: list[tuple[float, int, int]] = []  # (time, calls done, energy)
+    limit = time.perf_counter() + 10 * window_s + 2.0
+    while time.perf_counter() < limit:
+        run_batch()
+        calls += batch
+        observer.during()
+        energy = observer.energy_mj()
+        if energy != last:
+            ticks.append((time.perf_counter(), calls, energy))
+            last = energy
+            if len(ticks) >= 2 and ticks[-1][0] - ticks[0][0] >= window_s:
+                break
+    observer.after_finish()
+    results = observer.get_results()
+    if len(ticks) < 2 or ticks[-1][1] == ticks[0][1]:
+        raise RuntimeError("NVML energy counter did not advance during the window")
+    (t0, c0, e0), (t1, c1, e1) = ticks[0], ticks[-1]
+    joules = (e1 - e0) / 1e3
+    return {
+        "avg_power_w": joules / (t1 - t0),
+        "energy_per_call_j": joules / (c1 - c0),
+        "energy_window_s": t1 - t0,
+        "sm_clock_mhz": results["sm_clock_mhz"],
+        "temperature_c": results["temperature_c"],
+        "throttle_reasons": results["throttle_reasons"],
+    }
+
+
+def _throttle_names(nvml: Any, mask: int) -> str | None:
+    names = {
+        "nvmlClocksThrottleReasonSwPowerCap": "sw_power_cap",
+        "nvmlClocksThrottleReasonHwSlowdown": "hw_slowdown",
+        "nvmlClocksThrottleReasonSwThermalSlowdown": "sw_thermal",
+        "nvmlClocksThrottleReasonHwThermalSlowdown": "hw_thermal",
+        "nvmlClocksThrottleReasonHwPowerBrakeSlowdown": "power_brake",
+    }
+    found = [label for attr, label in names.items() if mask & getattr(nvml, attr, 0)]
+    return ",".join(found) or None

@@ -1,0 +1,3 @@
+from perftune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,309 @@
+"""The ``perftune`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from store.errors import PerftuneInputError
+
+EXIT_BAD_INPUT = 2
+DESCRIPTION = """\
+perftune measures GPU kernel configurations into a DuckDB store (and, in later releases,
+models, tunes and serves them).
+
+  perftune device                 what this machine would measure on
+  perftune collect                sweep a kernel family over problems x configs
+  perftune db stats               what the store holds
+  perftune db export DIR / import DIR   move a store (or part) as Parquet
+
+The store is data/perftune.duckdb unless --db or PERFTUNE_DB says otherwise.
+Without a GPU, kernels run under the Triton interpreter on CPU; those rows are stored under
+the device 'cpu-triton-interpreter' with timer 'interpreter_wall_clock', never as GPU times."""
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, default=None,
+                        help="store file (default: $PERFTUNE_DB or data/perftune.duckdb)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perftune", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    device = sub.add_parser("device", help="show the device a collection would run on",
+                            description="Print the identity of the device a collection "
+                            "would run on: GPU 0 with CUDA, else the Triton interpreter.")
+    device.add_argument("--json", action="store_true", help="print JSON")
+    device.add_argument("--interpret", action="store_true",
+                        help="describe the Triton-interpreter (CPU) device even with a GPU")
+    device.add_argument("--calibrate", action="store_true",
+                        help="measure the GPU's ceilings (fp16/bf16 matmul TFLOP/s, copy "
+                        "GB/s) and store them with the device (takes ~10 s)")
+    _db_option(device)
+
+    collect = sub.add_parser(
+        "collect", help="sweep a kernel family's configs over problems into the store",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Sweep a kernel family over problems x configs. Every config is checked "
+        "against a reference\n(wrong ones are stored as wrong_result, untimed), then timed in "
+        "two or more rounds\n(CUDA events, L2 flushed). Launches run in a worker process that "
+        "is restarted after a crash\nor a timeout. Re-running the same sweep resumes it: "
+        "stored measurements are skipped.",
+        epilog="examples:\n"
+        "  perftune collect                                   # the embedded default sweep\n"
+        "  perftune collect --problem 16x4096x4096 --problem 4096x4096x4096 --sample 50\n"
+        "  perftune collect --family rmsnorm --problem 4096x8192 --dtype bf16\n"
+        "  perftune collect --problems-file data/problems/llm.csv --energy")
+    collect.add_argument("--family", default="gemm",
+                         help="kernel family: gemm, rmsnorm, or package.module:Class "
+                         "(default gemm)")
+    collect.add_argument("--problem", action="append", default=[], metavar="SIZES",
+                         help="a problem as MxNxK (gemm), MxN (rmsnorm) or m=..,n=..,k=..; "
+                         "repeat for more")
+    collect.add_argument("--problems-file", type=Path,
+                         help="CSV with a header of size names (optional dtype column) or a "
+                         "JSON list of objects")
+    collect.add_argument("--dtype", default="fp16", help="fp16, bf16 or fp32 (default fp16)")
+    collect.add_argument("--dataflows", help="comma-separated dataflows (default: all of the "
+                         "family's, e.g. cublas,triton,triton_splitk)")
+    collect.add_argument("--sample", type=int,
+                         help="a seeded sample of N configs per dataflow (default: all)")
+    collect.add_argument("--all", action="store_true",
+                         help="every config, also for the default problems")
+    collect.add_argument("--seed", type=int, default=0, help="seed of inputs and sampling")
+    collect.add_argument("--energy", action="store_true",
+                         help="also measure power and energy per call through NVML (GPU)")
+    collect.add_argument("--energy-window", type=float, default=1.0, metavar="SECONDS",
+                         help="energy window per config, between NVML counter updates")
+    collect.add_argument("--rounds", type=int, default=2,
+                         help="timing rounds per config (re-measured up to 4 when they "
+                         "disagree by more than 3%%)")
+    collect.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
+                         help="per-config limit, compilation included (default 180)")
+    collect.add_argument("--compile-workers", type=int,
+                         help="processes compiling configs ahead of timing (default: cores-2)")
+    mode = collect.add_mutually_exclusive_group()
+    mode.add_argument("--interpret", action="store_true", default=None,
+                      help="run under the Triton interpreter on CPU even with a GPU")
+    mode.add_argument("--gpu", action="store_false", dest="interpret",
+                      help="require a GPU (fail instead of falling back to the interpreter)")
+    collect.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _db_option(collect)
+
+    db = sub.add_parser("db", help="inspect, export and import the store")
+    db_sub = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
+    stats = db_sub.add_parser("stats", help="per device and family: problems, configs, "
+                              "ok/failed, energy coverage")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    _db_option(stats)
+    export = db_sub.add_parser("export", help="write the store (or a filtered part) as Parquet")
+    export.add_argument("directory", type=Path, help="output directory")
+    export.add_argument("--device", help="only this device id")
+    export.add_argument("--family", help="only this family")
+    export.add_argument("--status", help="only this status (e.g. ok)")
+    _db_option(export)
+    imp = db_sub.add_parser("import", help="load a Parquet export; stored rows are skipped")
+    imp.add_argument("directory", type=Path, help="directory written by `perftune db export`")
+    _db_option(imp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"device": cmd_device, "collect": cmd_collect, "db": cmd_db}
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return handlers[args.command](args)
+    except PerftuneInputError as exc:
+        print(f"perftune: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("perftune: interrupted; finished chunks are stored, re-run to resume",
+              file=sys.stderr)
+        return 130
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    from collectors.device import GPU, calibrate, identify, select_mode
+
+    mode = select_mode(True if args.interpret else None)
+    identity = identify(mode)
+    if args.calibrate:
+        if mode != GPU:
+            raise PerftuneInputError("--calibrate needs a GPU; none is visible")
+        identity.update(calibrate())
+        from store.db import Store, now
+
+        record = {k: v for k, v in identity.items() if k != "software"}
+        with Store(args.db) as store:
+            store.upsert_device({**record, "calibrated_at": now()})
+    if args.json:
+        print(json.dumps(identity, indent=2, default=str))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="perftune device", show_header=False)
+    for key, value in identity.items():
+        if key == "software":
+            for name, version in value.items():
+                table.add_row(name, str(version))
+        else:
+            table.add_row(key, str(value))
+    _console().print(table)
+    return 0
+
+
+def _problems(args: argparse.Namespace, family: Any, gpu: bool) -> tuple[list[Any], int | None]:
+    from collectors.problems import normalize_dtype, parse_problem, read_problems_file
+    from perftune.defaults import default_problems
+
+    dtype = normalize_dtype(args.dtype)
+    texts = list(args.problem)
+    sample = args.sample
+    problems = [parse_problem(t, family.dims, dtype) for t in texts]
+    if args.problems_file:
+        problems += read_problems_file(args.problems_file, family.dims, dtype)
+    if not problems:
+        defaults, default_sample = default_problems(family.name, gpu)
+        problems = [parse_problem(t, family.dims, dtype) for t in defaults]
+        if sample is None and not args.all:
+            sample = default_sample
+    return problems, sample
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from collectors.device import GPU, select_mode
+    from collectors.families import load_family
+    from collectors.sweep import Collector, SweepSpec, validate
+    from store.db import Store, default_db_path
+
+    family = load_family(args.family)
+    mode = select_mode(args.interpret)
+    problems, sample = _problems(args, family, mode == GPU)
+    dataflows = [d.strip() for d in args.dataflows.split(",")] if args.dataflows else None
+    spec = SweepSpec(family=args.family, problems=problems, dataflows=dataflows,
+                     sample=sample, seed=args.seed, energy=args.energy,
+                     energy_window_s=args.energy_window, rounds=args.rounds,
+                     max_rounds=max(4, args.rounds), timeout_s=args.timeout,
+                     compile_workers=args.compile_workers, interpret=mode != GPU)
+    validate(spec)
+    console = _console()
+    where = "GPU" if mode == GPU else ("Triton interpreter on CPU: timings are NOT GPU "
+                                       "timings")
+    console.print(f"[bold]perftune collect[/] {family.name} on {where}; "
+                  f"{len(problems)} problems, store {args.db or default_db_path()}")
+    with Store(args.db) as store, _Progress(console, enabled=not args.no_progress) as bar:
+        summary = Collector(store, spec, on_progress=bar.update).run()
+    _print_summary(console, summary)
+    return 0
+
+
+class _Progress:
+    def __init__(self, console: Any, enabled: bool):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.enabled = enabled
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[statuses]}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=console, disable=not enabled)
+        self.task = self.progress.add_task("measuring", total=None, statuses="")
+
+    def __enter__(self) -> _Progress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def update(self, done: int, total: int, statuses: Counter[str]) -> None:
+        text = " ".join(f"{k}={v}" for k, v in sorted(statuses.items()))
+        self.progress.update(self.task, completed=done, total=total, statuses=text)
+
+
+def _print_summary(console: Any, summary: Any) -> None:
+    from rich.table import Table
+
+    console.print(
+        f"device [bold]{summary.device_id}[/] ({summary.device_kind}, timer {summary.timer}): "
+        f"{summary.planned} planned, {summary.already_stored} already stored, "
+        f"{summary.written} written in {summary.elapsed_s:.1f} s "
+        f"({summary.per_minute:.0f}/min), worker restarts {summary.restarts}")
+    if summary.statuses:
+        console.print("statuses: " + ", ".join(f"{k} {v}" for k, v in
+                                                sorted(summary.statuses.items())))
+    if summary.best:
+        table = Table(title="fastest config measured in this run, per problem")
+        for column in ("problem", "dataflow", "config", "median ms"):
+            table.add_column(column)
+        for label, (dataflow, config, runtime) in summary.best.items():
+            table.add_row(label, dataflow, json.dumps(config), f"{runtime:.4f}")
+        console.print(table)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from store.db import Store
+
+    if args.db_command is None:
+        raise PerftuneInputError("give a db command: stats, export or import")
+    if args.db_command == "import":
+        from store.db import read_export
+
+        read_export(args.directory)  # check before the store is opened for writing
+        with Store(args.db) as store:
+            counts = store.import_parquet(args.directory)
+        print("imported (new rows): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
+    with Store(args.db, read_only=True) as store:
+        if args.db_command == "export":
+            counts = store.export_parquet(args.directory, device=args.device,
+                                          family=args.family, status=args.status)
+            print(f"exported to {args.directory}: "
+                  + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            return 0
+        frame = store.stats()
+        if args.json:
+            print(frame.to_json(orient="records", indent=2))
+            return 0
+        _print_frame(frame, f"perftune store {store.path} (schema v{store.schema_version()})")
+    return 0
+
+
+def _print_frame(frame: Any, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    if frame.empty:
+        table.caption = "no measurements yet: run `perftune collect`"
+    _console().print(table)
+
+
+if __name__ == "__main__":
+    os._exit(main())

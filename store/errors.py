@@ -1,0 +1,11 @@
+"""Errors that carry a message for the user: what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class PerftuneInputError(ValueError):
+    """Bad input from a user (flag, file, problem, store). The CLI prints it and exits with 2."""
+
+
+class StoreError(PerftuneInputError):
+    """The database file is missing, is not a perftune store, or has an unsupported schema."""

@@ -1,0 +1,104 @@
+"""The store's schema, as numbered migrations.
+
+Each migration moves a store from version ``i`` to ``i + 1``. A store records its version in
+``perftune_meta``; a store newer than this code is refused, an older one is migrated when it
+is opened for writing.
+"""
+
+from __future__ import annotations
+
+MEASUREMENT_COLUMNS: dict[str, str] = {
+    "key": "VARCHAR PRIMARY KEY",
+    "campaign_id": "VARCHAR",
+    "device_id": "VARCHAR NOT NULL",
+    "family": "VARCHAR NOT NULL",
+    "dataflow": "VARCHAR NOT NULL",
+    "dtype": "VARCHAR NOT NULL",
+    "m": "BIGINT",
+    "n": "BIGINT",
+    "k": "BIGINT",
+    "shape": "VARCHAR NOT NULL",
+    "config": "VARCHAR NOT NULL",
+    "status": "VARCHAR NOT NULL",
+    "error": "VARCHAR",
+    "rel_error": "DOUBLE",
+    "runtime_ms": "DOUBLE",
+    "runtime_min_ms": "DOUBLE",
+    "runtime_max_ms": "DOUBLE",
+    "runtime_spread": "DOUBLE",
+    "reps": "INTEGER",
+    "rounds": "INTEGER",
+    "timer": "VARCHAR",
+    "flops": "DOUBLE",
+    "bytes": "DOUBLE",
+    "tflops": "DOUBLE",
+    "gbps": "DOUBLE",
+    "avg_power_w": "DOUBLE",
+    "energy_per_call_j": "DOUBLE",
+    "energy_window_s": "DOUBLE",
+    "sm_clock_mhz": "DOUBLE",
+    "temperature_c": "DOUBLE",
+    "throttle_reasons": "VARCHAR",
+    "torch_version": "VARCHAR",
+    "triton_version": "VARCHAR",
+    "cuda_version": "VARCHAR",
+    "driver_version": "VARCHAR",
+    "software_key": "VARCHAR NOT NULL",
+    "measured_at": "TIMESTAMP NOT NULL",
+}
+
+DEVICE_COLUMNS: dict[str, str] = {
+    "device_id": "VARCHAR PRIMARY KEY",
+    "name": "VARCHAR NOT NULL",
+    "kind": "VARCHAR NOT NULL",  # 'gpu' or 'cpu-interpreter'
+    "compute_capability": "VARCHAR",
+    "sm_count": "INTEGER",
+    "memory_bytes": "BIGINT",
+    "l2_bytes": "BIGINT",
+    "shared_memory_per_block": "BIGINT",
+    "max_sm_clock_mhz": "INTEGER",
+    "max_mem_clock_mhz": "INTEGER",
+    "power_limit_w": "DOUBLE",
+    "driver_version": "VARCHAR",
+    "cuda_version": "VARCHAR",
+    "peak_tflops_fp16": "DOUBLE",
+    "peak_tflops_bf16": "DOUBLE",
+    "copy_bandwidth_gbs": "DOUBLE",
+    "calibrated_at": "TIMESTAMP",
+    "first_seen": "TIMESTAMP NOT NULL",
+}
+
+CAMPAIGN_COLUMNS: dict[str, str] = {
+    "campaign_id": "VARCHAR PRIMARY KEY",
+    "device_id": "VARCHAR",
+    "family": "VARCHAR",
+    "command": "VARCHAR",
+    "host": "VARCHAR",
+    "started_at": "TIMESTAMP NOT NULL",
+    "finished_at": "TIMESTAMP",
+    "status": "VARCHAR NOT NULL",  # running / finished / interrupted
+    "planned": "INTEGER",
+    "written": "INTEGER",
+}
+
+TABLES: dict[str, dict[str, str]] = {
+    "devices": DEVICE_COLUMNS,
+    "campaigns": CAMPAIGN_COLUMNS,
+    "measurements": MEASUREMENT_COLUMNS,
+}
+
+
+def _create(table: str, columns: dict[str, str]) -> str:
+    body = ",\n  ".join(f"{name} {sql_type}" for name, sql_type in columns.items())
+    return f"CREATE TABLE {table} (\n  {body}\n)"
+
+
+MIGRATIONS: list[list[str]] = [
+    # 0 -> 1: the first schema.
+    [
+        *(_create(table, columns) for table, columns in TABLES.items()),
+        "CREATE INDEX measurements_problem ON measurements (device_id, family, dtype, shape)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
