@@ -96,9 +96,9 @@ class Store:
     def schema_version(self) -> int | None:
         if _META not in self._tables():
             return None
-        row = self._con.execute(
-            f"SELECT value FROM {_META} WHERE name = 'schema_version'").fetchone()
-        return int(row[0]) if row else None
+        rows = self._con.execute(
+            f"SELECT value FROM {_META} WHERE name = 'schema_version'").fetchall()
+        return int(rows[0][0]) if rows else None
 
     def _migrate(self, version: int) -> None:
         con = self._con
@@ -298,8 +298,7 @@ def _filters(**filters: str | None) -> tuple[str, list[str]]:
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
-    return int(row[0]) if row else 0
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
 
 def _looks_like_duckdb(path: Path) -> bool:
