@@ -1,0 +1,42 @@
+"""On a GPU only (marked ``gpu``; skipped elsewhere): the real collection path."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_gpu_sweep_checks_times_and_measures_energy(tmp_path):
+    from collectors.problems import Problem
+    from collectors.sweep import Collector, SweepSpec
+    from store import Store
+
+    problem = Problem.of("fp16", m=256, n=512, k=1000)
+    spec = SweepSpec(family="gemm", problems=[problem], sample=2, energy=True,
+                     energy_window_s=0.3, interpret=False)
+    with Store(tmp_path / "gpu.duckdb") as store:
+        summary = Collector(store, spec).run()
+        rows = store.query("SELECT * FROM measurements")
+        device = store.device(summary.device_id)
+    assert summary.device_kind == "gpu" and device["sm_count"] > 0
+    assert len(rows) == 5  # cublas + 2 triton + 2 split-K
+    ok = rows[rows.status == "ok"]
+    assert len(ok) == 5, rows[["dataflow", "config", "status", "error"]]
+    assert (ok.timer == "cuda_event").all()
+    assert (ok.rel_error < 5e-3).all()
+    assert (ok.runtime_ms > 0).all() and (ok.rounds >= 2).all()
+    assert (ok.energy_per_call_j > 0).all()
+    assert ok.avg_power_w.between(20, 2000).all()
+
+
+def test_calibration_measures_plausible_ceilings():
+    from collectors.device import calibrate
+
+    ceilings = calibrate(size=4096, copy_bytes=2**30)
+    assert 50 < ceilings["peak_tflops_bf16"] < 3000
+    assert 300 < ceilings["copy_bandwidth_gbs"] < 20000
