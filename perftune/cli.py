@@ -115,7 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a batch system's time limit, `timeout`) ends a run as Ctrl-C does: the
+    campaign is marked interrupted and the store closed cleanly."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _interrupt_on_sigterm()
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"device": cmd_device, "collect": cmd_collect, "db": cmd_db}

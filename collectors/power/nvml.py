@@ -57,7 +57,7 @@ class NVMLObserver(PowerObserver):
 
 def measure_energy(fn: Callable[[], None], synchronize: Callable[[], None],
                    observer: NVMLObserver, *, call_ms: float, window_s: float = 1.0,
-                   warm_s: float = 0.2, batch_ms: float = 5.0) -> dict[str, Any]:
+                   warm_s: float = 0.05, batch_ms: float = 5.0) -> dict[str, Any]:
     """Run ``fn`` back to back for at least ``window_s`` between two energy-counter ticks.
 
     Calls go in batches of about ``batch_ms``; the counter is read after each batch, so a
