@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Callable
 from typing import Any
 
 from collectors.families._base import DeviceLimits
@@ -147,11 +148,25 @@ def calibrate(size: int = 8192, copy_bytes: int = 2 * 2**30) -> dict[str, float]
         a = torch.randn(size, size, device="cuda", dtype=dtype)
         b = torch.randn(size, size, device="cuda", dtype=dtype)
         c = torch.empty(size, size, device="cuda", dtype=dtype)
-        median = timer.time(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c)).median_ms
+        median = timer.time(_matmul_call(torch, a, b, c)).median_ms
         results[f"peak_tflops_{name}"] = 2 * size**3 / (median * 1e-3) / 1e12
         del a, b, c
     src = torch.randn(copy_bytes // 4, device="cuda")
     dst = torch.empty_like(src)
-    median = timer.time(lambda: dst.copy_(src)).median_ms
+    median = timer.time(_copy_call(dst, src)).median_ms
     results["copy_bandwidth_gbs"] = 2 * copy_bytes / (median * 1e-3) / 1e9
     return results
+
+
+def _copy_call(dst: Any, src: Any) -> Callable[[], None]:
+    def call() -> None:
+        dst.copy_(src)
+
+    return call
+
+
+def _matmul_call(torch: Any, a: Any, b: Any, c: Any) -> Callable[[], None]:
+    def call() -> None:
+        torch.matmul(a, b, out=c)
+
+    return call

@@ -108,7 +108,9 @@ def plan(family: KernelFamily, spec: SweepSpec, device: dict[str, Any]) -> list[
         for dataflow in spec.dataflows or family.dataflows:
             configs = family.configs(problem, dataflow, limits)
             if spec.sample is not None and len(configs) > spec.sample:
-                configs = random.Random(f"{spec.seed}:{dataflow}").sample(configs, spec.sample)
+                # Seeded per problem, so a sampled campaign covers more of the space overall.
+                rng = random.Random(f"{spec.seed}:{dataflow}:{problem.shape}:{problem.dtype}")
+                configs = rng.sample(configs, spec.sample)
             for config in configs:
                 key = measurement_key(device_id=device["device_id"], family=family.name,
                                       dataflow=dataflow, dtype=problem.dtype,
@@ -204,7 +206,7 @@ class Collector:
     def _measure_chunk(self, chunk: Sequence[Planned], campaign_id: str) -> list[dict[str, Any]]:
         spec = self.spec
         results: dict[str, dict[str, Any]] = {}
-        rounds: dict[str, list[list[float]]] = {}
+        rounds: dict[str, list[Any]] = {}
         for item in chunk:
             error = self.precompiler.wait(item.task.problem, item.task.dataflow,
                                           item.task.config) if self.precompiler else None

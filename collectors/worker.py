@@ -7,6 +7,7 @@ with a timeout; the child owns the device, the inputs and the timer.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import traceback
@@ -214,7 +215,7 @@ class IsolatedWorker:
             raise WorkerFailed(TIMEOUT, f"no answer after {timeout_s:.0f} s while {doing}; "
                                         f"the worker was killed")
         try:
-            return self._conn.recv()  # type: ignore[no-any-return]
+            return self._conn.recv()
         except (EOFError, ConnectionError, OSError):
             code = self._exit_code()
             self.kill()
@@ -225,7 +226,7 @@ class IsolatedWorker:
         if self._process is None:
             return None
         self._process.join(timeout=5)
-        return self._process.exitcode  # type: ignore[no-any-return]
+        return self._process.exitcode
 
     def request(self, task: Task, timeout_s: float) -> dict[str, Any]:
         """Run one task; a crash or hang raises :class:`WorkerFailed` after stopping the
@@ -262,10 +263,8 @@ class IsolatedWorker:
 
     def stop(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._conn.send(None)
-            except OSError:
-                pass
             if self._process is not None:
                 self._process.join(timeout=10)
         self.kill()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from store.errors import PerftuneInputError
 
 EXIT_BAD_INPUT = 2
+PLAIN_PROGRESS_EVERY_S = 10.0
 DESCRIPTION = """\
 perftune measures GPU kernel configurations into a DuckDB store (and, in later releases,
 models, tunes and serves them).
@@ -238,10 +241,15 @@ class _Progress:
         )
 
         self.enabled = enabled
+        # Logs and batch jobs get one plain line per update (at most every few seconds).
+        self.plain = enabled and not console.is_terminal
+        self.started = time.monotonic()
+        self.last_line = -math.inf
+        self.resumed_at: int | None = None
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[statuses]}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=console, disable=not enabled)
+                                 console=console, disable=not enabled or self.plain)
         self.task = self.progress.add_task("measuring", total=None, statuses="")
 
     def __enter__(self) -> _Progress:
@@ -254,6 +262,17 @@ class _Progress:
     def update(self, done: int, total: int, statuses: Counter[str]) -> None:
         text = " ".join(f"{k}={v}" for k, v in sorted(statuses.items()))
         self.progress.update(self.task, completed=done, total=total, statuses=text)
+        clock = time.monotonic()
+        if self.resumed_at is None:
+            self.resumed_at = done
+        measured = done - self.resumed_at
+        if self.plain and measured and (clock - self.last_line >= PLAIN_PROGRESS_EVERY_S
+                                    or done == total):
+            self.last_line = clock
+            elapsed = clock - self.started
+            eta = elapsed / measured * (total - done)
+            print(f"progress {done}/{total} {text} elapsed {elapsed:.0f}s eta {eta:.0f}s",
+                  flush=True)
 
 
 def _print_summary(console: Any, summary: Any) -> None:

@@ -9,7 +9,7 @@ GPU_RMSNORM = ["1x4096", "512x8192", "4096x4096", "16384x8192"]
 GPU_SAMPLE = 48
 
 # Under the Triton interpreter on CPU: tiny problems (odd sizes too), a few configs each.
-CPU_GEMM = ["16x32x32", "33x40x70"]
+CPU_GEMM = ["16x32x32", "33x40x136"]
 CPU_RMSNORM = ["4x300", "7x1000"]
 CPU_SAMPLE = 3
 

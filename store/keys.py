@@ -18,7 +18,8 @@ def canonical_shape(dims: Mapping[str, int]) -> str:
 
 def software_key(torch_version: str | None, triton_version: str | None,
                  cuda_version: str | None, driver_version: str | None) -> str:
-    return f"torch={torch_version};triton={triton_version};cuda={cuda_version};driver={driver_version}"
+    return (f"torch={torch_version};triton={triton_version};cuda={cuda_version};"
+            f"driver={driver_version}")
 
 
 def measurement_key(*, device_id: str, family: str, dataflow: str, dtype: str, shape: str,

@@ -8,6 +8,7 @@ fp32 reduction).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
@@ -46,7 +47,7 @@ _MAX_ACCUMULATORS_PER_THREAD = 256
 class GemmFamily(KernelFamily):
     name = "gemm"
     dims = ("m", "n", "k")
-    dataflows = ("cublas", "triton", "triton_splitk")
+    dataflows: ClassVar[tuple[str, ...]] = ("cublas", "triton", "triton_splitk")
 
     def space(self, dataflow: str) -> dict[str, tuple[int, ...]]:
         self.check_dataflow(dataflow)
@@ -62,7 +63,8 @@ class GemmFamily(KernelFamily):
         operands = (m * k + k * n + m * n) * problem.element_bytes
         reference = 4 * (m * k + k * n + 2 * m * n)  # fp32 copies for the check
         workspace = 4 * 8 * m * n  # split-K's largest fp32 workspace
-        return float(operands + reference + workspace), max(m * k, k * n, 8 * m * n)
+        # Split-K configs whose workspace passes 2^31 elements are dropped by is_valid.
+        return float(operands + reference + workspace), max(m * k, k * n, m * n)
 
     def is_valid(self, problem: Problem, dataflow: str, config: Config,
                  limits: DeviceLimits) -> bool:
@@ -123,7 +125,7 @@ class GemmFamily(KernelFamily):
         m, n, k = problem["m"], problem["n"], problem["k"]
 
         def run() -> None:
-            _gemm_kernels.matmul(a, b, out, workspace, m, n, k, **params)
+            _gemm_kernels.matmul(a, b, out, workspace, m, n, k, **params)  # type: ignore[arg-type]
 
         return run
 

@@ -82,7 +82,7 @@ class RMSNormFamily(KernelFamily):
         m, n = problem["m"], problem["n"]
 
         def fused() -> None:
-            _rmsnorm_kernels.rmsnorm(x, w, out, m, n, EPS, **config)
+            _rmsnorm_kernels.rmsnorm(x, w, out, m, n, EPS, **config)  # type: ignore[arg-type]
 
         return fused
 

@@ -1,0 +1,91 @@
+"""Write the GEMM problem lists of the shipped dataset (issue 4) under data/problems/.
+
+Linear layers of several LLM families (y = x W^T: M tokens, N output features, K input
+features), decode to prefill, plus random sizes that are not multiples of 16 or 64.
+Deterministic: re-running rewrites the same files.
+
+    python scripts/make_problem_lists.py
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "data" / "problems"
+
+# name: (hidden, intermediate, kv width)
+MODELS = {
+    "llama2-7b": (4096, 11008, 4096),
+    "llama3-8b": (4096, 14336, 1024),
+    "llama3-70b": (8192, 28672, 1024),
+    "qwen2-7b": (3584, 18944, 512),
+    "phi3-mini": (3072, 8192, 3072),
+    "llama2-13b": (5120, 13824, 5120),
+}
+
+
+def layers(hidden: int, inter: int, kv: int) -> dict[str, tuple[int, int]]:
+    """(N, K) of each linear layer."""
+    return {"q_o": (hidden, hidden), "kv": (kv, hidden), "qkv": (hidden + 2 * kv, hidden),
+            "gate_up": (2 * inter, hidden), "up": (inter, hidden), "down": (hidden, inter)}
+
+
+def llm_problems() -> list[dict[str, object]]:
+    rng = random.Random(4)
+    ms = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+    rows: list[dict[str, object]] = []
+    seen = set()
+    for model, dims in MODELS.items():
+        for layer, (n, k) in layers(*dims).items():
+            for m in rng.sample(ms, 3):
+                if (m, n, k) in seen or m * n * k > 16384 * 14336 * 4096:
+                    continue
+                seen.add((m, n, k))
+                rows.append({"m": m, "n": n, "k": k, "source": f"{model}:{layer}"})
+    return rows
+
+
+def random_problems(count: int) -> list[dict[str, object]]:
+    rng = random.Random(25)
+    rows = []
+    while len(rows) < count:
+        m, n, k = (int(2 ** rng.uniform(0, 13)) for _ in range(3))
+        n, k = max(n, 24), max(k, 24)
+        if any(v % 16 == 0 for v in (m, n, k) if v > 16):
+            continue
+        rows.append({"m": m, "n": n, "k": k, "source": "random"})
+    return rows
+
+
+def whole_space(rows: list[dict[str, object]], count: int) -> list[dict[str, object]]:
+    """A spread of moderate problems (decode, mid, prefill) whose whole space is swept."""
+    rng = random.Random(30)
+    moderate = [r for r in rows if int(r["m"]) * int(r["n"]) * int(r["k"]) <= 4096**3]  # type: ignore[call-overload]
+    return sorted(rng.sample(moderate, count), key=lambda r: (r["source"] == "random", r["m"]))
+
+
+def write(name: str, rows: list[dict[str, object]], header: str) -> None:
+    path = OUT / name
+    with path.open("w", newline="") as handle:
+        handle.write(f"# {header}\n# written by scripts/make_problem_lists.py\n")
+        writer = csv.DictWriter(handle, fieldnames=["m", "n", "k", "dtype", "source"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{path}: {len(rows)} problems")
+
+
+def main() -> None:
+    llm, rand = llm_problems(), random_problems(30)
+    rng = random.Random(16)
+    everything = [dict(r, dtype=rng.choice(["fp16", "bf16"])) for r in llm + rand]
+    whole = whole_space(everything, 30)
+    whole_keys = {(r["m"], r["n"], r["k"], r["dtype"]) for r in whole}
+    sampled = [r for r in everything if (r["m"], r["n"], r["k"], r["dtype"]) not in whole_keys]
+    write("gemm_sampled.csv", sampled, "GEMM problems swept over a seeded sample of the space")
+    write("gemm_whole.csv", whole, "GEMM problems swept over the whole config space")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The REST service that answers from the store, the models and the tuner (issue 7)."""

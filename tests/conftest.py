@@ -1,0 +1,49 @@
+"""Shared fixtures: a fresh store path, the CLI run in-process, and a file fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from perftune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may touch data/perftune.duckdb: the default store points into tmp_path."""
+    monkeypatch.setenv("PERFTUNE_DB", str(tmp_path / "default.duckdb"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton-cache"))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "store.duckdb"
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run ``perftune ARGS`` in this process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def fingerprint(path: Path) -> str | None:
+    """Hash of a file (and its WAL), or None when it does not exist."""
+    if not path.exists():
+        return None
+    digest = hashlib.sha256(path.read_bytes())
+    wal = path.with_name(path.name + ".wal")
+    if wal.exists():
+        digest.update(wal.read_bytes())
+    return digest.hexdigest()

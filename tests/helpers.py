@@ -1,0 +1,70 @@
+"""Deliberately faulty kernel families for the collector's tests.
+
+Each is GEMM with a two-config Triton space: BLOCK_N=16 is a correct config, BLOCK_N=32 is
+the faulty one (wrong output, a crashed process, or a hang). They have their own family
+names, so their rows never mix with real GEMM rows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from collectors.families import Config, Inputs
+from collectors.families.gemm import GemmFamily
+from collectors.problems import Problem
+
+TWO_CONFIGS: dict[str, tuple[int, ...]] = {
+    "BLOCK_M": (16,), "BLOCK_N": (16, 32), "BLOCK_K": (16,), "GROUP_M": (1,),
+    "num_warps": (1,), "num_stages": (1,),
+}
+
+
+class _FaultyGemm(GemmFamily):
+    dataflows = ("cublas", "triton")
+
+    def space(self, dataflow: str) -> dict[str, tuple[int, ...]]:
+        self.check_dataflow(dataflow)
+        return {} if dataflow == "cublas" else TWO_CONFIGS
+
+    def launcher(self, problem: Problem, dataflow: str, config: Config,
+                 inputs: Inputs) -> Callable[[], None]:
+        correct = super().launcher(problem, dataflow, config, inputs)
+        if config.get("BLOCK_N") != 32:
+            return correct
+        return self.fault(correct, inputs)
+
+    def fault(self, correct: Callable[[], None], inputs: Inputs) -> Callable[[], None]:
+        raise NotImplementedError
+
+
+class WrongGemm(_FaultyGemm):
+    """BLOCK_N=32 writes a result that is off by one everywhere."""
+
+    name = "gemm_wrong"
+
+    def fault(self, correct: Callable[[], None], inputs: Inputs) -> Callable[[], None]:
+        def wrong() -> None:
+            correct()
+            inputs["out"].add_(1)
+
+        return wrong
+
+
+class CrashingGemm(_FaultyGemm):
+    """BLOCK_N=32 kills the process that launches it, as a fatal CUDA error would."""
+
+    name = "gemm_crash"
+
+    def fault(self, correct: Callable[[], None], inputs: Inputs) -> Callable[[], None]:
+        return lambda: os._exit(3)
+
+
+class HangingGemm(_FaultyGemm):
+    """BLOCK_N=32 never returns."""
+
+    name = "gemm_hang"
+
+    def fault(self, correct: Callable[[], None], inputs: Inputs) -> Callable[[], None]:
+        return lambda: time.sleep(3600)

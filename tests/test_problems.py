@@ -1,0 +1,61 @@
+"""Problems: parsing from flags and files, with clear errors for bad sizes and dtypes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collectors.problems import check_fits, normalize_dtype, parse_problem, read_problems_file
+from store.errors import PerftuneInputError
+
+GEMM = ("m", "n", "k")
+
+
+@pytest.mark.parametrize("text", ["128x4096x512", "128X4096X512", "m=128,n=4096,k=512",
+                                  "k=512 m=128 n=4096"])
+def test_parse_forms(text: str) -> None:
+    problem = parse_problem(text, GEMM, "half")
+    assert problem.sizes == {"m": 128, "n": 4096, "k": 512}
+    assert problem.dtype == "fp16"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("0x16x16", "must be a positive integer"),
+    ("-4x16x16", "must be a positive integer"),
+    ("16x16", "has 2 sizes"),
+    ("axbxc", "not an integer"),
+    ("m=1,n=2,q=3", "missing k; unknown q"),
+])
+def test_malformed_problems(text: str, message: str) -> None:
+    with pytest.raises(PerftuneInputError, match=message):
+        parse_problem(text, GEMM, "fp16")
+
+
+def test_unknown_dtype() -> None:
+    with pytest.raises(PerftuneInputError, match="unknown dtype 'int3'"):
+        normalize_dtype("int3")
+
+
+def test_absurd_sizes_do_not_fit() -> None:
+    problem = parse_problem("100000x100000x100000", GEMM, "fp16")
+    with pytest.raises(PerftuneInputError, match="more than the 2\\^31"):
+        check_fits(problem, 6e10, None, 10**10)
+    with pytest.raises(PerftuneInputError, match="GiB"):
+        check_fits(problem, 6e10, 2**30, 10**6)
+
+
+def test_csv_and_json_files(tmp_path: Path) -> None:
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text("# a comment\nm,n,k,dtype,source\n1,2,3,bf16,x\n4,5,6,,y\n")
+    problems = read_problems_file(csv_file, GEMM, "fp16")
+    assert [(p.sizes["k"], p.dtype) for p in problems] == [(3, "bf16"), (6, "fp16")]
+    json_file = tmp_path / "p.json"
+    json_file.write_text('[{"m": 7, "n": 8, "k": 9}]')
+    assert read_problems_file(json_file, GEMM, "fp16")[0].sizes == {"m": 7, "n": 8, "k": 9}
+
+
+def test_shipped_problem_lists_parse() -> None:
+    root = Path(__file__).resolve().parents[1] / "data" / "problems"
+    for path in root.glob("gemm*.csv"):
+        assert read_problems_file(path, GEMM, "fp16")

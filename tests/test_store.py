@@ -1,0 +1,106 @@
+"""The DuckDB store: schema versions, idempotent writes, read-only opening, Parquet in/out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from store.db import Store, read_export
+from store.errors import StoreError
+from store.schema import SCHEMA_VERSION
+from tests.conftest import fingerprint
+
+
+def _row(key: str, **extra: object) -> dict[str, object]:
+    return {"key": key, "device_id": "dev", "family": "gemm", "dataflow": "triton",
+            "dtype": "fp16", "shape": "m=1,n=2,k=3", "config": "{}", "status": "ok",
+            "runtime_ms": 1.0, "software_key": "sw", "measured_at": "2026-11-23 10:00:00",
+            **extra}
+
+
+def test_new_store_has_current_schema(db: Path) -> None:
+    with Store(db) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert {"devices", "campaigns", "measurements"} <= store._tables()
+
+
+def test_insert_skips_stored_keys(db: Path) -> None:
+    with Store(db) as store:
+        assert store.insert("measurements", [_row("a"), _row("b")]) == 2
+        assert store.insert("measurements", [_row("b"), _row("c")]) == 1
+        assert store.query("SELECT count(*) AS n FROM measurements")["n"][0] == 3
+        assert store.existing_keys(["a", "c", "zzz"]) == {"a", "c"}
+
+
+def test_read_only_store_refuses_writes(db: Path) -> None:
+    Store(db).close()
+    with Store(db, read_only=True) as store, pytest.raises(StoreError, match="read-only"):
+        store.insert("measurements", [_row("a")])
+
+
+def test_read_only_needs_an_existing_store(db: Path) -> None:
+    with pytest.raises(StoreError, match="no store at"):
+        Store(db, read_only=True)
+    assert not db.exists()
+
+
+def test_text_file_is_not_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "notes.duckdb"
+    path.write_text("hello, not a database\n" * 10)
+    before = fingerprint(path)
+    with pytest.raises(StoreError, match="not a DuckDB database"):
+        Store(path)
+    assert fingerprint(path) == before
+
+
+def test_foreign_duckdb_is_not_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t (x INT)")
+    con.close()
+    before = fingerprint(path)
+    with pytest.raises(StoreError, match="not a perftune store"):
+        Store(path)
+    assert fingerprint(path) == before
+
+
+def test_newer_schema_is_refused(db: Path) -> None:
+    with Store(db) as store:
+        store.insert("measurements", [_row("a")])
+        store.con.execute("UPDATE perftune_meta SET value = '99' WHERE name = 'schema_version'")
+    before = fingerprint(db)
+    with pytest.raises(StoreError, match="schema version 99, newer"):
+        Store(db)
+    assert fingerprint(db) == before
+
+
+def test_export_import_round_trip(db: Path, tmp_path: Path) -> None:
+    with Store(db) as store:
+        store.upsert_device({"device_id": "dev", "name": "Test GPU", "kind": "gpu"})
+        store.insert("measurements", [_row("a"), _row("b", status="wrong_result",
+                                                       runtime_ms=None)])
+        original = store.query("SELECT * FROM measurements ORDER BY key")
+        counts = store.export_parquet(tmp_path / "export")
+    assert counts == {"measurements": 2, "devices": 1, "campaigns": 0}
+    copy = tmp_path / "copy.duckdb"
+    with Store(copy) as store:
+        assert store.import_parquet(tmp_path / "export")["measurements"] == 2
+        assert store.import_parquet(tmp_path / "export")["measurements"] == 0
+        restored = store.query("SELECT * FROM measurements ORDER BY key")
+        assert store.device("dev")["name"] == "Test GPU"  # type: ignore[index]
+    assert restored.equals(original)
+
+
+def test_filtered_export(db: Path, tmp_path: Path) -> None:
+    with Store(db) as store:
+        store.insert("measurements", [_row("a"), _row("b", status="timeout", runtime_ms=None)])
+        counts = store.export_parquet(tmp_path / "ok", status="ok")
+    assert counts["measurements"] == 1
+    assert list(read_export(tmp_path / "ok")["measurements"]["key"]) == ["a"]
+
+
+def test_incomplete_export_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no manifest"):
+        read_export(tmp_path)
