@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    # Logs and pipes get wide lines rather than rich's 80-column default.
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def cmd_device(args: argparse.Namespace) -> int:

@@ -66,11 +66,25 @@ def whole_space(rows: list[dict[str, object]], count: int) -> list[dict[str, obj
     return sorted(rng.sample(moderate, count), key=lambda r: (r["source"] == "random", r["m"]))
 
 
+def rmsnorm_problems() -> list[dict[str, object]]:
+    """Rows (tokens) x hidden sizes of the models above, plus odd sizes: 40 problems."""
+    rng = random.Random(40)
+    hidden = sorted({h for h, _, _ in MODELS.values()})
+    rows: list[dict[str, object]] = [
+        {"m": m, "n": n, "dtype": rng.choice(["fp16", "bf16"]), "source": "llm"}
+        for m in (1, 16, 256, 2048, 8192) for n in hidden]
+    while len(rows) < 40:
+        m, n = int(2 ** rng.uniform(0, 14)), int(2 ** rng.uniform(7, 14.5))
+        rows.append({"m": m, "n": n, "dtype": rng.choice(["fp16", "bf16"]), "source": "random"})
+    return rows
+
+
 def write(name: str, rows: list[dict[str, object]], header: str) -> None:
     path = OUT / name
+    fields = [f for f in ("m", "n", "k", "dtype", "source") if f in rows[0]]
     with path.open("w", newline="") as handle:
         handle.write(f"# {header}\n# written by scripts/make_problem_lists.py\n")
-        writer = csv.DictWriter(handle, fieldnames=["m", "n", "k", "dtype", "source"])
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     print(f"{path}: {len(rows)} problems")
@@ -85,6 +99,8 @@ def main() -> None:
     sampled = [r for r in everything if (r["m"], r["n"], r["k"], r["dtype"]) not in whole_keys]
     write("gemm_sampled.csv", sampled, "GEMM problems swept over a seeded sample of the space")
     write("gemm_whole.csv", whole, "GEMM problems swept over the whole config space")
+    write("rmsnorm_whole.csv", rmsnorm_problems(),
+          "RMSNorm problems swept over the whole config space")
 
 
 if __name__ == "__main__":
