@@ -39,12 +39,12 @@ def _problems() -> list:
 
 
 def _configs(problem) -> list[dict[str, int]]:
-    import random
-
+    """The very configs the collector's plan samples (the same function and seed)."""
     from collectors.families import DeviceLimits, load_family
+    from collectors.sweep import sample_configs
 
     configs = load_family("gemm").configs(problem, "triton", DeviceLimits())
-    return random.Random(f"{SEED}:triton").sample(configs, CONFIGS)
+    return sample_configs(configs, CONFIGS, SEED, "triton", problem)
 
 
 def naive(out: Path) -> None:
@@ -141,6 +141,9 @@ def main() -> None:
     naive_ok = {_key(r): r["runtime_ms"] for r in naive_run["results"] if r["status"] == "ok"}
     ratios = [r["runtime_ms"] / naive_ok[_key(r)] for r in ours["results"]
               if r["status"] == "ok" and _key(r) in naive_ok]
+    if len(ratios) != count:
+        print(f"warning: only {len(ratios)} of {count} configs were measured ok by both",
+              file=sys.stderr)
     abs_diffs = [abs(x - 1) for x in ratios]
     result = {
         "device": device["name"],

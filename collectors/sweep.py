@@ -98,6 +98,16 @@ def validate(spec: SweepSpec) -> KernelFamily:
     return family
 
 
+def sample_configs(configs: list[Config], sample: int, seed: int, dataflow: str,
+                   problem: Problem) -> list[Config]:
+    """A seeded sample of ``configs``, drawn per problem so that a sampled campaign covers
+    more of the space overall; all of them when there are no more than ``sample``."""
+    if len(configs) <= sample:
+        return configs
+    rng = random.Random(f"{seed}:{dataflow}:{problem.shape}:{problem.dtype}")
+    return rng.sample(configs, sample)
+
+
 def plan(family: KernelFamily, spec: SweepSpec, device: dict[str, Any]) -> list[Planned]:
     """Every (problem, dataflow, config) of the sweep, with its natural key, in order."""
     limits = limits_of(device)
@@ -107,10 +117,8 @@ def plan(family: KernelFamily, spec: SweepSpec, device: dict[str, Any]) -> list[
         seed = spec.seed * 1_000_003 + index
         for dataflow in spec.dataflows or family.dataflows:
             configs = family.configs(problem, dataflow, limits)
-            if spec.sample is not None and len(configs) > spec.sample:
-                # Seeded per problem, so a sampled campaign covers more of the space overall.
-                rng = random.Random(f"{spec.seed}:{dataflow}:{problem.shape}:{problem.dtype}")
-                configs = rng.sample(configs, spec.sample)
+            if spec.sample is not None:
+                configs = sample_configs(configs, spec.sample, spec.seed, dataflow, problem)
             for config in configs:
                 key = measurement_key(device_id=device["device_id"], family=family.name,
                                       dataflow=dataflow, dtype=problem.dtype,

@@ -99,6 +99,12 @@ def main() -> None:
     sampled = [r for r in everything if (r["m"], r["n"], r["k"], r["dtype"]) not in whole_keys]
     write("gemm_sampled.csv", sampled, "GEMM problems swept over a seeded sample of the space")
     write("gemm_whole.csv", whole, "GEMM problems swept over the whole config space")
+    # H200: a subset of the H100 problems, half of them from the whole-space list.
+    rng = random.Random(200)
+    h200 = rng.sample(whole, 20) + rng.sample(sampled, 20)
+    write("gemm_h200.csv", h200, "H200 GEMM problems (a subset of the H100 ones)")
+    write("gemm_h200_whole.csv", [r for r in h200[:20] if int(r["m"]) <= 64][:8],  # type: ignore[call-overload]
+          "H200 GEMM problems swept over the whole config space")
     write("rmsnorm_whole.csv", rmsnorm_problems(),
           "RMSNorm problems swept over the whole config space")
 
