@@ -137,8 +137,7 @@ class _Runner:
         if task.energy_window_s and self.observer is not None:
             from collectors.power.nvml import measure_energy
 
-            result.update(measure_energy(fn, self.timer.synchronize, self.observer,
-                                         call_ms=task.call_ms,
+            result.update(measure_energy(fn, self.observer, call_ms=task.call_ms,
                                          window_s=task.energy_window_s))
         return result
 

@@ -24,8 +24,10 @@ models, tunes and serves them).
   perftune collect                sweep a kernel family over problems x configs
   perftune db stats               what the store holds
   perftune db export DIR / import DIR   move a store (or part) as Parquet
+  perftune db init                load the shipped dataset (data/dataset/) into the store
 
-The store is data/perftune.duckdb unless --db or PERFTUNE_DB says otherwise.
+The store is data/perftune.duckdb unless --db or PERFTUNE_DB says otherwise; the first command
+that opens it builds it from the shipped dataset (data/dataset/: real H100 and H200 sweeps).
 Without a GPU, kernels run under the Triton interpreter on CPU; those rows are stored under
 the device 'cpu-triton-interpreter' with timer 'interpreter_wall_clock', never as GPU times."""
 
@@ -115,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp = db_sub.add_parser("import", help="load a Parquet export; stored rows are skipped")
     imp.add_argument("directory", type=Path, help="directory written by `perftune db export`")
     _db_option(imp)
+    init = db_sub.add_parser(
+        "init", help="load the shipped dataset (data/dataset/) into the store",
+        description="Load the shipped measured dataset into the store (rows already there are "
+        "kept). The default store data/perftune.duckdb is built this way by itself the first "
+        "time a command opens it.")
+    _db_option(init)
     return parser
 
 
@@ -138,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
+        _bootstrap_default_store(args)
         return handlers[args.command](args)
     except PerftuneInputError as exc:
         print(f"perftune: error: {exc}", file=sys.stderr)
@@ -146,6 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         print("perftune: interrupted; finished chunks are stored, re-run to resume",
               file=sys.stderr)
         return 130
+
+
+def _bootstrap_default_store(args: argparse.Namespace) -> None:
+    """A fresh checkout's first command that opens the default store builds it from the
+    shipped dataset (seconds, no GPU)."""
+    if getattr(args, "db", None) is not None or os.environ.get("PERFTUNE_DB"):
+        return
+    if args.command == "device" and not args.calibrate:
+        return
+    from store.dataset import ensure_default_store
+
+    if ensure_default_store():
+        print("perftune: built data/perftune.duckdb from the shipped dataset (data/dataset/)",
+              file=sys.stderr)
 
 
 def _console() -> Any:
@@ -300,7 +323,14 @@ def cmd_db(args: argparse.Namespace) -> int:
     from store.db import Store
 
     if args.db_command is None:
-        raise PerftuneInputError("give a db command: stats, export or import")
+        raise PerftuneInputError("give a db command: stats, export, import or init")
+    if args.db_command == "init":
+        from store.dataset import build_store
+
+        counts = build_store(args.db)
+        print("loaded the shipped dataset (new rows): "
+              + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
     if args.db_command == "import":
         from store.db import read_export
 

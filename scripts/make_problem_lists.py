@@ -81,7 +81,7 @@ def rmsnorm_problems() -> list[dict[str, object]]:
 
 def write(name: str, rows: list[dict[str, object]], header: str) -> None:
     path = OUT / name
-    fields = [f for f in ("m", "n", "k", "dtype", "source") if f in rows[0]]
+    fields = [f for f in ("family", "m", "n", "k", "dtype", "source") if f in rows[0]]
     with path.open("w", newline="") as handle:
         handle.write(f"# {header}\n# written by scripts/make_problem_lists.py\n")
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -105,8 +105,13 @@ def main() -> None:
     write("gemm_h200.csv", h200, "H200 GEMM problems (a subset of the H100 ones)")
     write("gemm_h200_whole.csv", [r for r in h200[:20] if int(r["m"]) <= 64][:8],  # type: ignore[call-overload]
           "H200 GEMM problems swept over the whole config space")
-    write("rmsnorm_whole.csv", rmsnorm_problems(),
-          "RMSNorm problems swept over the whole config space")
+    rmsnorm = rmsnorm_problems()
+    write("rmsnorm_whole.csv", rmsnorm, "RMSNorm problems swept over the whole config space")
+    # The held-out problems: no model trains on them; every accuracy benchmark reports on them.
+    rng = random.Random(404)
+    heldout = ([dict(r, family="gemm") for r in rng.sample(whole, 8) + rng.sample(sampled, 16)]
+               + [dict(r, family="rmsnorm", k="") for r in rng.sample(rmsnorm, 8)])
+    write("heldout.csv", heldout, "Held-out problems (whole problems, not rows): never trained on")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""Build the shipped dataset (data/dataset/) from the GPU stores the device runs returned.
+
+    python scripts/build_dataset.py data/runs/h100_dataset.duckdb data/runs/h200_dataset.duckdb \
+        data/runs/h100_fullspace.duckdb
+
+Merges the stores (GPU devices only: interpreter rows never ship), marks campaigns that a time
+limit ended without a clean finish as interrupted, counts what each campaign wrote, and writes
+Parquet plus a manifest (devices, software, dates, commands, problem files, counts per status)
+through `Store.export_parquet`. The held-out problems are data/problems/heldout.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from store.dataset import DATASET_DIR, HELDOUT_FILE, heldout_problems  # noqa: E402
+from store.db import Store  # noqa: E402
+
+
+def merge(sources: list[Path], target: Path) -> None:
+    with Store(target) as store:
+        for source in sources:
+            store.con.execute(f"ATTACH '{source}' AS src (READ_ONLY)")
+            for table in ("devices", "campaigns", "measurements"):
+                where = "" if table == "campaigns" else (
+                    " WHERE device_id IN (SELECT device_id FROM src.devices WHERE kind = 'gpu')")
+                store.con.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM src.{table}"
+                                  + where)
+            store.con.execute("DETACH src")
+        store.con.execute("""
+            UPDATE campaigns c SET
+              written = (SELECT count(*) FROM measurements m WHERE m.campaign_id = c.campaign_id),
+              status = CASE WHEN status = 'running' THEN 'interrupted' ELSE status END""")
+        store.con.execute("DELETE FROM campaigns WHERE device_id NOT IN "
+                          "(SELECT device_id FROM devices WHERE kind = 'gpu')")
+
+
+def manifest_extra(store: Store) -> dict[str, object]:
+    devices = store.query("SELECT * FROM devices ORDER BY device_id")
+    software = store.query("SELECT device_id, software_key, min(measured_at)::DATE AS first, "
+                           "max(measured_at)::DATE AS last, count(*) AS rows "
+                           "FROM measurements GROUP BY ALL ORDER BY ALL")
+    statuses = store.query("SELECT device_id, family, status, count(*) AS n FROM measurements "
+                           "GROUP BY ALL ORDER BY ALL")
+    commands = store.query("SELECT device_id, command, status, written FROM campaigns "
+                           "ORDER BY started_at")
+    return {
+        "devices": json.loads(devices.to_json(orient="records", date_format="iso")),
+        "software": json.loads(software.to_json(orient="records", date_format="iso")),
+        "counts_per_status": json.loads(statuses.to_json(orient="records")),
+        "campaigns": json.loads(commands.to_json(orient="records")),
+        "problem_files": sorted(str(p.relative_to(ROOT))
+                                for p in (ROOT / "data" / "problems").glob("*.csv")),
+        "heldout_file": str(HELDOUT_FILE.relative_to(ROOT)),
+        "heldout_problems": len(heldout_problems()),
+        "collected_with": "scripts/device_dataset.sh and scripts/device_session2.sh through the "
+                          "device tool (see data/README.md)",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stores", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=DATASET_DIR)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = Path(tmp) / "merged.duckdb"
+        merge(args.stores, merged)
+        with Store(merged, read_only=True) as store:
+            counts = store.export_parquet(args.out)
+            extra = manifest_extra(store)
+    manifest_path = args.out / "manifest.json"
+    manifest = {**json.loads(manifest_path.read_text()), **extra}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    size = sum(p.stat().st_size for p in args.out.iterdir()) / 2**20
+    print(f"{args.out}: {counts}, {size:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

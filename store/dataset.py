@@ -1,0 +1,49 @@
+"""The shipped dataset (Parquet under data/dataset/) and its held-out problems.
+
+A fresh machine gets its default store by importing the shipped Parquet: ``perftune db init``
+does it, and opening the default store does it by itself the first time.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from store.db import DEFAULT_DB, Store
+from store.errors import StoreError
+from store.keys import canonical_shape
+
+DATA_DIR = DEFAULT_DB.parent
+DATASET_DIR = DATA_DIR / "dataset"
+HELDOUT_FILE = DATA_DIR / "problems" / "heldout.csv"
+_DIMS = {"gemm": ("m", "n", "k"), "rmsnorm": ("m", "n")}
+
+
+def heldout_problems(path: Path = HELDOUT_FILE) -> set[tuple[str, str, str]]:
+    """(family, dtype, shape) of every held-out problem: no model may train on these."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    problems = set()
+    for row in rows:
+        family = row["family"]
+        dims = {name: int(row[name]) for name in _DIMS[family]}
+        problems.add((family, row["dtype"], canonical_shape(dims)))
+    return problems
+
+
+def build_store(path: Path | None = None, source: Path = DATASET_DIR) -> dict[str, int]:
+    """Import the shipped dataset into a store (the default one unless ``path``); rows already
+    there are kept. Returns the new rows per table."""
+    if not (source / "manifest.json").is_file():
+        raise StoreError(f"no shipped dataset at {source}; is this a full checkout?")
+    with Store(path) as store:
+        return store.import_parquet(source)
+
+
+def ensure_default_store() -> bool:
+    """Build ``data/perftune.duckdb`` from the shipped dataset if it does not exist yet.
+    Returns whether it was built."""
+    if DEFAULT_DB.exists() or not (DATASET_DIR / "manifest.json").is_file():
+        return False
+    build_store(DEFAULT_DB)
+    return True

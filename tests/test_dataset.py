@@ -1,0 +1,92 @@
+"""The shipped dataset: it loads into a fresh store and keeps its invariants."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from store.dataset import DATASET_DIR, build_store, heldout_problems
+from store.db import Store
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("shipped") / "shipped.duckdb"
+    counts = build_store(path)
+    manifest = json.loads((DATASET_DIR / "manifest.json").read_text())
+    assert counts == manifest["rows"]
+    return path
+
+
+def _one(store: Store, sql: str) -> object:
+    return store.query(sql).iloc[0, 0]
+
+
+def test_keys_unique_and_ok_rows_timed(shipped: Path) -> None:
+    with Store(shipped, read_only=True) as store:
+        assert _one(store, "SELECT count(*) - count(DISTINCT key) FROM measurements") == 0
+        assert _one(store, "SELECT count(*) FROM measurements WHERE status = 'ok' AND NOT "
+                           "(runtime_ms > 0 AND runtime_min_ms <= runtime_ms AND "
+                           "runtime_ms <= runtime_max_ms AND rounds >= 2)") == 0
+        assert _one(store, "SELECT count(*) FROM measurements WHERE timer <> 'cuda_event'") == 0
+
+
+def test_both_devices_with_ceilings(shipped: Path) -> None:
+    with Store(shipped, read_only=True) as store:
+        devices = store.query("SELECT * FROM devices WHERE kind = 'gpu'").set_index("device_id")
+    assert {"nvidia-h100-80gb-hbm3", "nvidia-h200"} <= set(devices.index)
+    assert (devices["peak_tflops_fp16"] > 300).all()
+    assert (devices["copy_bandwidth_gbs"] > 1000).all()
+
+
+@pytest.mark.xfail(strict=True, reason="3 held-out whole-space GEMM problems are still to be "
+                   "collected (issue 4, next device session); strict: passes once they are")
+def test_heldout_problems_are_measured(shipped: Path) -> None:
+    heldout = heldout_problems()
+    with Store(shipped, read_only=True) as store:
+        measured = store.query("SELECT DISTINCT family, dtype, shape FROM measurements "
+                               "WHERE status = 'ok' AND device_id = 'nvidia-h100-80gb-hbm3'")
+    present = set(measured.itertuples(index=False, name=None))
+    assert len(heldout) >= 30
+    assert heldout <= present, sorted(heldout - present)[:5]
+    assert len(present - heldout) >= 100  # plenty left to train on
+
+
+def test_energy_rows_cover_problems(shipped: Path) -> None:
+    with Store(shipped, read_only=True) as store:
+        spread = store.query("SELECT count(DISTINCT shape) AS problems, count(*) AS n FROM "
+                             "measurements WHERE energy_per_call_j > 0 AND family = 'gemm'")
+    assert spread["n"][0] >= 1000 and spread["problems"][0] >= 100
+
+
+@pytest.mark.xfail(strict=True, reason="the energy window of the shipped rows left the GPU idle "
+                   "between batches (NVML reads after each synchronize), so power is diluted and "
+                   "energy per call is about 2x runtime x power; re-measured with the fixed "
+                   "loop in the next device session (data/README.md, caveats)")
+def test_energy_rows_are_plausible(shipped: Path) -> None:
+    with Store(shipped, read_only=True) as store:
+        energy = store.query("SELECT avg_power_w, energy_per_call_j, runtime_ms FROM "
+                             "measurements WHERE energy_per_call_j IS NOT NULL")
+    assert len(energy) >= 1000
+    assert energy["avg_power_w"].between(50, 800).all()
+    implied_power = energy["energy_per_call_j"] / (energy["runtime_ms"] * 1e-3)
+    assert ((implied_power / energy["avg_power_w"]).between(0.5, 2.0)).mean() > 0.9
+
+
+def test_default_store_builds_itself(cli: Callable[..., tuple[int, str, str]],
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import store.dataset as dataset
+
+    target = tmp_path / "fresh" / "perftune.duckdb"
+    monkeypatch.delenv("PERFTUNE_DB")
+    monkeypatch.setattr(dataset, "DEFAULT_DB", target)
+    monkeypatch.setattr("store.db.DEFAULT_DB", target)
+    code, out, err = cli("db", "stats", "--json")
+    assert code == 0 and "built data/perftune.duckdb" in err
+    rows = json.loads(out)
+    assert {r["device_id"] for r in rows} >= {"nvidia-h100-80gb-hbm3", "nvidia-h200"}
+    code, _, err = cli("db", "stats", "--json")
+    assert code == 0 and "built" not in err
