@@ -10,7 +10,7 @@ STAMP := $(VENV)/.perftune-installed
 .PHONY: help setup run test lint clean
 
 help:
-	@echo "make run    set up (.venv) and run the embedded default collection into data/perftune.duckdb"
+	@echo "make run    set up (.venv), build data/perftune.duckdb from the shipped dataset, run the default collection"
 	@echo "make test   set up (.venv) and run the test suite (CPU; GPU tests skip without a GPU)"
 	@echo "make lint   ruff and mypy"
 
@@ -25,6 +25,7 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/perftune collect
+	$(BIN)/perftune db stats
 
 test: setup
 	$(BIN)/python -m pytest -q
