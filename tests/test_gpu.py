@@ -34,6 +34,24 @@ def test_gpu_sweep_checks_times_and_measures_energy(tmp_path):
     assert ok.avg_power_w.between(20, 2000).all()
 
 
+def test_energy_window_keeps_the_gpu_busy(tmp_path):
+    """Energy per call must match power x GPU time per call: a window that leaves the GPU
+    idle between batches dilutes the power and inflates the energy per call (seen before)."""
+    from collectors.problems import Problem
+    from collectors.sweep import Collector, SweepSpec
+    from store import Store
+
+    problem = Problem.of("fp16", m=4096, n=4096, k=4096)
+    spec = SweepSpec(family="gemm", problems=[problem], dataflows=["cublas"], energy=True,
+                     energy_window_s=0.5, interpret=False)
+    with Store(tmp_path / "energy.duckdb") as store:
+        Collector(store, spec).run()
+        row = store.query("SELECT * FROM measurements").iloc[0]
+    busy_power = row.energy_per_call_j / (row.runtime_ms * 1e-3)
+    assert 0.8 < busy_power / row.avg_power_w < 1.25, (busy_power, row.avg_power_w)
+    assert row.avg_power_w > 300  # a large fp16 GEMM on an H100/H200 draws 450-700 W
+
+
 def test_calibration_measures_plausible_ceilings():
     from collectors.device import calibrate
 
