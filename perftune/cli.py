@@ -117,6 +117,37 @@ def build_parser() -> argparse.ArgumentParser:
     imp = db_sub.add_parser("import", help="load a Parquet export; stored rows are skipped")
     imp.add_argument("directory", type=Path, help="directory written by `perftune db export`")
     _db_option(imp)
+    fit = sub.add_parser(
+        "fit", help="train a runtime model on the store (held-out problems excluded)",
+        description="Train a GEMM runtime model on the store's ok GPU measurements, leaving "
+        "out the held-out problems (data/problems/heldout.csv). 'forest' is a random forest on "
+        "log runtime with calibrated intervals; 'roofline' the analytical model with one fitted "
+        "scale per dataflow. Saved as a skops file (no pickle) with its features, devices "
+        "and data snapshot.")
+    fit.add_argument("--model", choices=["forest", "roofline"], default="forest")
+    fit.add_argument("--device", action="append", help="train on this device only "
+                     "(repeatable; default: every GPU in the store)")
+    fit.add_argument("--trees", type=int, default=200, help="forest size (default 200)")
+    fit.add_argument("--out", type=Path, default=None,
+                     help="model file (default data/models/gemm_runtime.skops)")
+    _db_option(fit)
+    predict = sub.add_parser(
+        "predict", help="predict one config's runtime, or rank every known config",
+        description="Predict the runtime of one GEMM config on a device (--dataflow and "
+        "--config), or rank every config the store knows for the problem (default), with the "
+        "model's interval and the roofline's bound.")
+    predict.add_argument("--problem", required=True, metavar="MxNxK")
+    predict.add_argument("--dtype", default="fp16")
+    predict.add_argument("--device", required=True, help="device id as in `perftune db stats`")
+    predict.add_argument("--dataflow", help="one dataflow (cublas, triton, triton_splitk)")
+    predict.add_argument("--config", help="one config as JSON, e.g. "
+                         "'{\"BLOCK_M\":128,\"BLOCK_N\":128,\"BLOCK_K\":64,\"GROUP_M\":8,"
+                         "\"num_warps\":8,\"num_stages\":3}'")
+    predict.add_argument("--top", type=int, default=10, help="how many ranked configs to show")
+    predict.add_argument("--model", type=Path, default=None, help="model file (default "
+                         "data/models/gemm_runtime.skops)")
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    _db_option(predict)
     init = db_sub.add_parser(
         "init", help="load the shipped dataset (data/dataset/) into the store",
         description="Load the shipped measured dataset into the store (rows already there are "
@@ -141,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     _interrupt_on_sigterm()
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"device": cmd_device, "collect": cmd_collect, "db": cmd_db}
+    handlers = {"device": cmd_device, "collect": cmd_collect, "db": cmd_db, "fit": cmd_fit,
+                "predict": cmd_predict}
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -317,6 +349,56 @@ def _print_summary(console: Any, summary: Any) -> None:
         for label, (dataflow, config, runtime) in summary.best.items():
             table.add_row(label, dataflow, json.dumps(config), f"{runtime:.4f}")
         console.print(table)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from perfmodel.runtime import DEFAULT_MODEL, fit_model, save_model
+    from store.db import Store
+
+    params = {"n_estimators": args.trees} if args.model == "forest" else {}
+    if args.trees < 1:
+        raise PerftuneInputError("--trees must be at least 1")
+    with Store(args.db, read_only=True) as store:
+        model, meta = fit_model(store, kind=args.model, devices=args.device, **params)
+    path = save_model(args.out or DEFAULT_MODEL, model, meta)
+    print(f"trained {args.model} on {meta['rows']} measurements of {meta['problems']} problems "
+          f"({', '.join(meta['devices'])}); saved {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from collectors.problems import normalize_dtype, parse_problem
+    from perfmodel.runtime import DEFAULT_MODEL, Predictor, parse_config
+    from store.db import Store
+
+    dtype = normalize_dtype(args.dtype)
+    problem = parse_problem(args.problem, ("m", "n", "k"), dtype)
+    predictor = Predictor.load(args.model or DEFAULT_MODEL)
+    sizes = problem.sizes
+    with Store(args.db, read_only=True) as store:
+        if args.config is not None or args.dataflow == "cublas":
+            if not args.dataflow:
+                raise PerftuneInputError("--config needs --dataflow (triton or triton_splitk)")
+            config = parse_config(args.config)
+            row = pd.DataFrame([{**sizes, "dtype": dtype, "dataflow": args.dataflow,
+                                 "device_id": args.device, "config": json.dumps(config),
+                                 **config}])
+            result = predictor.predict(store, row)
+        else:
+            dataflows = [args.dataflow] if args.dataflow else None
+            result = predictor.rank(store, dtype=dtype, device=args.device,
+                                    dataflows=dataflows, **sizes).head(args.top)
+    columns = [c for c in ("dataflow", "config", "predicted_ms", "low_ms", "high_ms", "bound",
+                           "attainable_fraction", "trained_on_device") if c in result]
+    shown = result[columns]
+    if args.json:
+        print(shown.to_json(orient="records", indent=2))
+    else:
+        _print_frame(shown.round(4), f"{problem} on {args.device} (model {predictor.meta['kind']}"
+                     f", trained on {', '.join(predictor.meta['devices'])})")
+    return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:

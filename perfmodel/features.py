@@ -1,0 +1,124 @@
+"""Features of measurements: problem, config, derived (tiles, waves, intensity, shared memory,
+bytes moved with tile reuse) and device (SMs, measured ceilings, L2, memory)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from store.db import Store
+from store.errors import PerftuneInputError
+
+GEMM_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "SPLIT_K")
+DATAFLOWS = ("cublas", "triton", "triton_splitk")
+ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+DEVICE_COLUMNS = ("sm_count", "l2_bytes", "memory_bytes", "shared_memory_per_block",
+                  "peak_tflops_fp16", "peak_tflops_bf16", "copy_bandwidth_gbs")
+# cuBLAS picks its own tiles; the roofline and features assume a large square tile for it.
+LIBRARY_TILE = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
+                "num_stages": 4, "SPLIT_K": 1}
+FEATURES = (
+    "log_m", "log_n", "log_k", "element_bytes", "log_flops", "log_min_bytes", "log_intensity",
+    "is_cublas", "is_splitk", *GEMM_PARAMS,
+    "tiles", "log_tiles", "waves", "wave_efficiency", "padding", "k_iters", "smem_bytes",
+    "blocks_per_sm", "log_bytes_moved", "log_tile_intensity", "m_mod16", "n_mod16", "k_mod16",
+    "sm_count", "peak_tflops", "bandwidth_gbs", "l2_bytes", "log_roofline_ms",
+)
+
+
+def load_measurements(store: Store, *, family: str = "gemm", device: str | None = None,
+                      status: str = "ok") -> pd.DataFrame:
+    """Measurements of a family joined with their device's properties, configs as columns."""
+    where = ["m.family = ?", "m.status = ?", "d.kind = 'gpu'"]
+    params: list[object] = [family, status]
+    if device:
+        where.append("m.device_id = ?")
+        params.append(device)
+    device_columns = ", ".join(f"d.{c}" for c in DEVICE_COLUMNS)
+    frame = store.query(
+        f"SELECT m.*, {device_columns} FROM measurements m JOIN devices d USING (device_id) "
+        f"WHERE {' AND '.join(where)} ORDER BY m.key", params)
+    return with_config_columns(frame)
+
+
+def with_config_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    configs = pd.DataFrame([json.loads(c) if isinstance(c, str) else dict(c)
+                            for c in frame["config"]], index=frame.index)
+    out = frame.drop(columns=[c for c in GEMM_PARAMS if c in frame.columns])
+    for name in GEMM_PARAMS:
+        values = configs[name] if name in configs else pd.Series(np.nan, index=frame.index)
+        out[name] = values
+    return out
+
+
+def gemm_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """The model's features for GEMM rows (columns m, n, k, dtype, dataflow, the config
+    parameters and the device properties)."""
+    _require(frame, ["m", "n", "k", "dtype", "dataflow", *DEVICE_COLUMNS])
+    unknown = set(frame["dataflow"]) - set(DATAFLOWS)
+    if unknown:
+        raise PerftuneInputError(f"unknown GEMM dataflow(s) {sorted(unknown)}; the models "
+                                 f"know {', '.join(DATAFLOWS)}")
+    m, n, k = (frame[c].astype(float) for c in ("m", "n", "k"))
+    eb = frame["dtype"].map(ELEMENT_BYTES).astype(float)
+    is_cublas = (frame["dataflow"] == "cublas").astype(float)
+    params = {}
+    for name in GEMM_PARAMS:
+        column = frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
+        params[name] = column.astype(float).fillna(LIBRARY_TILE[name])
+        params[name] = params[name].where(is_cublas == 0, LIBRARY_TILE[name])
+    bm, bn, bk = params["BLOCK_M"], params["BLOCK_N"], params["BLOCK_K"]
+    split = params["SPLIT_K"]
+    tiles_m, tiles_n = np.ceil(m / bm), np.ceil(n / bn)
+    tiles = tiles_m * tiles_n * split
+    sms = frame["sm_count"].astype(float)
+    smem = params["num_stages"] * (bm + bn) * bk * eb
+    blocks_per_sm = np.maximum(1.0, np.minimum(
+        np.floor(frame["shared_memory_per_block"].astype(float) / smem),
+        np.floor(64 / params["num_warps"])))
+    # A tile runs at most at one SM's share of the peak, so quantization is over SMs.
+    waves = tiles / sms
+    flops = 2 * m * n * k
+    min_bytes = (m * k + k * n + m * n) * eb
+    tile_bytes = (m * k * tiles_n + k * n * tiles_m) * eb + m * n * eb
+    # Re-reads of A and B tiles hit L2 while the operands fit in it; beyond, they reach DRAM.
+    fits_l2 = (m * k + k * n) * eb <= frame["l2_bytes"].astype(float)
+    bytes_moved = np.where(fits_l2, min_bytes, tile_bytes)
+    bytes_moved = bytes_moved + np.where(split > 1, 2 * 4 * split * m * n, 0.0)
+    peak = np.where(frame["dtype"] == "bf16", frame["peak_tflops_bf16"],
+                    frame["peak_tflops_fp16"]).astype(float)
+    bandwidth = frame["copy_bandwidth_gbs"].astype(float)
+    features = pd.DataFrame({
+        "log_m": np.log2(m), "log_n": np.log2(n), "log_k": np.log2(k), "element_bytes": eb,
+        "log_flops": np.log2(flops), "log_min_bytes": np.log2(min_bytes),
+        "log_intensity": np.log2(flops / min_bytes),
+        "is_cublas": is_cublas, "is_splitk": (frame["dataflow"] == "triton_splitk").astype(float),
+        **params,
+        "tiles": tiles, "log_tiles": np.log2(tiles), "waves": waves,
+        "wave_efficiency": waves / np.ceil(waves),
+        "padding": tiles_m * bm * tiles_n * bn / (m * n),
+        "k_iters": np.ceil(k / split / bk), "smem_bytes": smem, "blocks_per_sm": blocks_per_sm,
+        "log_bytes_moved": np.log2(bytes_moved), "log_tile_intensity": np.log2(flops / bytes_moved),
+        "m_mod16": (m % 16 == 0).astype(float), "n_mod16": (n % 16 == 0).astype(float),
+        "k_mod16": (k % 16 == 0).astype(float),
+        "sm_count": sms, "peak_tflops": peak, "bandwidth_gbs": bandwidth,
+        "l2_bytes": frame["l2_bytes"].astype(float),
+    }, index=frame.index)
+    from perfmodel.roofline import roofline_ms
+
+    features["log_roofline_ms"] = np.log(roofline_ms(features))
+    return features[list(FEATURES)]
+
+
+def _require(frame: pd.DataFrame, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise PerftuneInputError(f"missing columns {missing}: measure the device's ceilings "
+                                 f"with `perftune device --calibrate` and give m, n, k, dtype "
+                                 f"and dataflow")
+    empty = [c for c in DEVICE_COLUMNS if frame[c].isna().any()]
+    if empty:
+        raise PerftuneInputError(f"the device has no {', '.join(empty)}; calibrate it first "
+                                 f"(`perftune device --calibrate` on the GPU)")

@@ -1,0 +1,76 @@
+"""Random-forest runtime model with a calibrated uncertainty per prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import RandomForestRegressor
+
+
+class RuntimeForest:
+    """Random forest on log runtime. The spread of the trees' predictions is the uncertainty;
+    ``fit`` calibrates it on held-back *problems* so that ``predict_interval`` covers the truth
+    about ``coverage`` of the time, then refits on everything.
+
+    ``groups`` (one label per row, e.g. the problem) keeps a problem on one side of the
+    calibration split.
+    """
+
+    def __init__(self, *, n_estimators: int = 200, min_samples_leaf: int = 2,
+                 max_features: float = 0.5, coverage: float = 0.9,
+                 calibration_share: float = 0.2, random_state: int = 0, n_jobs: int = -1):
+        self.n_estimators = n_estimators
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.coverage = coverage
+        self.calibration_share = calibration_share
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def _forest(self) -> RandomForestRegressor:
+        return RandomForestRegressor(
+            n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf,
+            max_features=self.max_features, random_state=self.random_state, n_jobs=self.n_jobs)
+
+    def fit(self, features: pd.DataFrame, runtime_ms: pd.Series | np.ndarray,
+            groups: pd.Series | np.ndarray | None = None) -> RuntimeForest:
+        x = features.to_numpy(float)
+        y = np.log(np.asarray(runtime_ms, float))
+        self.feature_names_in_ = list(features.columns)
+        self.interval_scale_ = self._calibrate(x, y, groups)
+        self.forest_ = self._forest().fit(x, y)
+        return self
+
+    def _calibrate(self, x: np.ndarray, y: np.ndarray,
+                   groups: pd.Series | np.ndarray | None) -> float:
+        labels = np.asarray(groups if groups is not None else np.arange(len(y)))
+        unique = np.unique(labels)
+        rng = np.random.default_rng(self.random_state)
+        held = rng.choice(unique, max(1, int(len(unique) * self.calibration_share)),
+                          replace=False)
+        mask = np.isin(labels, held)
+        if mask.all() or not mask.any():
+            return 1.645
+        forest = self._forest().fit(x[~mask], y[~mask])
+        mean, spread = _mean_and_spread(forest, x[mask])
+        z = np.abs(y[mask] - mean) / np.maximum(spread, 1e-3)
+        return float(np.quantile(z, self.coverage))
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        """Predicted runtime in ms."""
+        return np.exp(self.predict_log(features)[0])
+
+    def predict_log(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and spread (std across trees) of the predicted log runtime."""
+        return _mean_and_spread(self.forest_, features[self.feature_names_in_].to_numpy(float))
+
+    def predict_interval(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper runtime (ms) of the calibrated ``coverage`` interval."""
+        mean, spread = self.predict_log(features)
+        half = self.interval_scale_ * np.maximum(spread, 1e-3)
+        return np.exp(mean - half), np.exp(mean + half)
+
+
+def _mean_and_spread(forest: RandomForestRegressor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    per_tree = np.stack([tree.predict(x) for tree in forest.estimators_])
+    return per_tree.mean(axis=0), per_tree.std(axis=0)

@@ -1,0 +1,59 @@
+"""Saving and loading models safely: skops files (no pickle), with what they were trained on.
+
+A saved model records its format version, family, feature list, the devices and data snapshot
+it was trained on. Loading refuses files that are not perftune models, are corrupt, come from
+a newer format, or contain types outside an allow-list (nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import skops.io as sio
+
+from store.errors import PerftuneInputError
+
+FORMAT = "perftune-model"
+FORMAT_VERSION = 1
+_ALLOWED_PREFIXES = ("sklearn.", "numpy.", "perfmodel.", "builtins.", "collections.")
+
+
+def save_model(path: str | Path, model: Any, meta: dict[str, Any]) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta, "model": model}
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    sio.dump(payload, tmp)
+    tmp.replace(target)  # never leave a half-written model under the real name
+    return target
+
+
+def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    source = Path(path)
+    if not source.is_file():
+        raise PerftuneInputError(f"no model file at {source}; train one with `perftune fit`")
+    if not zipfile.is_zipfile(source):
+        raise PerftuneInputError(f"{source} is not a perftune model file (corrupt or another "
+                                 f"format); retrain with `perftune fit`")
+    try:
+        untrusted = sio.get_untrusted_types(file=source)
+    except Exception as exc:
+        raise PerftuneInputError(f"{source} is corrupt ({exc}); retrain with `perftune fit`")\
+            from None
+    refused = [t for t in untrusted if not t.startswith(_ALLOWED_PREFIXES)]
+    if refused:
+        raise PerftuneInputError(f"{source} holds types perftune will not load: {refused}")
+    try:
+        payload = sio.load(source, trusted=untrusted)
+    except Exception as exc:
+        raise PerftuneInputError(f"{source} is corrupt ({exc}); retrain with `perftune fit`")\
+            from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise PerftuneInputError(f"{source} is not a perftune model file")
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise PerftuneInputError(
+            f"{source} is model format {payload['format_version']}, newer than this perftune "
+            f"reads ({FORMAT_VERSION}); upgrade perftune or retrain")
+    return payload["model"], payload["meta"]

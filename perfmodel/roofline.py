@@ -1,0 +1,63 @@
+"""The roofline model: runtime from FLOPs (with tile padding and wave quantization over the
+SMs) and DRAM bytes, launch overhead and the split-K reduction, against the device's measured
+ceilings. Tile-level bytes (re-reads) and occupancy are features of the learned model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+LAUNCH_MS = 0.004  # one kernel launch on Hopper, as seen by CUDA events
+
+
+def roofline_parts(features: pd.DataFrame) -> pd.DataFrame:
+    """Per row: compute time, memory time, runtime (ms), bound and attainable fraction."""
+    flops = 2.0 ** features["log_flops"]
+    # cuBLAS is opaque: it picks its own tiles, so no padding or wave penalty is assumed.
+    penalty = np.where(features["is_cublas"] > 0, 1.0,
+                       features["padding"] / features["wave_efficiency"])
+    compute_ms = flops * penalty / (features["peak_tflops"] * 1e12) * 1e3
+    # DRAM traffic is at least the operands once (tile re-reads mostly hit L2: measured, the
+    # no-reuse count overestimates large problems); plus split-K's fp32 partials.
+    dram_bytes = 2.0 ** features["log_min_bytes"] + np.where(
+        features["is_splitk"] > 0, 2 * 4 * features["SPLIT_K"] * 2.0 ** (
+            features["log_m"] + features["log_n"]), 0.0)
+    memory_ms = dram_bytes / (features["bandwidth_gbs"] * 1e9) * 1e3
+    launches = 1 + features["is_splitk"]
+    runtime = np.maximum(compute_ms, memory_ms) + launches * LAUNCH_MS
+    ideal = np.maximum(flops / (features["peak_tflops"] * 1e12),
+                       2.0 ** features["log_min_bytes"] / (features["bandwidth_gbs"] * 1e9)) * 1e3
+    return pd.DataFrame({
+        "compute_ms": compute_ms, "memory_ms": memory_ms, "runtime_ms": runtime,
+        "bound": np.where(compute_ms >= memory_ms, "compute", "memory"),
+        "attainable_fraction": ideal / runtime,
+    }, index=features.index)
+
+
+def roofline_ms(features: pd.DataFrame) -> pd.Series:
+    return roofline_parts(features)["runtime_ms"]
+
+
+class RooflineModel:
+    """The roofline as an estimator: ``fit`` learns one scale per dataflow (the median ratio of
+    measured to roofline time), ``predict`` returns milliseconds."""
+
+    def __init__(self, *, fit_scale: bool = True):
+        self.fit_scale = fit_scale
+
+    def fit(self, features: pd.DataFrame, runtime_ms: pd.Series) -> RooflineModel:
+        ratio = np.log(np.asarray(runtime_ms, float)) - features["log_roofline_ms"].to_numpy()
+        keys = _dataflow_key(features)
+        self.log_scale_ = {key: float(np.median(ratio[keys == key])) if self.fit_scale else 0.0
+                           for key in np.unique(keys)}
+        return self
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        keys = _dataflow_key(features)
+        scale = np.array([self.log_scale_.get(key, 0.0) for key in keys])
+        return np.exp(features["log_roofline_ms"].to_numpy() + scale)
+
+
+def _dataflow_key(features: pd.DataFrame) -> np.ndarray:
+    return np.where(features["is_cublas"] > 0, "cublas",
+                    np.where(features["is_splitk"] > 0, "triton_splitk", "triton"))

@@ -1,0 +1,148 @@
+"""perfmodel: features, the roofline and forest estimators, safe persistence, fit/predict CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+
+from perfmodel.features import FEATURES, gemm_features
+from perfmodel.forest import RuntimeForest
+from perfmodel.persist import FORMAT_VERSION, load_model, save_model
+from perfmodel.roofline import RooflineModel, roofline_parts
+from perfmodel.runtime import Predictor, fit_model, training_rows
+from store.dataset import build_store, heldout_problems
+from store.db import Store
+from store.errors import PerftuneInputError
+
+ESTIMATORS = [lambda: RooflineModel(), lambda: RuntimeForest(n_estimators=8, n_jobs=1)]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("perfmodel") / "shipped.duckdb"
+    build_store(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rows(shipped: Path) -> pd.DataFrame:
+    with Store(shipped, read_only=True) as store:
+        return training_rows(store, devices=["nvidia-h100-80gb-hbm3"])
+
+
+def test_training_rows_leave_out_heldout_problems(rows: pd.DataFrame) -> None:
+    seen = {("gemm", d, s) for d, s in zip(rows["dtype"], rows["shape"], strict=True)}
+    assert not seen & heldout_problems()
+    assert len(rows) > 10_000
+
+
+def test_features_are_finite_and_complete(rows: pd.DataFrame) -> None:
+    features = gemm_features(rows)
+    assert list(features.columns) == list(FEATURES)
+    assert np.isfinite(features.to_numpy(float)).all()
+    assert (features["wave_efficiency"] <= 1).all() and (features["padding"] >= 1).all()
+
+
+def test_roofline_is_a_lower_bound_for_most_configs(rows: pd.DataFrame) -> None:
+    parts = roofline_parts(gemm_features(rows))
+    assert set(parts["bound"]) == {"compute", "memory"}
+    assert (parts["attainable_fraction"] <= 1).all()
+    assert (parts["runtime_ms"] <= rows["runtime_ms"] * 1.05).mean() > 0.95
+
+
+@pytest.mark.parametrize("make", ESTIMATORS, ids=["roofline", "forest"])
+def test_estimator_conformance(make: Callable[[], object], rows: pd.DataFrame) -> None:
+    estimator = make()
+    before = dict(vars(estimator))
+    assert not any(name.endswith("_") for name in before)  # __init__ only stores
+    sample = rows.sample(3000, random_state=0)
+    features = gemm_features(sample)
+    assert estimator.fit(features, sample["runtime_ms"]) is estimator  # type: ignore[attr-defined]
+    learned = [name for name in vars(estimator) if name not in before]
+    assert learned and all(name.endswith("_") for name in learned)
+    predicted = estimator.predict(features)
+    assert predicted.shape == (len(sample),) and (predicted > 0).all()
+    error = np.median(np.abs(np.log(predicted / sample["runtime_ms"].to_numpy())))
+    assert error < 1.0  # within e^1 of the truth for the median row, even for the roofline
+
+
+def test_forest_intervals_are_calibrated(rows: pd.DataFrame) -> None:
+    problems = rows["shape"] + rows["dtype"]
+    names = problems.unique()
+    test = problems.isin(names[::5])
+    forest = RuntimeForest(n_estimators=30, n_jobs=1).fit(
+        gemm_features(rows[~test]), rows.loc[~test, "runtime_ms"], groups=problems[~test])
+    low, high = forest.predict_interval(gemm_features(rows[test]))
+    truth = rows.loc[test, "runtime_ms"].to_numpy()
+    coverage = np.mean((truth >= low) & (truth <= high))
+    assert 0.7 < coverage <= 1.0  # stated 90%; on unseen problems
+
+
+def test_persistence_round_trip_and_refusals(tmp_path: Path, rows: pd.DataFrame) -> None:
+    sample = rows.sample(500, random_state=1)
+    features = gemm_features(sample)
+    forest = RuntimeForest(n_estimators=4, n_jobs=1).fit(features, sample["runtime_ms"])
+    path = save_model(tmp_path / "m.skops", forest, {"features": list(FEATURES)})
+    loaded, meta = load_model(path)
+    assert np.allclose(loaded.predict(features), forest.predict(features))
+    assert meta == {"features": list(FEATURES)}
+    corrupt = tmp_path / "corrupt.skops"
+    corrupt.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(PerftuneInputError, match=r"not a perftune model file|corrupt"):
+        load_model(corrupt)
+    newer = tmp_path / "newer.skops"  # what a later perftune would write
+    sio.dump({"format": "perftune-model", "format_version": FORMAT_VERSION + 1, "meta": {},
+              "model": forest}, newer)
+    with pytest.raises(PerftuneInputError, match="newer than this perftune"):
+        load_model(newer)
+    with pytest.raises(PerftuneInputError, match="no model file"):
+        load_model(tmp_path / "missing.skops")
+
+
+def test_predictor_refuses_unknowns(shipped: Path, tmp_path: Path) -> None:
+    with Store(shipped, read_only=True) as store:
+        model, meta = fit_model(store, kind="roofline")
+        save_model(tmp_path / "r.skops", model, meta)
+        predictor = Predictor.load(tmp_path / "r.skops")
+        ranked = predictor.rank(store, m=128, n=4096, k=4096, dtype="fp16",
+                                device="nvidia-h100-80gb-hbm3")
+        assert len(ranked) > 500 and ranked["predicted_ms"].is_monotonic_increasing
+        with pytest.raises(PerftuneInputError, match="unknown device"):
+            predictor.rank(store, m=1, n=2, k=3, dtype="fp16", device="nvidia-b200")
+        bad = pd.DataFrame([{"m": 1, "n": 8, "k": 8, "dtype": "fp16", "dataflow": "magic",
+                             "device_id": "nvidia-h200", "config": "{}"}])
+        with pytest.raises(PerftuneInputError, match="unknown GEMM dataflow"):
+            predictor.predict(store, bad)
+        with pytest.raises(PerftuneInputError, match="unknown model"):
+            fit_model(store, kind="svm")
+    stale = tmp_path / "stale.skops"
+    save_model(stale, model, {**meta, "features": ["log_m"]})
+    with pytest.raises(PerftuneInputError, match="other features"):
+        Predictor.load(stale)
+
+
+def test_fit_and_predict_cli(shipped: Path, tmp_path: Path,
+                             cli: Callable[..., tuple[int, str, str]]) -> None:
+    model = tmp_path / "gemm.skops"
+    code, out, err = cli("fit", "--db", shipped, "--trees", "5", "--device",
+                         "nvidia-h100-80gb-hbm3", "--out", model)
+    assert code == 0, err
+    assert "trained forest" in out and model.is_file()
+    code, out, _ = cli("predict", "--db", shipped, "--model", model, "--problem", "256x4096x4096",
+                       "--device", "nvidia-h200", "--top", "3", "--json")
+    ranked = json.loads(out)
+    assert code == 0 and len(ranked) == 3
+    assert ranked[0]["low_ms"] <= ranked[0]["predicted_ms"] <= ranked[0]["high_ms"]
+    assert ranked[0]["trained_on_device"] is False
+    code, _, err = cli("predict", "--db", shipped, "--model", model, "--problem", "0x1x1",
+                       "--device", "nvidia-h200")
+    assert code == 2 and "positive" in err
+    code, _, err = cli("predict", "--db", shipped, "--model", tmp_path / "none.skops",
+                       "--problem", "8x8x8", "--device", "nvidia-h200")
+    assert code == 2 and "perftune fit" in err
