@@ -146,3 +146,20 @@ def test_fit_and_predict_cli(shipped: Path, tmp_path: Path,
     code, _, err = cli("predict", "--db", shipped, "--model", tmp_path / "none.skops",
                        "--problem", "8x8x8", "--device", "nvidia-h200")
     assert code == 2 and "perftune fit" in err
+
+
+def test_metrics_reward_the_right_ranking() -> None:
+    from perfmodel.metrics import regret, runtime_metrics
+
+    rows = pd.DataFrame({"device_id": "d", "dtype": "fp16", "shape": ["a"] * 4 + ["b"] * 4,
+                         "dataflow": ["cublas", "triton", "triton", "triton"] * 2,
+                         "runtime_ms": [2.0, 1.0, 4.0, 8.0, 1.0, 3.0, 2.0, 6.0]})
+    perfect = runtime_metrics(rows, rows["runtime_ms"].to_numpy())
+    assert perfect["runtime_mape"] == 0 and perfect["top1_hit_rate"] == 1
+    assert perfect["regret_zero_shot"] == 1 and perfect["regret_across_dataflows"] == 1
+    reversed_ = runtime_metrics(rows, 1 / rows["runtime_ms"].to_numpy())
+    assert reversed_["spearman_within_problem"] == -1 and reversed_["top1_hit_rate"] == 0
+    # problem a picks 8.0 (best 1.0); problem b picks 6.0 of Triton (best Triton 2.0)
+    assert reversed_["regret_zero_shot"] == pytest.approx((1 / 8 * 2 / 6) ** 0.5)
+    cublas_first = rows.assign(score=(rows["dataflow"] != "cublas").astype(float))
+    assert regret(cublas_first, "score") == pytest.approx((1 / 2 * 1) ** 0.5)
