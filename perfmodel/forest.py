@@ -13,17 +13,20 @@ class RuntimeForest:
     about ``coverage`` of the time, then refits on everything.
 
     ``groups`` (one label per row, e.g. the problem) keeps a problem on one side of the
-    calibration split.
+    calibration split. With ``residual_of`` (a feature holding a log-runtime baseline, by
+    default the roofline's), the trees learn the log ratio of measured to baseline time.
     """
 
     def __init__(self, *, n_estimators: int = 200, min_samples_leaf: int = 2,
                  max_features: float = 0.5, coverage: float = 0.9,
-                 calibration_share: float = 0.2, random_state: int = 0, n_jobs: int = -1):
+                 calibration_share: float = 0.2, residual_of: str | None = "log_roofline_ms",
+                 random_state: int = 0, n_jobs: int = -1):
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
         self.max_features = max_features
         self.coverage = coverage
         self.calibration_share = calibration_share
+        self.residual_of = residual_of
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -35,7 +38,7 @@ class RuntimeForest:
     def fit(self, features: pd.DataFrame, runtime_ms: pd.Series | np.ndarray,
             groups: pd.Series | np.ndarray | None = None) -> RuntimeForest:
         x = features.to_numpy(float)
-        y = np.log(np.asarray(runtime_ms, float))
+        y = np.log(np.asarray(runtime_ms, float)) - self._baseline(features)
         self.feature_names_in_ = list(features.columns)
         self.interval_scale_ = self._calibrate(x, y, groups)
         self.forest_ = self._forest().fit(x, y)
@@ -62,7 +65,12 @@ class RuntimeForest:
 
     def predict_log(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread (std across trees) of the predicted log runtime."""
-        return _mean_and_spread(self.forest_, features[self.feature_names_in_].to_numpy(float))
+        mean, spread = _mean_and_spread(self.forest_,
+                                        features[self.feature_names_in_].to_numpy(float))
+        return mean + self._baseline(features), spread
+
+    def _baseline(self, features: pd.DataFrame) -> np.ndarray | float:
+        return features[self.residual_of].to_numpy(float) if self.residual_of else 0.0
 
     def predict_interval(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper runtime (ms) of the calibrated ``coverage`` interval."""
