@@ -16,7 +16,7 @@ import skops.io as sio
 from store.errors import PerftuneInputError
 
 FORMAT = "perftune-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the forest learns the log ratio to the roofline
 _ALLOWED_PREFIXES = ("sklearn.", "numpy.", "perfmodel.", "builtins.", "collections.")
 
 
@@ -52,8 +52,13 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
             from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PerftuneInputError(f"{source} is not a perftune model file")
-    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+    version = int(payload.get("format_version", 0))
+    if version > FORMAT_VERSION:
         raise PerftuneInputError(
-            f"{source} is model format {payload['format_version']}, newer than this perftune "
-            f"reads ({FORMAT_VERSION}); upgrade perftune or retrain")
+            f"{source} is model format {version}, newer than this perftune reads "
+            f"({FORMAT_VERSION}); upgrade perftune or retrain")
+    if version < FORMAT_VERSION:
+        raise PerftuneInputError(
+            f"{source} is model format {version}, older than this perftune reads "
+            f"({FORMAT_VERSION}); retrain it with `perftune fit`")
     return payload["model"], payload["meta"]

@@ -148,6 +148,32 @@ def build_parser() -> argparse.ArgumentParser:
                          "data/models/gemm_runtime.skops)")
     predict.add_argument("--json", action="store_true", help="print JSON")
     _db_option(predict)
+    tune = sub.add_parser(
+        "tune", help="find the best dataflow and config of a GEMM problem in few measurements",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search a GEMM problem's dataflows and configs with at most --budget "
+        "measurements.\nMethods: model (perftune: cuBLAS first, then the model's best "
+        "candidates, corrected as\nmeasurements arrive, stopping early when nothing can win), "
+        "tpe / gp / random (Optuna samplers\nover the conditional space), tutorial (the Triton "
+        "tutorial's 8 configs), cublas.\nBackend: replay answers from the store's recorded "
+        "measurements (CPU; only recorded configs\ncan be proposed). A live GPU backend is "
+        "not built yet.",
+        epilog="example:\n  perftune tune --problem 64x11008x4096 --device "
+        "nvidia-h100-80gb-hbm3 --budget 8")
+    tune.add_argument("--problem", required=True, metavar="MxNxK")
+    tune.add_argument("--dtype", default="fp16")
+    tune.add_argument("--device", required=True, help="device id as in `perftune db stats`")
+    tune.add_argument("--budget", type=int, default=8, help="most measurements (default 8)")
+    tune.add_argument("--method", default="model",
+                      help="model, tpe, gp, random, tutorial or cublas (default model)")
+    tune.add_argument("--dataflows", help="comma-separated subset, e.g. triton")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--storage", help="Optuna storage URL to keep the study in, e.g. "
+                      "sqlite:///tune.db (view with optuna-dashboard)")
+    tune.add_argument("--model", type=Path, default=None, help="model file (default "
+                      "data/models/gemm_runtime.skops; trained on the fly when missing)")
+    tune.add_argument("--json", action="store_true", help="print JSON")
+    _db_option(tune)
     init = db_sub.add_parser(
         "init", help="load the shipped dataset (data/dataset/) into the store",
         description="Load the shipped measured dataset into the store (rows already there are "
@@ -173,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"device": cmd_device, "collect": cmd_collect, "db": cmd_db, "fit": cmd_fit,
-                "predict": cmd_predict}
+                "predict": cmd_predict, "tune": cmd_tune}
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -399,6 +425,69 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _print_frame(shown.round(4), f"{problem} on {args.device} (model {predictor.meta['kind']}"
                      f", trained on {', '.join(predictor.meta['devices'])})")
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from collectors.problems import normalize_dtype, parse_problem
+    from perfmodel.runtime import DEFAULT_MODEL, Predictor, fit_model, save_model
+    from store.db import Store
+    from tuner._base import Problem
+    from tuner.replay import ReplayBackend
+    from tuner.search import METHODS, tune
+
+    dtype = normalize_dtype(args.dtype)
+    sizes = parse_problem(args.problem, ("m", "n", "k"), dtype).sizes
+    if args.budget < 1:
+        raise PerftuneInputError(f"--budget must be at least 1, not {args.budget}")
+    if args.method not in METHODS:
+        raise PerftuneInputError(f"unknown --method {args.method!r}; choose from "
+                                 f"{', '.join(METHODS)}")
+    dataflows = tuple(d.strip() for d in args.dataflows.split(",")) if args.dataflows else None
+    problem = Problem(sizes["m"], sizes["n"], sizes["k"], dtype, args.device)
+    console = _console()
+    with Store(args.db, read_only=True) as store:
+        predictor = None
+        if args.method == "model":
+            path = args.model or DEFAULT_MODEL
+            if args.model is None and not Path(path).exists():
+                console.print(f"no model at {path}: training one on the store (once)")
+                save_model(path, *fit_model(store))
+            predictor = Predictor.load(path)
+
+        def show(result: Any) -> None:
+            trial, best = result.trials[-1], result.best
+            if not args.json:
+                console.print(f"trial {len(result.trials):3d}: {trial.dataflow:13s} "
+                              f"{trial.config:80s} {_ms(trial.runtime_ms)}   best "
+                              f"{_ms(best.runtime_ms if best else None)}")
+
+        result = tune(problem, ReplayBackend(store), budget=args.budget, method=args.method,
+                      dataflows=dataflows, predictor=predictor, store=store, seed=args.seed,
+                      storage=args.storage, on_trial=show)
+    best = result.best
+    library = result.best_of("cublas")
+    answer = {"problem": args.problem, "dtype": dtype, "device": args.device,
+              "method": args.method, "measurements": len(result.trials),
+              "stopped_early": result.stopped_early,
+              "dataflow": best.dataflow if best else None,
+              "config": json.loads(best.config) if best else None,
+              "runtime_ms": best.runtime_ms if best else None,
+              "cublas_ms": library.runtime_ms if library else None,
+              "trials": [vars(t) for t in result.trials]}
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif best:
+        versus = (f", {library.runtime_ms / best.runtime_ms:.3f}x cuBLAS"  # type: ignore[operator]
+                  if library and best.dataflow != "cublas" else "")
+        console.print(f"best: {best.dataflow} {best.config} {_ms(best.runtime_ms)}{versus} "
+                      f"after {len(result.trials)} measurements"
+                      + (" (stopped early: the model expects nothing better)"
+                         if result.stopped_early else ""))
+    return 0
+
+
+def _ms(value: float | None) -> str:
+    return "failed" if value is None else f"{value:.4f} ms"
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -1,0 +1,106 @@
+"""Tuner regret against budget, by replay of recorded H100 measurements (CPU only).
+
+    python benchmarks/tuner_budget.py [--seeds 5]
+
+On the held-out, whole-space H100 GEMM problems (their true best is known): regret = best
+known time / time of the tuner's answer, geomean over problems, within the `triton` dataflow
+and across dataflows, at budgets 1, 2, 4, 8, 16, 32, for perftune's model-guided search
+(forest trained on the other H100 problems), Optuna TPE from cold, random search (both
+averaged over seeds), the Triton tutorial's 8 configs, and cuBLAS alone. Saves
+benchmarks/results/tuner_budget.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from perfmodel.metrics import geomean  # noqa: E402
+from perfmodel.runtime import Predictor, fit_model  # noqa: E402
+from store.dataset import build_store, heldout_problems  # noqa: E402
+from store.db import Store  # noqa: E402
+from tuner._base import Problem  # noqa: E402
+from tuner.replay import ReplayBackend  # noqa: E402
+from tuner.search import tune  # noqa: E402
+
+H100 = "nvidia-h100-80gb-hbm3"
+BUDGETS = [1, 2, 4, 8, 16, 32]
+METHODS = {"perftune": "model", "optuna_tpe": "tpe", "random": "random",
+           "triton_tutorial_8": "tutorial", "cublas_alone": "cublas"}
+SEEDED = {"optuna_tpe", "random"}
+SCOPES = {"within_triton": ("triton",), "across_dataflows": None}
+
+
+def whole_space_heldout(store: Store) -> list[Problem]:
+    counts = store.query("SELECT shape, dtype, m, n, k, count(*) AS triton FROM measurements "
+                         "WHERE device_id = ? AND family = 'gemm' AND dataflow = 'triton' "
+                         "GROUP BY ALL", [H100])
+    held = heldout_problems()
+    return [Problem(int(r.m), int(r.n), int(r.k), r.dtype, H100)
+            for r in counts.itertuples() if r.triton > 100 and ("gemm", r.dtype, r.shape) in held]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--results", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "tuner_budget.json")
+    args = parser.parse_args()
+    db = Path("/tmp") / "perftune-tuner-budget.duckdb"
+    db.unlink(missing_ok=True)
+    build_store(db)
+    with Store(db, read_only=True) as store:
+        model, meta = fit_model(store, devices=[H100])
+        predictor = Predictor(model, meta)
+        problems = whole_space_heldout(store)
+        best = {p: store.query("SELECT min(runtime_ms) AS a, min(runtime_ms) FILTER (WHERE "
+                               "dataflow = 'triton') AS t FROM measurements WHERE device_id = ? "
+                               "AND shape = ? AND dtype = ? AND status = 'ok'",
+                               [H100, p.shape, p.dtype]).iloc[0] for p in problems}
+        results: dict[str, dict[str, list[float]]] = {}
+        for name, method in METHODS.items():
+            results[name] = {}
+            for scope, dataflows in SCOPES.items():
+                if (method == "cublas" and dataflows) or (method == "tutorial" and not dataflows):
+                    continue
+                column = "t" if dataflows else "a"
+                seeds = range(args.seeds) if name in SEEDED else [0]
+                per_budget = []
+                for budget in BUDGETS:
+                    ratios = []
+                    for problem in problems:
+                        for seed in seeds:
+                            answer = tune(problem, ReplayBackend(store), budget=budget,
+                                          method=method, dataflows=dataflows,
+                                          predictor=predictor, store=store, seed=seed).best
+                            assert answer is not None and answer.runtime_ms
+                            ratios.append(best[problem][column] / answer.runtime_ms)
+                    per_budget.append(geomean(ratios))
+                results[name][scope] = per_budget
+                print(f"{name:18s} {scope:17s} " + " ".join(f"{v:.3f}" for v in per_budget))
+    within = results["perftune"]["within_triton"]
+    result = {
+        "device": H100, "date": dt.date.today().isoformat(), "backend": "replay",
+        "command": "python benchmarks/tuner_budget.py", "data": "data/dataset (shipped)",
+        "problems": [f"{p.shape} {p.dtype}" for p in problems], "budgets": BUDGETS,
+        "seeds": args.seeds, "regret": results,
+        "regret_at_10": float(np.interp(10, BUDGETS, within)),
+        "goals": {"within_triton_at_10": 0.99, "across_dataflows": 0.999},
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{len(problems)} problems; perftune within triton at 10 measurements "
+          f"(interpolated): {result['regret_at_10']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The tuner, by replay of the shipped measurements: every method, budgets, reuse, storage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+from perfmodel.persist import save_model
+from perfmodel.runtime import Predictor, fit_model
+from store.dataset import build_store
+from store.db import Store
+from store.errors import PerftuneInputError
+from tuner._base import Problem
+from tuner.replay import ReplayBackend
+from tuner.search import METHODS, TuneResult, tune
+
+H100 = "nvidia-h100-80gb-hbm3"
+WHOLE = Problem(64, 11008, 4096, "fp16", H100)  # a whole-space problem of the dataset
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tuner") / "shipped.duckdb"
+    build_store(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(shipped: Path) -> Predictor:
+    with Store(shipped, read_only=True) as store:
+        model, meta = fit_model(store, kind="forest", devices=[H100], n_estimators=20)
+    return Predictor(model, meta)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "gp"])
+def test_every_method_answers_within_budget(method: str, shipped: Path,
+                                            predictor: Predictor) -> None:
+    with Store(shipped, read_only=True) as store:
+        backend = ReplayBackend(store)
+        recorded = set(map(tuple, backend.candidates(WHOLE).to_numpy()))
+        result = tune(WHOLE, backend, budget=6, method=method, predictor=predictor,
+                      store=store, seed=1)
+    assert 1 <= len(result.trials) <= 6
+    assert set(backend.measured) <= recorded  # nothing outside the space is launched
+    assert len(backend.measured) == len(set(backend.measured))  # never measured twice
+    best = result.best
+    assert best is not None
+    assert best.runtime_ms == min(t.runtime_ms or 0.0 for t in result.measured)
+
+
+def test_model_guided_beats_random_and_stops_when_done(shipped: Path,
+                                                       predictor: Predictor) -> None:
+    with Store(shipped, read_only=True) as store:
+        best_known = store.query("SELECT min(runtime_ms) AS t FROM measurements WHERE "
+                                 "device_id = ? AND shape = ? AND dtype = ? AND dataflow = "
+                                 "'triton'", [H100, WHOLE.shape, WHOLE.dtype])["t"][0]
+        guided = tune(WHOLE, ReplayBackend(store), budget=8, method="model",
+                      dataflows=("triton",), predictor=predictor, store=store)
+        randoms = [_best_ms(tune(WHOLE, ReplayBackend(store), budget=8, method="random",
+                                 dataflows=("triton",), seed=seed)) for seed in range(3)]
+        patient = tune(WHOLE, ReplayBackend(store), budget=400, method="model",
+                       predictor=predictor, store=store, margin=0.5)
+    assert {t.dataflow for t in guided.trials} == {"triton"}
+    assert _best_ms(guided) <= 1.1 * best_known
+    assert _best_ms(guided) <= sorted(randoms)[1]  # the median of three random searches
+    assert patient.stopped_early and len(patient.trials) < 400
+    assert patient.trials[0].dataflow == "cublas"  # the library is always a candidate
+
+
+def _best_ms(result: TuneResult) -> float:
+    assert result.best is not None and result.best.runtime_ms is not None
+    return result.best.runtime_ms
+
+
+def test_trials_are_kept_in_optuna_storage(shipped: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    with Store(shipped, read_only=True) as store:
+        result = tune(WHOLE, ReplayBackend(store), budget=5, method="tpe", seed=3,
+                      storage=storage)
+    summaries = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    measured = [t for t in complete if not t.user_attrs["reused"]]
+    assert len(measured) == len(result.trials)
+    assert {t.user_attrs["config"] for t in complete} == {t.config for t in result.trials}
+
+
+def test_bad_input_is_refused(shipped: Path) -> None:
+    with Store(shipped, read_only=True) as store:
+        with pytest.raises(PerftuneInputError, match="at least 1"):
+            tune(WHOLE, ReplayBackend(store), budget=0, method="random")
+        with pytest.raises(PerftuneInputError, match="unknown method"):
+            tune(WHOLE, ReplayBackend(store), budget=3, method="annealing")
+        with pytest.raises(PerftuneInputError, match="needs a trained model"):
+            tune(WHOLE, ReplayBackend(store), budget=3, method="model")
+        unseen = Problem(3, 5, 7, "fp16", H100)
+        with pytest.raises(PerftuneInputError, match="nothing recorded"):
+            tune(unseen, ReplayBackend(store), budget=3, method="random")
+
+
+def test_tune_cli(shipped: Path, tmp_path: Path, predictor: Predictor,
+                  cli: Callable[..., tuple[int, str, str]]) -> None:
+    model = save_model(tmp_path / "m.skops", predictor.model, predictor.meta)
+    code, out, err = cli("tune", "--db", shipped, "--model", model, "--problem", "64x11008x4096",
+                         "--device", H100, "--budget", "4", "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["measurements"] <= 4 and answer["trials"][0]["dataflow"] == "cublas"
+    assert answer["runtime_ms"] <= answer["cublas_ms"]
+    code, _, err = cli("tune", "--db", shipped, "--model", model, "--problem", "64x11008x4096",
+                       "--device", H100, "--budget", "0")
+    assert code == 2 and "--budget" in err

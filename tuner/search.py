@@ -1,0 +1,225 @@
+"""Search for the best dataflow and config of a problem with few measurements.
+
+Every method runs through an Optuna study (so every trial is kept, in an Optuna storage when
+one is given): ``model`` is perftune's model-guided search, ``tpe``, ``gp`` and ``random`` are
+Optuna's samplers over the family's conditional space (dataflow first, then its parameters),
+``tutorial`` measures the Triton tutorial's 8 configs in order, ``cublas`` the library alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from store.errors import PerftuneInputError
+from store.keys import canonical_config
+from tuner._base import Backend, Problem
+
+METHODS = ("model", "tpe", "gp", "random", "tutorial", "cublas")
+# The Triton matmul tutorial's configs, mapped to the nearest of our space (stages 5 -> 4,
+# 2 warps -> 4): (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps).
+TUTORIAL = [(128, 256, 64, 8, 3, 8), (64, 256, 32, 8, 4, 4), (128, 128, 32, 8, 4, 4),
+            (128, 64, 32, 8, 4, 4), (64, 128, 32, 8, 4, 4), (128, 32, 32, 8, 4, 4),
+            (64, 32, 32, 8, 4, 4), (32, 64, 32, 8, 4, 4)]
+_TRIES_PER_MEASUREMENT = 50  # proposals a sampler may make per measurement before giving up
+
+
+@dataclass
+class Trial:
+    dataflow: str
+    config: str
+    runtime_ms: float | None
+
+
+@dataclass
+class TuneResult:
+    method: str
+    problem: Problem
+    trials: list[Trial] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def measured(self) -> list[Trial]:
+        return [t for t in self.trials if t.runtime_ms is not None]
+
+    @property
+    def best(self) -> Trial | None:
+        measured = self.measured
+        return min(measured, key=lambda t: t.runtime_ms or math.inf) if measured else None
+
+    def best_of(self, dataflow: str) -> Trial | None:
+        trials = [t for t in self.measured if t.dataflow == dataflow]
+        return min(trials, key=lambda t: t.runtime_ms or math.inf) if trials else None
+
+
+def tune(problem: Problem, backend: Backend, *, budget: int, method: str = "model",
+         dataflows: tuple[str, ...] | None = None, predictor: Any = None, store: Any = None,
+         seed: int = 0, storage: str | None = None, margin: float = 0.01,
+         on_trial: Callable[[TuneResult], None] | None = None) -> TuneResult:
+    """Find the fastest dataflow and config of ``problem`` with at most ``budget``
+    measurements from ``backend``."""
+    if budget < 1:
+        raise PerftuneInputError(f"budget must be at least 1 measurement, not {budget}")
+    if method not in METHODS:
+        raise PerftuneInputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "model" and (predictor is None or store is None):
+        raise PerftuneInputError("the model-guided method needs a trained model "
+                                 "(`perftune fit`) and the store")
+    candidates = backend.candidates(problem)
+    if dataflows:
+        unknown = set(dataflows) - {"cublas", "triton", "triton_splitk"}
+        if unknown:
+            raise PerftuneInputError(f"unknown dataflow(s) {sorted(unknown)}")
+        candidates = candidates[candidates["dataflow"].isin(dataflows)]
+    if candidates.empty:
+        raise PerftuneInputError(f"no candidate configs for {problem.shape} {problem.dtype}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=f"{method}:{problem.device}:{problem.shape}:{problem.dtype}:{seed}",
+        storage=storage, sampler=_sampler(method, seed), load_if_exists=True)
+    search = _Search(problem, backend, candidates, study, budget, on_trial,
+                     TuneResult(method, problem))
+    if method == "model":
+        search.model_guided(predictor, store, margin)
+    elif method == "tutorial":
+        search.in_order(_tutorial_configs(candidates))
+    elif method == "cublas":
+        search.in_order(candidates[candidates["dataflow"] == "cublas"])
+    else:
+        search.with_sampler()
+    return search.result
+
+
+def _sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
+    if method == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+    if method == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _tutorial_configs(candidates: pd.DataFrame) -> pd.DataFrame:
+    names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_stages", "num_warps")
+    wanted = [canonical_config(dict(zip(names, values, strict=True))) for values in TUTORIAL]
+    triton = candidates[candidates["dataflow"] == "triton"].set_index("config")
+    present = [c for c in wanted if c in triton.index]
+    return pd.DataFrame({"dataflow": "triton", "config": present})
+
+
+class _Search:
+    def __init__(self, problem: Problem, backend: Backend, candidates: pd.DataFrame,
+                 study: optuna.Study, budget: int,
+                 on_trial: Callable[[TuneResult], None] | None, result: TuneResult):
+        self.problem, self.backend, self.study, self.budget = problem, backend, study, budget
+        self.candidates = candidates.reset_index(drop=True)
+        self.known = set(zip(self.candidates["dataflow"], self.candidates["config"],
+                             strict=True))
+        self.on_trial, self.result = on_trial, result
+        self.seen: dict[tuple[str, str], float | None] = {}
+
+    @property
+    def spent(self) -> int:
+        return len(self.result.trials)
+
+    def _measure(self, trial: optuna.Trial, dataflow: str, config: str) -> float | None:
+        reused = (dataflow, config) in self.seen
+        if reused:  # proposed again: reuse, never re-measure
+            runtime = self.seen[(dataflow, config)]
+        else:
+            runtime = self.backend.measure(self.problem, dataflow, config)
+            self.seen[(dataflow, config)] = runtime
+            self.result.trials.append(Trial(dataflow, config, runtime))
+            if self.on_trial is not None:
+                self.on_trial(self.result)
+        trial.set_user_attr("dataflow", dataflow)
+        trial.set_user_attr("config", config)
+        trial.set_user_attr("reused", reused)
+        if runtime is None:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(trial, runtime)
+        return runtime
+
+    def _fixed_trial(self, dataflow: str, config: str) -> optuna.Trial:
+        """A trial whose config was chosen outside Optuna's samplers (kept as user attributes:
+        `dataflow`, `config`)."""
+        return self.study.ask()
+
+    def in_order(self, ordered: pd.DataFrame) -> None:
+        for dataflow, config in zip(ordered["dataflow"], ordered["config"], strict=True):
+            if self.spent >= self.budget:
+                return
+            self._measure(self._fixed_trial(dataflow, config), dataflow, config)
+
+    def with_sampler(self) -> None:
+        space = self._space()
+        dataflows = sorted(space)
+        for _ in range(self.budget * _TRIES_PER_MEASUREMENT):
+            if self.spent >= self.budget or len(self.seen) == len(self.known):
+                return
+            trial = self.study.ask()
+            dataflow = trial.suggest_categorical("dataflow", dataflows)
+            params = {name: trial.suggest_categorical(f"{dataflow}.{name}", values)
+                      for name, values in space[dataflow].items()}
+            config = canonical_config(params) if params else "{}"
+            if (dataflow, config) not in self.known:  # never launched: outside the space
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                continue
+            self._measure(trial, dataflow, config)
+
+    def _space(self) -> dict[str, dict[str, list[int]]]:
+        space: dict[str, dict[str, list[int]]] = {}
+        for dataflow, group in self.candidates.groupby("dataflow"):
+            configs = pd.DataFrame([json.loads(c) for c in group["config"]])
+            space[str(dataflow)] = {str(name): sorted(int(v) for v in configs[name].unique())
+                                    for name in configs.columns}
+        return space
+
+    def model_guided(self, predictor: Any, store: Any, margin: float) -> None:
+        """cuBLAS first (when allowed), then the candidate with the lowest optimistic
+        prediction, the model's error per dataflow corrected as measurements arrive; stop
+        when no candidate can beat the best so far by more than ``margin``."""
+        rows = self.candidates.assign(m=self.problem.m, n=self.problem.n, k=self.problem.k,
+                                      dtype=self.problem.dtype, device_id=self.problem.device)
+        from perfmodel.features import with_config_columns
+
+        predicted = predictor.predict(store, with_config_columns(rows))
+        mean = np.log(predicted["predicted_ms"].to_numpy())
+        spread = (np.log(predicted["high_ms"].to_numpy()) - np.log(predicted["low_ms"]
+                  .to_numpy())) / 2 if "high_ms" in predicted else np.zeros(len(mean))
+        frame = self.candidates.assign(mean=mean, spread=spread)
+        library = frame[frame["dataflow"] == "cublas"]
+        if len(library):
+            self.in_order(library)
+        while self.spent < self.budget:
+            open_ = frame[[(d, c) not in self.seen for d, c in
+                           zip(frame["dataflow"], frame["config"], strict=True)]]
+            if open_.empty:
+                return
+            corrected = open_["mean"] + open_["dataflow"].map(self._corrections(frame))
+            best = self.result.best
+            optimistic = corrected - open_["spread"]
+            if best is not None and best.runtime_ms and optimistic.min() > math.log(
+                    best.runtime_ms / (1 + margin)):
+                self.result.stopped_early = True
+                return
+            pick = (corrected - 0.3 * open_["spread"]).idxmin()
+            dataflow, config = frame.loc[pick, "dataflow"], frame.loc[pick, "config"]
+            self._measure(self._fixed_trial(dataflow, config), dataflow, config)
+
+    def _corrections(self, frame: pd.DataFrame) -> dict[str, float]:
+        """Per dataflow, the median log error of the model on what was measured (0 before)."""
+        indexed = frame.set_index(["dataflow", "config"])["mean"]
+        errors: dict[str, list[float]] = {}
+        for (dataflow, config), runtime in self.seen.items():
+            if runtime:
+                errors.setdefault(dataflow, []).append(math.log(runtime)
+                                                       - indexed[(dataflow, config)])
+        return {d: float(np.median(errors.get(d, [0.0]))) for d in frame["dataflow"].unique()}
