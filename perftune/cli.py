@@ -37,6 +37,13 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
                         help="store file (default: $PERFTUNE_DB or data/perftune.duckdb)")
 
 
+def _gemm_problem_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--problem", required=True, metavar="MxNxK",
+                        help="GEMM sizes, e.g. 128x4096x4096 or m=128,n=4096,k=4096")
+    parser.add_argument("--dtype", default="fp16", help="fp16 (default), bf16 or fp32")
+    parser.add_argument("--device", required=True, help="device id as in `perftune db stats`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perftune", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,9 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict the runtime of one GEMM config on a device (--dataflow and "
         "--config), or rank every config the store knows for the problem (default), with the "
         "model's interval and the roofline's bound.")
-    predict.add_argument("--problem", required=True, metavar="MxNxK")
-    predict.add_argument("--dtype", default="fp16")
-    predict.add_argument("--device", required=True, help="device id as in `perftune db stats`")
+    _gemm_problem_options(predict)
     predict.add_argument("--dataflow", help="one dataflow (cublas, triton, triton_splitk)")
     predict.add_argument("--config", help="one config as JSON, e.g. "
                          "'{\"BLOCK_M\":128,\"BLOCK_N\":128,\"BLOCK_K\":64,\"GROUP_M\":8,"
@@ -160,9 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "not built yet.",
         epilog="example:\n  perftune tune --problem 64x11008x4096 --device "
         "nvidia-h100-80gb-hbm3 --budget 8")
-    tune.add_argument("--problem", required=True, metavar="MxNxK")
-    tune.add_argument("--dtype", default="fp16")
-    tune.add_argument("--device", required=True, help="device id as in `perftune db stats`")
+    _gemm_problem_options(tune)
     tune.add_argument("--budget", type=int, default=8, help="most measurements (default 8)")
     tune.add_argument("--method", default="model",
                       help="model, tpe, gp, random, tutorial or cublas (default model)")

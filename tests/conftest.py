@@ -38,6 +38,16 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
     return run
 
 
+@pytest.fixture(scope="session")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store built from the shipped dataset, once per test session (read it read-only)."""
+    from store.dataset import build_store
+
+    path = tmp_path_factory.mktemp("shipped") / "shipped.duckdb"
+    build_store(path)
+    return path
+
+
 def fingerprint(path: Path) -> str | None:
     """Hash of a file (and its WAL), or None when it does not exist."""
     if not path.exists():

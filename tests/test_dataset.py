@@ -12,13 +12,10 @@ from store.dataset import DATASET_DIR, build_store, heldout_problems
 from store.db import Store
 
 
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("shipped") / "shipped.duckdb"
-    counts = build_store(path)
+def test_shipped_dataset_loads_whole(tmp_path: Path) -> None:
+    counts = build_store(tmp_path / "fresh.duckdb")
     manifest = json.loads((DATASET_DIR / "manifest.json").read_text())
     assert counts == manifest["rows"]
-    return path
 
 
 def _one(store: Store, sql: str) -> object:

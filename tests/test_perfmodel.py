@@ -16,18 +16,11 @@ from perfmodel.forest import RuntimeForest
 from perfmodel.persist import FORMAT_VERSION, load_model, save_model
 from perfmodel.roofline import RooflineModel, roofline_parts
 from perfmodel.runtime import Predictor, fit_model, training_rows
-from store.dataset import build_store, heldout_problems
+from store.dataset import heldout_problems
 from store.db import Store
 from store.errors import PerftuneInputError
 
 ESTIMATORS = [lambda: RooflineModel(), lambda: RuntimeForest(n_estimators=8, n_jobs=1)]
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("perfmodel") / "shipped.duckdb"
-    build_store(path)
-    return path
 
 
 @pytest.fixture(scope="module")

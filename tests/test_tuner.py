@@ -11,7 +11,6 @@ import pytest
 
 from perfmodel.persist import save_model
 from perfmodel.runtime import Predictor, fit_model
-from store.dataset import build_store
 from store.db import Store
 from store.errors import PerftuneInputError
 from tuner._base import Problem
@@ -20,13 +19,6 @@ from tuner.search import METHODS, TuneResult, tune
 
 H100 = "nvidia-h100-80gb-hbm3"
 WHOLE = Problem(64, 11008, 4096, "fp16", H100)  # a whole-space problem of the dataset
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tuner") / "shipped.duckdb"
-    build_store(path)
-    return path
 
 
 @pytest.fixture(scope="module")
