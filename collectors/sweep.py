@@ -80,8 +80,6 @@ def validate(spec: SweepSpec) -> KernelFamily:
     family = load_family(spec.family)
     for dataflow in spec.dataflows or family.dataflows:
         family.check_dataflow(dataflow)
-    if not spec.problems:
-        raise PerftuneInputError("no problems given; pass --problem or --problems-file")
     for problem in spec.problems:
         family.check_dtype(problem.dtype)
         if tuple(problem.sizes) != family.dims:
@@ -146,6 +144,8 @@ class Collector:
 
     # -- the sweep ----------------------------------------------------------------------------
     def run(self) -> SweepSummary:
+        if not self.spec.problems:
+            raise PerftuneInputError("no problems given; pass --problem or --problems-file")
         started = time.perf_counter()
         self.device = self.worker.start()
         try:
@@ -164,14 +164,7 @@ class Collector:
         pending = [p for p in planned if p.key not in stored]
         summary = SweepSummary(device["device_id"], device["kind"], self.worker_timer_name(),
                                planned=len(planned), already_stored=len(stored))
-        record = {k: v for k, v in device.items() if k not in ("software", "cuda_version",
-                                                                "driver_version")}
-        self.store.upsert_device({**record, "cuda_version": device.get("cuda_version"),
-                                  "driver_version": device.get("driver_version")})
-        campaign_id = uuid.uuid4().hex[:16]
-        self.store.start_campaign({"campaign_id": campaign_id, "device_id": device["device_id"],
-                                   "family": self.family.name, "command": self.command,
-                                   "host": socket.gethostname(), "planned": len(pending)})
+        campaign_id = self._start_campaign(planned=len(pending))
         status = "interrupted"
         try:
             if self.mode == GPU and pending:
@@ -191,6 +184,52 @@ class Collector:
             summary.restarts = self.worker.restarts
             self.store.finish_campaign(campaign_id, status=status, written=summary.written)
         return summary
+
+    def _start_campaign(self, planned: int) -> str:
+        device = self.device
+        record = {k: v for k, v in device.items() if k not in ("software", "cuda_version",
+                                                                "driver_version")}
+        self.store.upsert_device({**record, "cuda_version": device.get("cuda_version"),
+                                  "driver_version": device.get("driver_version")})
+        campaign_id = uuid.uuid4().hex[:16]
+        self.store.start_campaign({"campaign_id": campaign_id, "device_id": device["device_id"],
+                                   "family": self.family.name, "command": self.command,
+                                   "host": socket.gethostname(), "planned": planned})
+        return campaign_id
+
+    # -- one config at a time (the tuner's live backend) --------------------------------------
+    def __enter__(self) -> Collector:
+        self.device = self.worker.start()
+        self.session_campaign = self._start_campaign(planned=0)
+        self.session_written = 0
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.store.finish_campaign(self.session_campaign, written=self.session_written,
+                                       status="finished" if exc_type is None else "interrupted")
+        finally:
+            self.worker.stop()
+
+    def measure(self, problem: Problem, dataflow: str, config: Config) -> dict[str, Any]:
+        """Measure one config as a sweep would (checked, timed in rounds, isolated) and store
+        it; a measurement already stored is returned instead (with ``reused`` set)."""
+        self.family.check_dataflow(dataflow)
+        if not self.family.is_valid(problem, dataflow, config, limits_of(self.device)):
+            raise PerftuneInputError(f"{dataflow} {canonical_config(config)} cannot run "
+                                     f"{problem} on this device (its constraints refuse it)")
+        check_fits(problem, *self._memory(problem))
+        key = measurement_key(device_id=self.device["device_id"], family=self.family.name,
+                              dataflow=dataflow, dtype=problem.dtype, shape=problem.shape,
+                              config=canonical_config(config),
+                              software=self.device["software"]["software_key"])
+        stored = self.store.query("SELECT * FROM measurements WHERE key = ?", [key])
+        if not stored.empty:
+            return {**stored.iloc[0].to_dict(), "reused": True}
+        item = Planned(Task(problem, self.spec.seed, dataflow, config), key)
+        rows = self._measure_chunk([item], self.session_campaign)
+        self.session_written += self.store.insert("measurements", rows)
+        return {**rows[0], "reused": False}
 
     def worker_timer_name(self) -> str:
         return "cuda_event" if self.mode == GPU else "interpreter_wall_clock"

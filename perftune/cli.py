@@ -37,11 +37,12 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
                         help="store file (default: $PERFTUNE_DB or data/perftune.duckdb)")
 
 
-def _gemm_problem_options(parser: argparse.ArgumentParser) -> None:
+def _gemm_problem_options(parser: argparse.ArgumentParser, device_required: bool = True) -> None:
     parser.add_argument("--problem", required=True, metavar="MxNxK",
                         help="GEMM sizes, e.g. 128x4096x4096 or m=128,n=4096,k=4096")
     parser.add_argument("--dtype", default="fp16", help="fp16 (default), bf16 or fp32")
-    parser.add_argument("--device", required=True, help="device id as in `perftune db stats`")
+    parser.add_argument("--device", required=device_required,
+                        help="device id as in `perftune db stats`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,16 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
         "measurements.\nMethods: model (perftune: cuBLAS first, then the model's best "
         "candidates, corrected as\nmeasurements arrive, stopping early when nothing can win), "
         "tpe / gp / random (Optuna samplers\nover the conditional space), tutorial (the Triton "
-        "tutorial's 8 configs), cublas.\nBackend: replay answers from the store's recorded "
-        "measurements (CPU; only recorded configs\ncan be proposed). A live GPU backend is "
-        "not built yet.",
+        "tutorial's 8 configs), cublas.\nBackends: replay answers from the store's recorded "
+        "measurements (CPU; only recorded configs\ncan be proposed); live measures on this "
+        "machine's GPU through the collector (checked,\nisolated, stored; stored ones are "
+        "reused), or under the Triton interpreter without one.",
         epilog="example:\n  perftune tune --problem 64x11008x4096 --device "
         "nvidia-h100-80gb-hbm3 --budget 8")
-    _gemm_problem_options(tune)
+    _gemm_problem_options(tune, device_required=False)
     tune.add_argument("--budget", type=int, default=8, help="most measurements (default 8)")
     tune.add_argument("--method", default="model",
                       help="model, tpe, gp, random, tutorial or cublas (default model)")
     tune.add_argument("--dataflows", help="comma-separated subset, e.g. triton")
+    tune.add_argument("--backend", choices=["replay", "live"], default="replay",
+                      help="replay recorded measurements (default) or measure live")
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--storage", help="Optuna storage URL to keep the study in, e.g. "
                       "sqlite:///tune.db (view with optuna-dashboard)")
@@ -434,7 +438,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from collectors.problems import normalize_dtype, parse_problem
     from perfmodel.runtime import DEFAULT_MODEL, Predictor, fit_model, save_model
     from store.db import Store
-    from tuner._base import Problem
+    from tuner._base import Backend, Problem
     from tuner.replay import ReplayBackend
     from tuner.search import METHODS, tune
 
@@ -448,7 +452,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     dataflows = tuple(d.strip() for d in args.dataflows.split(",")) if args.dataflows else None
     problem = Problem(sizes["m"], sizes["n"], sizes["k"], dtype, args.device)
     console = _console()
-    with Store(args.db, read_only=True) as store:
+    with Store(args.db, read_only=args.backend == "replay") as store:
+        backend: Backend
+        if args.backend == "live":
+            from tuner.live import LiveBackend
+
+            backend = LiveBackend(store, seed=args.seed)
+            problem = Problem(sizes["m"], sizes["n"], sizes["k"], dtype, backend.device_id)
+        else:
+            if not args.device:
+                raise PerftuneInputError("--device is needed to replay a device's "
+                                         "measurements (see `perftune db stats`)")
+            backend = ReplayBackend(store)
         predictor = None
         if args.method == "model":
             path = args.model or DEFAULT_MODEL
@@ -464,12 +479,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
                               f"{trial.config:80s} {_ms(trial.runtime_ms)}   best "
                               f"{_ms(best.runtime_ms if best else None)}")
 
-        result = tune(problem, ReplayBackend(store), budget=args.budget, method=args.method,
-                      dataflows=dataflows, predictor=predictor, store=store, seed=args.seed,
-                      storage=args.storage, on_trial=show)
+        try:
+            result = tune(problem, backend, budget=args.budget, method=args.method,
+                          dataflows=dataflows, predictor=predictor, store=store,
+                          seed=args.seed, storage=args.storage, on_trial=show)
+        finally:
+            backend.close()
     best = result.best
     library = result.best_of("cublas")
-    answer = {"problem": args.problem, "dtype": dtype, "device": args.device,
+    answer = {"problem": args.problem, "dtype": dtype, "device": problem.device,
+              "backend": args.backend,
               "method": args.method, "measurements": len(result.trials),
               "stopped_early": result.stopped_early,
               "dataflow": best.dataflow if best else None,

@@ -106,3 +106,31 @@ def test_tune_cli(shipped: Path, tmp_path: Path, predictor: Predictor,
     code, _, err = cli("tune", "--db", shipped, "--model", model, "--problem", "64x11008x4096",
                        "--device", H100, "--budget", "0")
     assert code == 2 and "--budget" in err
+
+
+def test_live_backend_under_the_interpreter(db: Path,
+                                            cli: Callable[..., tuple[int, str, str]]) -> None:
+    """Live tuning measures through the collector (interpreter here), stores every
+    measurement once, and a second tune reuses them instead of measuring again."""
+    from tuner.live import LiveBackend
+
+    with Store(db) as store:
+        backend = LiveBackend(store, interpret=True, timeout_s=120)
+        try:
+            problem = Problem(16, 32, 64, "fp16", backend.device_id)
+            candidates = backend.candidates(problem)
+            result = tune(problem, backend, budget=3, method="random", seed=2)
+        finally:
+            backend.close()
+        rows = store.query("SELECT dataflow, config, status, timer FROM measurements")
+    assert backend.device_id == "cpu-triton-interpreter"
+    assert len(result.trials) == 3 and len(rows) == 3
+    assert set(rows["timer"]) == {"interpreter_wall_clock"} and set(rows["status"]) == {"ok"}
+    assert set(zip(rows["dataflow"], rows["config"], strict=True)) <= set(
+        zip(candidates["dataflow"], candidates["config"], strict=True))
+    code, out, err = cli("tune", "--db", db, "--backend", "live", "--problem", "16x32x64",
+                         "--method", "random", "--seed", "2", "--budget", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["device"] == "cpu-triton-interpreter"
+    with Store(db, read_only=True) as store:
+        assert len(store.query("SELECT key FROM measurements")) == 3  # all reused

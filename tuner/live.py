@@ -1,0 +1,55 @@
+"""The live backend: measures on the device through the collector (the same reference check,
+worker isolation and timing as a sweep), writes every measurement to the store, and reuses
+what the store already holds. Under the Triton interpreter on a CPU machine it runs too, with
+interpreter timings stored as such."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from collectors.device import limits_of
+from collectors.problems import Problem as FamilyProblem
+from collectors.sweep import Collector, SweepSpec
+from store.db import Store
+from store.keys import canonical_config
+from tuner._base import Backend, Problem
+
+
+class LiveBackend(Backend):
+    name = "live"
+
+    def __init__(self, store: Store, *, interpret: bool | None = None, timeout_s: float = 180.0,
+                 seed: int = 0):
+        spec = SweepSpec(family="gemm", problems=[], interpret=interpret, timeout_s=timeout_s,
+                         seed=seed)
+        self.collector = Collector(store, spec, command="perftune tune --backend live")
+        self.collector.__enter__()
+        self.reused = 0
+
+    @property
+    def device_id(self) -> str:
+        return str(self.collector.device["device_id"])
+
+    def candidates(self, problem: Problem) -> pd.DataFrame:
+        family, target = self.collector.family, _family_problem(problem)
+        limits = limits_of(self.collector.device)
+        rows = [(dataflow, canonical_config(config) if config else "{}")
+                for dataflow in family.dataflows
+                for config in family.configs(target, dataflow, limits)]
+        return pd.DataFrame(rows, columns=["dataflow", "config"])
+
+    def measure(self, problem: Problem, dataflow: str, config: str) -> float | None:
+        row: dict[str, Any] = self.collector.measure(_family_problem(problem), dataflow,
+                                                     json.loads(config))
+        self.reused += bool(row["reused"])
+        return float(row["runtime_ms"]) if row["status"] == "ok" else None
+
+    def close(self) -> None:
+        self.collector.__exit__(None)
+
+
+def _family_problem(problem: Problem) -> FamilyProblem:
+    return FamilyProblem.of(problem.dtype, m=problem.m, n=problem.n, k=problem.k)
