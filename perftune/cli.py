@@ -154,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "data/models/gemm_runtime.skops)")
     predict.add_argument("--json", action="store_true", help="print JSON")
     _db_option(predict)
+    evaluate = sub.add_parser(
+        "evaluate", help="report a model's accuracy on the held-out problems",
+        description="Evaluate a model on the held-out problems (data/problems/heldout.csv): "
+        "writes metrics.json, predicted_vs_measured.png, residuals_by_size.png, roofline.png "
+        "and index.html into --out.")
+    evaluate.add_argument("--model", type=Path, default=None, help="model file (default "
+                          "data/models/gemm_runtime.skops)")
+    evaluate.add_argument("--device", help="only this device (default: every GPU)")
+    evaluate.add_argument("--out", type=Path, default=Path("report"),
+                          help="report directory (default ./report)")
+    _db_option(evaluate)
     tune = sub.add_parser(
         "tune", help="find the best dataflow and config of a GEMM problem in few measurements",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -206,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"device": cmd_device, "collect": cmd_collect, "db": cmd_db, "fit": cmd_fit,
-                "predict": cmd_predict, "tune": cmd_tune}
+                "predict": cmd_predict, "tune": cmd_tune, "evaluate": cmd_evaluate}
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -431,6 +442,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         _print_frame(shown.round(4), f"{problem} on {args.device} (model {predictor.meta['kind']}"
                      f", trained on {', '.join(predictor.meta['devices'])})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from perfmodel.report import evaluate
+    from perfmodel.runtime import DEFAULT_MODEL, Predictor
+    from store.db import Store
+
+    predictor = Predictor.load(args.model or DEFAULT_MODEL)
+    with Store(args.db, read_only=True) as store:
+        metrics = evaluate(predictor, store, args.out, device=args.device)
+    _print_frame(pd.DataFrame(metrics).T.round(4).reset_index(names="device"),
+                 f"held-out accuracy of {predictor.meta['kind']} ({args.out}/index.html)")
     return 0
 
 

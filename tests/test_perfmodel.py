@@ -156,3 +156,18 @@ def test_metrics_reward_the_right_ranking() -> None:
     assert reversed_["regret_zero_shot"] == pytest.approx((1 / 8 * 2 / 6) ** 0.5)
     cublas_first = rows.assign(score=(rows["dataflow"] != "cublas").astype(float))
     assert regret(cublas_first, "score") == pytest.approx((1 / 2 * 1) ** 0.5)
+
+
+def test_evaluate_writes_a_report(shipped: Path, tmp_path: Path,
+                                  cli: Callable[..., tuple[int, str, str]]) -> None:
+    model = tmp_path / "roofline.skops"
+    assert cli("fit", "--db", shipped, "--model", "roofline", "--out", model)[0] == 0
+    code, _, err = cli("evaluate", "--db", shipped, "--model", model, "--out",
+                         tmp_path / "report", "--device", "nvidia-h100-80gb-hbm3")
+    assert code == 0, err
+    files = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"index.html", "metrics.json", "predicted_vs_measured.png", "residuals_by_size.png",
+            "roofline.png"} <= files
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]
+    assert 0 < metrics["nvidia-h100-80gb-hbm3"]["regret_zero_shot"] <= 1
+    assert (tmp_path / "report" / "roofline.png").read_bytes()[:4] == b"\x89PNG"
