@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run under the Triton interpreter on CPU even with a GPU")
     mode.add_argument("--gpu", action="store_false", dest="interpret",
                       help="require a GPU (fail instead of falling back to the interpreter)")
+    collect.add_argument("--energy-only", action="store_true",
+                         help="measure NVML energy of the sweep's stored ok configs that lack "
+                         "it (or have it from the first, idle-gap loop); timings are kept")
     collect.add_argument("--no-progress", action="store_true", help="no progress bar")
     _db_option(collect)
 
@@ -312,11 +315,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
     mode = select_mode(args.interpret)
     problems, sample = _problems(args, family, mode == GPU)
     dataflows = [d.strip() for d in args.dataflows.split(",")] if args.dataflows else None
+    if args.energy_only and mode != GPU:
+        raise PerftuneInputError("--energy-only measures NVML energy and needs a GPU")
     spec = SweepSpec(family=args.family, problems=problems, dataflows=dataflows,
-                     sample=sample, seed=args.seed, energy=args.energy,
+                     sample=sample, seed=args.seed, energy=args.energy or args.energy_only,
                      energy_window_s=args.energy_window, rounds=args.rounds,
                      max_rounds=max(4, args.rounds), timeout_s=args.timeout,
-                     compile_workers=args.compile_workers, interpret=mode != GPU)
+                     compile_workers=args.compile_workers, interpret=mode != GPU,
+                     energy_only=args.energy_only)
     validate(spec)
     console = _console()
     where = "GPU" if mode == GPU else ("Triton interpreter on CPU: timings are NOT GPU "

@@ -164,6 +164,44 @@ class Store:
             con.unregister("_incoming")
         return inserted
 
+    def update_measurements(self, updates: Mapping[str, Mapping[str, Any]]) -> int:
+        """Set columns of stored measurements by key, in one transaction. Returns how many
+        rows were updated."""
+        self._require_writable()
+        columns = TABLES["measurements"]
+        con, updated = self._con, 0
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for key, values in updates.items():
+                unknown = set(values) - set(columns)
+                if unknown or "key" in values:
+                    raise StoreError(f"cannot update measurement columns {sorted(unknown)}")
+                assignments = ", ".join(f"{name} = ?" for name in values)
+                rows = con.execute(f"UPDATE measurements SET {assignments} WHERE key = ? "
+                                   f"RETURNING key", [*values.values(), key]).fetchall()
+                updated += len(rows)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return updated
+
+    def energy_targets(self, keys: Iterable[str]) -> dict[str, float]:
+        """Of these keys, the ok measurements without energy from the current method, with
+        their runtime (ms)."""
+        frame = pd.DataFrame({"key": list(keys)})
+        if frame.empty:
+            return {}
+        self._con.register("_wanted", frame)
+        try:
+            rows = self._con.execute(
+                "SELECT m.key, m.runtime_ms FROM measurements m JOIN _wanted w USING (key) "
+                "WHERE m.status = 'ok' AND m.runtime_ms > 0 AND m.energy_method IS NULL"
+            ).fetchall()
+        finally:
+            self._con.unregister("_wanted")
+        return {key: float(runtime) for key, runtime in rows}
+
     def upsert_device(self, device: Mapping[str, Any]) -> None:
         """Store a device; a later identity of the same device updates it, keeping ceilings."""
         self._require_writable()

@@ -81,10 +81,20 @@ CAMPAIGN_COLUMNS: dict[str, str] = {
     "written": "INTEGER",
 }
 
-TABLES: dict[str, dict[str, str]] = {
+# Added by migration 1 -> 2: how energy was measured ('busy-queue': the GPU kept busy while
+# NVML is read). NULL on rows from the first energy loop, which left the GPU idle between
+# batches (diluted power, inflated energy per call): do not train power models on those.
+MEASUREMENT_COLUMNS_V2: dict[str, str] = {"energy_method": "VARCHAR"}
+
+_TABLES_V1: dict[str, dict[str, str]] = {
     "devices": DEVICE_COLUMNS,
     "campaigns": CAMPAIGN_COLUMNS,
     "measurements": MEASUREMENT_COLUMNS,
+}
+
+TABLES: dict[str, dict[str, str]] = {
+    **_TABLES_V1,
+    "measurements": {**MEASUREMENT_COLUMNS, **MEASUREMENT_COLUMNS_V2},
 }
 
 
@@ -96,9 +106,12 @@ def _create(table: str, columns: dict[str, str]) -> str:
 MIGRATIONS: list[list[str]] = [
     # 0 -> 1: the first schema.
     [
-        *(_create(table, columns) for table, columns in TABLES.items()),
+        *(_create(table, columns) for table, columns in _TABLES_V1.items()),
         "CREATE INDEX measurements_problem ON measurements (device_id, family, dtype, shape)",
     ],
+    # 1 -> 2: energy_method.
+    [f"ALTER TABLE measurements ADD COLUMN {name} {sql_type}"
+     for name, sql_type in MEASUREMENT_COLUMNS_V2.items()],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

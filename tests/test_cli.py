@@ -54,6 +54,7 @@ BAD_COLLECTS = [
     (["--problem", "3000000x3000000x16"], "more than the 2^31"),
     (["--problem", "16x16x16", "--sample", "0"], "--sample must be at least 1"),
     (["--problems-file", "/nonexistent/problems.csv"], "does not exist"),
+    (["--energy-only", "--problem", "16x32x32"], "needs a GPU"),
 ]
 
 

@@ -104,3 +104,31 @@ def test_filtered_export(db: Path, tmp_path: Path) -> None:
 def test_incomplete_export_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no manifest"):
         read_export(tmp_path)
+
+
+def test_v1_store_is_migrated_and_keeps_its_rows(db: Path) -> None:
+    from store.schema import MIGRATIONS
+
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE perftune_meta (name VARCHAR PRIMARY KEY, value VARCHAR)")
+    for statement in MIGRATIONS[0]:
+        con.execute(statement)
+    con.execute("INSERT INTO perftune_meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO measurements (key, device_id, family, dataflow, dtype, shape, "
+                "config, status, software_key, measured_at, energy_per_call_j) VALUES "
+                "('old', 'dev', 'gemm', 'triton', 'fp16', 's', '{}', 'ok', 'sw', now(), 1.5)")
+    con.close()
+    with pytest.raises(StoreError, match="needs migrating"):
+        Store(db, read_only=True)
+    with Store(db) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        row = store.query("SELECT energy_per_call_j, energy_method FROM measurements").iloc[0]
+        assert row["energy_per_call_j"] == 1.5 and row["energy_method"] is None
+        assert store.energy_targets(["old", "other"]) == {}  # no runtime: not ok-timed
+        store.con.execute("UPDATE measurements SET runtime_ms = 2.0")
+        assert store.energy_targets(["old", "other"]) == {"old": 2.0}
+        assert store.update_measurements({"old": {"energy_per_call_j": 0.5,
+                                                  "energy_method": "busy-queue"}}) == 1
+        assert store.energy_targets(["old"]) == {}
+        with pytest.raises(StoreError, match="cannot update"):
+            store.update_measurements({"old": {"nonsense": 1}})

@@ -10,6 +10,8 @@ from typing import Any
 
 from collectors.power._base import PowerObserver
 
+ENERGY_METHOD = "busy-queue"  # stored with each energy row (schema v2)
+
 
 class NVMLObserver(PowerObserver):
     """Energy counter, power, SM clock and temperature of one GPU through pynvml.
@@ -121,6 +123,7 @@ def measure_energy(fn: Callable[[], None], observer: NVMLObserver, *, call_ms: f
         "sm_clock_mhz": results["sm_clock_mhz"],
         "temperature_c": results["temperature_c"],
         "throttle_reasons": results["throttle_reasons"],
+        "energy_method": ENERGY_METHOD,
     }
 
 
