@@ -9,6 +9,7 @@ echo "== throughput"; python3 benchmarks/collect_throughput.py --results $OUT/co
 for name in h100_fullspace h100_dataset; do
   cp data/runs/$name.duckdb $OUT/$name.duckdb
 done
+echo "== live tuner vs triton.autotune"; timeout 240 python3 benchmarks/tuner_live.py --results $OUT/tuner_live.json 2>&1 | tail -4
 echo "== energy re-measure"
 timeout -s TERM 150 python3 -m perftune collect --problems-file data/problems/h100_fullspace_issue3.csv \
   --all --energy-only --energy-window 0.5 --db $OUT/h100_fullspace.duckdb --no-progress 2>&1 | grep -E "^(device|statuses|perftune)"

@@ -1,0 +1,164 @@
+"""Live tuning on the GPU against triton.autotune over the whole space, in one run.
+
+    python benchmarks/tuner_live.py [--budget 10] [--problems 5]
+
+On held-out whole-space H100 problems: perftune's model-guided tuner (forest trained on the
+shipped data without the held-out problems), random search and the Triton tutorial's 8 configs
+run live (compile included) into a fresh store, each with ``--budget`` measurements; then
+triton.autotune over every valid Triton config of our space (its first call: compile and
+benchmark all). Reports wall time per tune, the answers' runtimes re-timed side by side with
+the same timer, and whether the live ranking of methods matches the replay ranking (the
+shipped measurements of the same problems). Saves benchmarks/results/tuner_live.json.
+GPU only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from perfmodel.metrics import geomean  # noqa: E402
+from perfmodel.runtime import Predictor, fit_model  # noqa: E402
+from store.dataset import build_store  # noqa: E402
+from store.db import Store  # noqa: E402
+from tuner._base import Problem  # noqa: E402
+from tuner.replay import ReplayBackend  # noqa: E402
+from tuner.search import tune  # noqa: E402
+
+METHODS = {"perftune": "model", "random": "random", "triton_tutorial_8": "tutorial"}
+
+
+def _autotune_first_call(problem: Problem, configs: list[dict[str, int]]) -> tuple[float, dict]:
+    """Seconds of triton.autotune's first call over ``configs``, and the config it chose."""
+    import torch
+    import triton
+
+    from collectors.families._gemm_kernels import matmul_kernel
+
+    autotuned = triton.autotune(
+        configs=[triton.Config({k: v for k, v in c.items() if k not in ("num_warps",
+                                                                          "num_stages")},
+                               num_warps=c["num_warps"], num_stages=c["num_stages"])
+                 for c in configs], key=["M", "N", "K"])(matmul_kernel)
+    dtype = torch.float16 if problem.dtype == "fp16" else torch.bfloat16
+    a = torch.randn(problem.m, problem.k, device="cuda", dtype=dtype)
+    b = torch.randn(problem.k, problem.n, device="cuda", dtype=dtype)
+    c = torch.empty(problem.m, problem.n, device="cuda", dtype=dtype)
+
+    def grid(meta: dict[str, int]) -> tuple[int, int]:
+        return (triton.cdiv(problem.m, meta["BLOCK_M"]) * triton.cdiv(problem.n, meta["BLOCK_N"]),
+                1)
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    autotuned[grid](a, b, c, problem.m, problem.n, problem.k, problem.k, 1, problem.n, 1, 0,
+                    problem.n, 1, SPLIT_K=1, DOT_F32=False)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    best = autotuned.best_config
+    chosen = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+    return elapsed, {k: int(v) for k, v in chosen.items() if k in configs[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=int, default=10)
+    parser.add_argument("--problems", type=int, default=5)
+    parser.add_argument("--results", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "tuner_live.json")
+    args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("tuner_live measures on a GPU; no CUDA GPU is visible")
+    from benchmarks.tuner_budget import H100, whole_space_heldout
+    from collectors.families import DeviceLimits, load_family
+    from collectors.problems import Problem as FamilyProblem
+    from collectors.timers.cuda_events import CudaEventTimer
+    from tuner.live import LiveBackend
+
+    work = Path(tempfile.mkdtemp(prefix="tuner-live-"))
+    shipped = work / "shipped.duckdb"
+    build_store(shipped)
+    with Store(shipped, read_only=True) as store:
+        model, meta = fit_model(store, devices=[H100])
+        predictor = Predictor(model, meta)
+        problems = whole_space_heldout(store)[: args.problems]
+        device_row = store.query("SELECT * FROM devices WHERE device_id = ?", [H100])
+        replay = {name: geomean([_replay_ratio(store, p, method, args.budget, predictor)
+                                 for p in problems]) for name, method in METHODS.items()}
+    family = load_family("gemm")
+    timer = CudaEventTimer()
+    rows: list[dict[str, Any]] = []
+    for problem in problems:
+        record: dict[str, Any] = {"problem": f"{problem.shape} {problem.dtype}"}
+        for name, method in METHODS.items():
+            fresh = work / f"{name}.duckdb"
+            fresh.unlink(missing_ok=True)
+            with Store(fresh) as store:
+                store.insert("devices", device_row)  # the calibrated ceilings the model uses
+                backend = LiveBackend(store)
+                started = time.perf_counter()
+                try:
+                    result = tune(Problem(problem.m, problem.n, problem.k, problem.dtype,
+                                          backend.device_id), backend, budget=args.budget,
+                                  method=method, dataflows=("triton",), predictor=predictor,
+                                  store=store)
+                finally:
+                    backend.close()
+                best = result.best
+                record[name] = {"wall_s": time.perf_counter() - started,
+                                "measurements": len(result.trials),
+                                "config": json.loads(best.config) if best else None,
+                                "runtime_ms": best.runtime_ms if best else None}
+        target = FamilyProblem.of(problem.dtype, m=problem.m, n=problem.n, k=problem.k)
+        space = family.configs(target, "triton", DeviceLimits())
+        autotune_s, chosen = _autotune_first_call(problem, space)
+        record["triton_autotune"] = {"wall_s": autotune_s, "configs": len(space),
+                                     "config": chosen}
+        inputs = family.make_inputs(target, "cuda", 0)
+        for name in [*METHODS, "triton_autotune"]:  # the answers, re-timed side by side
+            config = record[name]["config"]
+            if config:
+                launch = family.launcher(target, "triton", config, inputs)
+                record[name]["retimed_ms"] = timer.time(launch).median_ms
+        rows.append(record)
+        print(json.dumps(record))
+    live = {name: geomean([min(r[m]["retimed_ms"] for m in [*METHODS, "triton_autotune"])
+                           / r[name]["retimed_ms"] for r in rows]) for name in METHODS}
+    result_json = {
+        "device": torch.cuda.get_device_name(0), "date": dt.date.today().isoformat(),
+        "command": "python benchmarks/tuner_live.py", "budget": args.budget,
+        "problems": rows, "live_regret_vs_best_answer": live, "replay_regret": replay,
+        "ranking_agrees": sorted(live, key=live.get) == sorted(replay, key=replay.get),
+        "autotune_wall_s_geomean": geomean([r["triton_autotune"]["wall_s"] for r in rows]),
+        "perftune_wall_s_geomean": geomean([r["perftune"]["wall_s"] for r in rows]),
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result_json, indent=2) + "\n")
+    print({k: v for k, v in result_json.items() if k != "problems"})
+
+
+def _replay_ratio(store: Store, problem: Problem, method: str, budget: int,
+                  predictor: Predictor) -> float:
+    best = store.query("SELECT min(runtime_ms) AS t FROM measurements WHERE device_id = ? "
+                       "AND shape = ? AND dtype = ? AND dataflow = 'triton'",
+                       [problem.device, problem.shape, problem.dtype])["t"][0]
+    answer = tune(problem, ReplayBackend(store), budget=budget, method=method,
+                  dataflows=("triton",), predictor=predictor, store=store).best
+    assert answer is not None and answer.runtime_ms
+    return float(best / answer.runtime_ms)
+
+
+if __name__ == "__main__":
+    main()
