@@ -8,6 +8,7 @@ sweep loses at most the chunk in flight, and a re-run resumes from the natural k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -16,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,9 +168,7 @@ class Collector:
         pending = [p for p in planned if p.key not in stored]
         summary = SweepSummary(device["device_id"], device["kind"], self.worker_timer_name(),
                                planned=len(planned), already_stored=len(stored))
-        campaign_id = self._start_campaign(planned=len(pending))
-        status = "interrupted"
-        try:
+        with self._campaign(summary, len(pending), started) as campaign_id:
             if self.mode == GPU and pending:
                 self.precompiler = Precompiler(self.family, self.spec.family,
                                                self.spec.compile_workers)
@@ -181,12 +180,21 @@ class Collector:
                 summary.statuses.update(r["status"] for r in rows)
                 _track_best(summary, rows)
                 self._report(summary)
+        return summary
+
+    @contextlib.contextmanager
+    def _campaign(self, summary: SweepSummary, planned: int, started: float
+                  ) -> Iterator[str]:
+        """A campaign row around a run: finished, or interrupted if the run raised."""
+        campaign_id = self._start_campaign(planned)
+        status = "interrupted"
+        try:
+            yield campaign_id
             status = "finished"
         finally:
             summary.elapsed_s = time.perf_counter() - started
             summary.restarts = self.worker.restarts
             self.store.finish_campaign(campaign_id, status=status, written=summary.written)
-        return summary
 
     def _remeasure_energy(self, planned: list[Planned], started: float) -> SweepSummary:
         """Energy of stored ok measurements that lack it (or have it from the first, idle-gap
@@ -197,9 +205,7 @@ class Collector:
         targets = [p for p in planned if p.key in runtimes]
         summary = SweepSummary(self.device["device_id"], self.device["kind"],
                                self.worker_timer_name(), planned=len(targets))
-        campaign_id = self._start_campaign(planned=len(targets))
-        status = "interrupted"
-        try:
+        with self._campaign(summary, len(targets), started):
             for chunk in _chunks(targets, self.spec.chunk_size):
                 updates = {}
                 for item in chunk:
@@ -211,11 +217,6 @@ class Collector:
                         updates[item.key] = {k: result.get(k) for k in ENERGY_FIELDS}
                 summary.written += self.store.update_measurements(updates)
                 self._report(summary)
-            status = "finished"
-        finally:
-            summary.elapsed_s = time.perf_counter() - started
-            summary.restarts = self.worker.restarts
-            self.store.finish_campaign(campaign_id, status=status, written=summary.written)
         return summary
 
     def _start_campaign(self, planned: int) -> str:
