@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "data/models/gemm_runtime.skops; trained on the fly when missing)")
     tune.add_argument("--json", action="store_true", help="print JSON")
     _db_option(tune)
+    migrate = db_sub.add_parser(
+        "migrate", help="bring an older store to this perftune's schema",
+        description="Open the store for writing once, which applies the schema migrations it "
+        "lacks (its rows are kept). Read-only commands refuse an older store until then.")
+    _db_option(migrate)
     init = db_sub.add_parser(
         "init", help="load the shipped dataset (data/dataset/) into the store",
         description="Load the shipped measured dataset into the store (rows already there are "
@@ -548,7 +553,11 @@ def cmd_db(args: argparse.Namespace) -> int:
     from store.db import Store
 
     if args.db_command is None:
-        raise PerftuneInputError("give a db command: stats, export, import or init")
+        raise PerftuneInputError("give a db command: stats, export, import, init or migrate")
+    if args.db_command == "migrate":
+        with Store(args.db) as store:
+            print(f"{store.path}: schema v{store.schema_version()}")
+        return 0
     if args.db_command == "init":
         from store.dataset import build_store
 

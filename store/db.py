@@ -83,8 +83,7 @@ class Store:
             if self.read_only:
                 raise StoreError(
                     f"{self.path} has schema version {version} and needs migrating to "
-                    f"{SCHEMA_VERSION}; open it once for writing (e.g. `perftune db stats "
-                    f"--migrate`)")
+                    f"{SCHEMA_VERSION}; run `perftune db migrate --db {self.path}` once")
             self._migrate(version)
 
     def _tables(self) -> set[str]:

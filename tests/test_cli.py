@@ -107,3 +107,19 @@ def test_db_stats_export_import(db: Path, tmp_path: Path, cli: Cli) -> None:
     assert "measurements 0" in out
     code, _, err = cli("db", "import", str(tmp_path), "--db", copy)
     assert code == 2 and "no manifest.json" in err
+
+
+def test_older_store_is_migrated_on_request(db: Path, cli: Cli) -> None:
+    from store.schema import MIGRATIONS
+
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE perftune_meta (name VARCHAR PRIMARY KEY, value VARCHAR)")
+    for statement in MIGRATIONS[0]:
+        con.execute(statement)
+    con.execute("INSERT INTO perftune_meta VALUES ('schema_version', '1')")
+    con.close()
+    code, _, err = cli("db", "stats", "--db", db)
+    assert code == 2 and "perftune db migrate" in err
+    code, out, _ = cli("db", "migrate", "--db", db)
+    assert code == 0 and "schema v2" in out
+    assert cli("db", "stats", "--db", db)[0] == 0

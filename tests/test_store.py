@@ -118,7 +118,7 @@ def test_v1_store_is_migrated_and_keeps_its_rows(db: Path) -> None:
                 "config, status, software_key, measured_at, energy_per_call_j) VALUES "
                 "('old', 'dev', 'gemm', 'triton', 'fp16', 's', '{}', 'ok', 'sw', now(), 1.5)")
     con.close()
-    with pytest.raises(StoreError, match="needs migrating"):
+    with pytest.raises(StoreError, match="perftune db migrate"):
         Store(db, read_only=True)
     with Store(db) as store:
         assert store.schema_version() == SCHEMA_VERSION == 2
