@@ -32,24 +32,18 @@ from perfmodel.features import gemm_features, load_measurements  # noqa: E402
 from perfmodel.forest import RuntimeForest  # noqa: E402
 from perfmodel.metrics import PROBLEM, geomean, regret, runtime_metrics  # noqa: E402
 from perfmodel.roofline import RooflineModel  # noqa: E402
-from store.dataset import build_store, heldout_problems  # noqa: E402
+from store.dataset import build_store, heldout_mask  # noqa: E402
 from store.db import Store  # noqa: E402
+from tuner.search import TUTORIAL  # noqa: E402
 
 H100, H200 = "nvidia-h100-80gb-hbm3", "nvidia-h200"
 GPPERF = ["log_m", "log_n", "log_k", "BLOCK_M", "BLOCK_N", "BLOCK_K", "log_flops",
           "log_min_bytes", "log_intensity"]
-# The Triton matmul tutorial's CUDA configs (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, stages,
-# warps), mapped to the nearest config of our space (stages 5 -> 4, 2 warps -> 4).
-TUTORIAL = [(128, 256, 64, 8, 3, 8), (64, 256, 32, 8, 4, 4), (128, 128, 32, 8, 4, 4),
-            (128, 64, 32, 8, 4, 4), (64, 128, 32, 8, 4, 4), (128, 32, 32, 8, 4, 4),
-            (64, 32, 32, 8, 4, 4), (32, 64, 32, 8, 4, 4)]
 WHOLE_SPACE_TRITON = 100  # a problem with more Triton rows than this was swept whole
 
 
 def _split(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    held = heldout_problems()
-    mask = np.array([("gemm", d, s) in held for d, s in zip(rows["dtype"], rows["shape"],
-                                                            strict=True)])
+    mask = heldout_mask(rows)
     return rows[~mask], rows[mask]
 
 

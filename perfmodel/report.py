@@ -15,16 +15,14 @@ import pandas as pd
 from perfmodel.features import gemm_features, load_measurements
 from perfmodel.metrics import runtime_metrics
 from perfmodel.roofline import roofline_parts
-from store.dataset import heldout_problems
+from store.dataset import heldout_mask
 from store.db import Store
 from store.errors import PerftuneInputError
 
 
 def heldout_rows(store: Store, device: str | None = None) -> pd.DataFrame:
     rows = load_measurements(store, family="gemm", device=device)
-    held = heldout_problems()
-    keep = [("gemm", d, s) in held for d, s in zip(rows["dtype"], rows["shape"], strict=True)]
-    rows = rows[keep]
+    rows = rows[heldout_mask(rows)]
     if rows.empty:
         raise PerftuneInputError("no held-out problems measured on "
                                  f"{device or 'any GPU'} in {store.path}")

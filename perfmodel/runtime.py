@@ -15,7 +15,7 @@ from perfmodel.features import DEVICE_COLUMNS, FEATURES, gemm_features, load_mea
 from perfmodel.forest import RuntimeForest
 from perfmodel.persist import load_model, save_model
 from perfmodel.roofline import RooflineModel, roofline_parts
-from store.dataset import DATA_DIR, heldout_problems
+from store.dataset import DATA_DIR, heldout_mask
 from store.db import Store
 from store.errors import PerftuneInputError
 
@@ -36,9 +36,7 @@ def training_rows(store: Store, *, family: str = "gemm",
             raise PerftuneInputError(f"no measurements of device(s) {unknown} in {store.path}; "
                                      f"known: {sorted(set(rows['device_id']))}")
         rows = rows[rows["device_id"].isin(devices)]
-    held = heldout_problems()
-    keep = [(family, d, s) not in held for d, s in zip(rows["dtype"], rows["shape"], strict=True)]
-    return rows[keep]
+    return rows[~heldout_mask(rows, family)]
 
 
 def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
@@ -95,6 +93,7 @@ class Predictor:
         out["predicted_ms"] = self.model.predict(features)
         if isinstance(self.model, RuntimeForest):
             out["low_ms"], out["high_ms"] = self.model.predict_interval(features)
+        out["smem_bytes"] = features["smem_bytes"]
         parts = roofline_parts(features)
         out["bound"], out["attainable_fraction"] = parts["bound"], parts["attainable_fraction"]
         out["trained_on_device"] = out["device_id"].isin(self.meta["devices"])
@@ -114,9 +113,8 @@ class Predictor:
         from perfmodel.features import with_config_columns
 
         predicted = self.predict(store, with_config_columns(candidates))
-        smem = predicted["num_stages"] * (predicted["BLOCK_M"] + predicted["BLOCK_N"]) \
-            * predicted["BLOCK_K"] * (4 if dtype == "fp32" else 2)
-        fits = predicted["config"].eq("{}") | (smem <= predicted["shared_memory_per_block"])
+        fits = predicted["config"].eq("{}") | (predicted["smem_bytes"]
+                                               <= predicted["shared_memory_per_block"])
         fits &= ~((predicted["SPLIT_K"].fillna(1) > 1)
                   & (k < predicted["SPLIT_K"].fillna(1) * predicted["BLOCK_K"]))
         return predicted[fits].sort_values("predicted_ms").reset_index(drop=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from store.db import DEFAULT_DB, Store
 from store.errors import StoreError
 from store.keys import canonical_shape
@@ -29,6 +32,13 @@ def heldout_problems(path: Path = HELDOUT_FILE) -> set[tuple[str, str, str]]:
         dims = {name: int(row[name]) for name in _DIMS[family]}
         problems.add((family, row["dtype"], canonical_shape(dims)))
     return problems
+
+
+def heldout_mask(rows: pd.DataFrame, family: str = "gemm") -> np.ndarray:
+    """True for the rows (with dtype and shape columns) of held-out problems."""
+    held = heldout_problems()
+    return np.array([(family, d, s) in held
+                     for d, s in zip(rows["dtype"], rows["shape"], strict=True)], dtype=bool)
 
 
 def build_store(path: Path | None = None, source: Path = DATASET_DIR) -> dict[str, int]:
