@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,8 +38,13 @@ from tuner.search import tune  # noqa: E402
 METHODS = {"perftune": "model", "random": "random", "triton_tutorial_8": "tutorial"}
 
 
-def _autotune_first_call(problem: Problem, configs: list[dict[str, int]]) -> tuple[float, dict]:
-    """Seconds of triton.autotune's first call over ``configs``, and the config it chose."""
+def _autotune_first_call(problem: Problem, configs: list[dict[str, int]],
+                         cache_dir: str) -> tuple[float, dict]:
+    """Seconds of triton.autotune's first call over ``configs``, and the config it chose.
+
+    Runs in a fresh process with an empty Triton cache (see ``_cold``): what a user's first
+    call costs, compilation of every config included."""
+    os.environ["TRITON_CACHE_DIR"] = cache_dir
     import torch
     import triton
 
@@ -69,20 +75,48 @@ def _autotune_first_call(problem: Problem, configs: list[dict[str, int]]) -> tup
     return elapsed, {k: int(v) for k, v in chosen.items() if k in configs[0]}
 
 
+def _cold(work: Path, name: str) -> str:
+    """A fresh, empty Triton cache directory, so that every tune pays its own compilation."""
+    path = work / "triton-cache" / name
+    path.mkdir(parents=True)
+    return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=10)
-    parser.add_argument("--problems", type=int, default=5)
+    parser.add_argument("--problems", type=int, default=5,
+                        help="how many held-out whole-space problems (the first N)")
+    parser.add_argument("--only", type=int, nargs="+",
+                        help="run only these problem indices (a part; merge parts later)")
+    parser.add_argument("--merge", type=Path, nargs="+",
+                        help="merge part files (CPU): add the replay ranking and the summary")
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "tuner_live.json")
     args = parser.parse_args()
+    if args.merge:
+        summary = merge([json.loads(path.read_text()) for path in args.merge], args.budget)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(summary, indent=2) + "\n")
+        print({k: v for k, v in summary.items() if k != "problems"})
+        return
+    part = run_live(args.budget, args.problems, args.only)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(part, indent=2) + "\n")
+
+
+def run_live(budget: int, count: int, only: list[int] | None) -> dict[str, Any]:
+    """Tune live (GPU) the chosen held-out problems with every method and triton.autotune."""
+    import multiprocessing
+
     import torch
 
     if not torch.cuda.is_available():
         sys.exit("tuner_live measures on a GPU; no CUDA GPU is visible")
     from benchmarks.tuner_budget import H100, whole_space_heldout
-    from collectors.families import DeviceLimits, load_family
+    from collectors.device import limits_of
+    from collectors.families import load_family
     from collectors.problems import Problem as FamilyProblem
     from collectors.timers.cuda_events import CudaEventTimer
     from tuner.live import LiveBackend
@@ -93,25 +127,26 @@ def main() -> None:
     with Store(shipped, read_only=True) as store:
         model, meta = fit_model(store, devices=[H100])
         predictor = Predictor(model, meta)
-        problems = whole_space_heldout(store)[: args.problems]
+        problems = whole_space_heldout(store)[:count]
         device_row = store.query("SELECT * FROM devices WHERE device_id = ?", [H100])
-        replay = {name: geomean([_replay_ratio(store, p, method, args.budget, predictor)
-                                 for p in problems]) for name, method in METHODS.items()}
     family = load_family("gemm")
+    limits = limits_of(device_row.iloc[0].to_dict())
     timer = CudaEventTimer()
+    spawn = multiprocessing.get_context("spawn")
     rows: list[dict[str, Any]] = []
-    for problem in problems:
-        record: dict[str, Any] = {"problem": f"{problem.shape} {problem.dtype}"}
+    for index in only if only is not None else range(len(problems)):
+        problem = problems[index]
+        record: dict[str, Any] = {"index": index, "problem": f"{problem.shape} {problem.dtype}"}
         for name, method in METHODS.items():
-            fresh = work / f"{name}.duckdb"
-            fresh.unlink(missing_ok=True)
+            fresh = work / f"{name}-{index}.duckdb"
+            os.environ["TRITON_CACHE_DIR"] = _cold(work, f"{name}-{index}")
             with Store(fresh) as store:
                 store.insert("devices", device_row)  # the calibrated ceilings the model uses
-                backend = LiveBackend(store)
                 started = time.perf_counter()
+                backend = LiveBackend(store)
                 try:
                     result = tune(Problem(problem.m, problem.n, problem.k, problem.dtype,
-                                          backend.device_id), backend, budget=args.budget,
+                                          backend.device_id), backend, budget=budget,
                                   method=method, dataflows=("triton",), predictor=predictor,
                                   store=store)
                 finally:
@@ -122,8 +157,10 @@ def main() -> None:
                                 "config": json.loads(best.config) if best else None,
                                 "runtime_ms": best.runtime_ms if best else None}
         target = FamilyProblem.of(problem.dtype, m=problem.m, n=problem.n, k=problem.k)
-        space = family.configs(target, "triton", DeviceLimits())
-        autotune_s, chosen = _autotune_first_call(problem, space)
+        space = family.configs(target, "triton", limits)
+        with spawn.Pool(1) as pool:
+            autotune_s, chosen = pool.apply(_autotune_first_call,
+                                            (problem, space, _cold(work, f"autotune-{index}")))
         record["triton_autotune"] = {"wall_s": autotune_s, "configs": len(space),
                                      "config": chosen}
         inputs = family.make_inputs(target, "cuda", 0)
@@ -133,20 +170,43 @@ def main() -> None:
                 launch = family.launcher(target, "triton", config, inputs)
                 record[name]["retimed_ms"] = timer.time(launch).median_ms
         rows.append(record)
-        print(json.dumps(record))
-    live = {name: geomean([min(r[m]["retimed_ms"] for m in [*METHODS, "triton_autotune"])
-                           / r[name]["retimed_ms"] for r in rows]) for name in METHODS}
-    result_json = {
-        "device": torch.cuda.get_device_name(0), "date": dt.date.today().isoformat(),
-        "command": "python benchmarks/tuner_live.py", "budget": args.budget,
-        "problems": rows, "live_regret_vs_best_answer": live, "replay_regret": replay,
-        "ranking_agrees": sorted(live, key=live.get) == sorted(replay, key=replay.get),
+        print(json.dumps(record), flush=True)
+    return {"device": torch.cuda.get_device_name(0), "date": dt.date.today().isoformat(),
+            "command": f"python benchmarks/tuner_live.py --budget {budget} --problems {count}"
+                       f" --only {' '.join(map(str, only or []))}",
+            "budget": budget, "problems": rows}
+
+
+def merge(parts: list[dict[str, Any]], budget: int) -> dict[str, Any]:
+    """Join the GPU parts and add the replay ranking of the same problems (CPU)."""
+    from benchmarks.tuner_budget import H100, whole_space_heldout
+
+    rows = sorted((row for part in parts for row in part["problems"]), key=lambda r: r["index"])
+    work = Path(tempfile.mkdtemp(prefix="tuner-live-merge-"))
+    build_store(work / "shipped.duckdb")
+    with Store(work / "shipped.duckdb", read_only=True) as store:
+        model, meta = fit_model(store, devices=[H100])
+        predictor = Predictor(model, meta)
+        problems = whole_space_heldout(store)
+        replay = {name: geomean([_replay_ratio(store, problems[r["index"]], method, budget,
+                                               predictor) for r in rows])
+                  for name, method in METHODS.items()}
+    answers = [*METHODS, "triton_autotune"]
+    live = {name: geomean([min(r[m]["retimed_ms"] for m in answers) / r[name]["retimed_ms"]
+                           for r in rows]) for name in answers}
+    ranked = list(METHODS)
+    return {
+        "device": parts[0]["device"], "date": parts[0]["date"],
+        "command": "; ".join(part["command"] for part in parts)
+                   + "; then (CPU) python benchmarks/tuner_live.py --merge <parts>",
+        "budget": budget, "problems": rows,
+        "live_speed_vs_best_answer": live, "replay_regret": replay,
+        "ranking_agrees": sorted(ranked, key=lambda m: live[m]) == sorted(ranked, key=lambda m: replay[m]),
         "autotune_wall_s_geomean": geomean([r["triton_autotune"]["wall_s"] for r in rows]),
         "perftune_wall_s_geomean": geomean([r["perftune"]["wall_s"] for r in rows]),
+        "wall_time_ratio_autotune_over_perftune": geomean(
+            [r["triton_autotune"]["wall_s"] / r["perftune"]["wall_s"] for r in rows]),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(result_json, indent=2) + "\n")
-    print({k: v for k, v in result_json.items() if k != "problems"})
 
 
 def _replay_ratio(store: Store, problem: Problem, method: str, budget: int,
