@@ -101,13 +101,13 @@ def main() -> None:
         args.results.write_text(json.dumps(summary, indent=2) + "\n")
         print({k: v for k, v in summary.items() if k != "problems"})
         return
-    part = run_live(args.budget, args.problems, args.only)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(part, indent=2) + "\n")
+    run_live(args.budget, args.problems, args.only, args.results)
 
 
-def run_live(budget: int, count: int, only: list[int] | None) -> dict[str, Any]:
-    """Tune live (GPU) the chosen held-out problems with every method and triton.autotune."""
+def run_live(budget: int, count: int, only: list[int] | None, results: Path) -> None:
+    """Tune live (GPU) the chosen held-out problems with every method and triton.autotune;
+    ``results`` is rewritten after each problem, so a cut-off run keeps what it finished."""
     import multiprocessing
 
     import torch
@@ -171,10 +171,11 @@ def run_live(budget: int, count: int, only: list[int] | None) -> dict[str, Any]:
                 record[name]["retimed_ms"] = timer.time(launch).median_ms
         rows.append(record)
         print(json.dumps(record), flush=True)
-    return {"device": torch.cuda.get_device_name(0), "date": dt.date.today().isoformat(),
-            "command": f"python benchmarks/tuner_live.py --budget {budget} --problems {count}"
-                       f" --only {' '.join(map(str, only or []))}",
-            "budget": budget, "problems": rows}
+        part = {"device": torch.cuda.get_device_name(0), "date": dt.date.today().isoformat(),
+                "command": f"python benchmarks/tuner_live.py --budget {budget} --problems "
+                           f"{count} --only {' '.join(map(str, only or []))}",
+                "budget": budget, "problems": rows}
+        results.write_text(json.dumps(part, indent=2) + "\n")
 
 
 def merge(parts: list[dict[str, Any]], budget: int) -> dict[str, Any]:
