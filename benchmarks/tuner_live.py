@@ -202,7 +202,8 @@ def merge(parts: list[dict[str, Any]], budget: int) -> dict[str, Any]:
                    + "; then (CPU) python benchmarks/tuner_live.py --merge <parts>",
         "budget": budget, "problems": rows,
         "live_speed_vs_best_answer": live, "replay_regret": replay,
-        "ranking_agrees": sorted(ranked, key=lambda m: live[m]) == sorted(ranked, key=lambda m: replay[m]),
+        "ranking_agrees": (sorted(ranked, key=lambda m: live[m])
+                           == sorted(ranked, key=lambda m: replay[m])),
         "autotune_wall_s_geomean": geomean([r["triton_autotune"]["wall_s"] for r in rows]),
         "perftune_wall_s_geomean": geomean([r["perftune"]["wall_s"] for r in rows]),
         "wall_time_ratio_autotune_over_perftune": geomean(
