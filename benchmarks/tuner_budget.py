@@ -42,7 +42,7 @@ SCOPES = {"within_triton": ("triton",), "across_dataflows": None}
 def whole_space_heldout(store: Store) -> list[Problem]:
     counts = store.query("SELECT shape, dtype, m, n, k, count(*) AS triton FROM measurements "
                          "WHERE device_id = ? AND family = 'gemm' AND dataflow = 'triton' "
-                         "GROUP BY ALL", [H100])
+                         "GROUP BY ALL ORDER BY dtype, m, n, k", [H100])
     held = heldout_problems()
     return [Problem(int(r.m), int(r.n), int(r.k), r.dtype, H100)
             for r in counts.itertuples() if r.triton > 100 and ("gemm", r.dtype, r.shape) in held]

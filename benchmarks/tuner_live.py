@@ -182,14 +182,17 @@ def merge(parts: list[dict[str, Any]], budget: int) -> dict[str, Any]:
     """Join the GPU parts and add the replay ranking of the same problems (CPU)."""
     from benchmarks.tuner_budget import H100, whole_space_heldout
 
-    rows = sorted((row for part in parts for row in part["problems"]), key=lambda r: r["index"])
+    rows: list[dict[str, Any]] = []
+    repeats: list[dict[str, Any]] = []  # a problem run twice: kept apart, as a noise check
+    for row in (row for part in parts for row in part["problems"]):
+        (repeats if row["problem"] in {r["problem"] for r in rows} else rows).append(row)
     work = Path(tempfile.mkdtemp(prefix="tuner-live-merge-"))
     build_store(work / "shipped.duckdb")
     with Store(work / "shipped.duckdb", read_only=True) as store:
         model, meta = fit_model(store, devices=[H100])
         predictor = Predictor(model, meta)
-        problems = whole_space_heldout(store)
-        replay = {name: geomean([_replay_ratio(store, problems[r["index"]], method, budget,
+        problems = {f"{p.shape} {p.dtype}": p for p in whole_space_heldout(store)}
+        replay = {name: geomean([_replay_ratio(store, problems[r["problem"]], method, budget,
                                                predictor) for r in rows])
                   for name, method in METHODS.items()}
     answers = [*METHODS, "triton_autotune"]
@@ -200,7 +203,7 @@ def merge(parts: list[dict[str, Any]], budget: int) -> dict[str, Any]:
         "device": parts[0]["device"], "date": parts[0]["date"],
         "command": "; ".join(part["command"] for part in parts)
                    + "; then (CPU) python benchmarks/tuner_live.py --merge <parts>",
-        "budget": budget, "problems": rows,
+        "budget": budget, "problems": rows, "repeated_runs": repeats,
         "live_speed_vs_best_answer": live, "replay_regret": replay,
         "ranking_agrees": (sorted(ranked, key=lambda m: live[m])
                            == sorted(ranked, key=lambda m: replay[m])),
