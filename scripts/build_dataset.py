@@ -31,7 +31,7 @@ def merge(sources: list[Path], target: Path) -> None:
             for table in ("devices", "campaigns", "measurements"):
                 where = "" if table == "campaigns" else (
                     " WHERE device_id IN (SELECT device_id FROM src.devices WHERE kind = 'gpu')")
-                store.con.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM src.{table}"
+                store.con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM src.{table}"
                                   + where)
             store.con.execute("DETACH src")
         store.con.execute("""

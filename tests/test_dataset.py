@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from store.dataset import DATASET_DIR, build_store, heldout_problems
@@ -59,18 +60,27 @@ def test_energy_rows_cover_problems(shipped: Path) -> None:
     assert spread["n"][0] >= 1000 and spread["problems"][0] >= 100
 
 
-@pytest.mark.xfail(strict=True, reason="the energy window of the shipped rows left the GPU idle "
-                   "between batches (NVML reads after each synchronize), so power is diluted and "
-                   "energy per call is about 2x runtime x power; re-measured with the fixed "
-                   "loop in the next device session (data/README.md, caveats)")
-def test_energy_rows_are_plausible(shipped: Path) -> None:
+def _busy_queue_energy(shipped: Path) -> pd.DataFrame:
     with Store(shipped, read_only=True) as store:
-        energy = store.query("SELECT avg_power_w, energy_per_call_j, runtime_ms FROM "
-                             "measurements WHERE energy_per_call_j IS NOT NULL")
-    assert len(energy) >= 1000
-    assert energy["avg_power_w"].between(50, 800).all()
+        return store.query("SELECT m.avg_power_w, m.energy_per_call_j, m.runtime_ms, m.shape, "
+                           "d.power_limit_w FROM measurements m JOIN devices d USING (device_id) "
+                           "WHERE m.energy_method = 'busy-queue'")
+
+
+def test_energy_rows_are_plausible(shipped: Path) -> None:
+    """Rows of the fixed energy loop: power near the device's range, and energy per call
+    consistent with runtime x average power (the flawed loop gave about 2x)."""
+    energy = _busy_queue_energy(shipped)
+    assert len(energy) >= 300 and energy["shape"].nunique() >= 50
+    assert energy["avg_power_w"].between(50, 1.2 * energy["power_limit_w"]).all()
     implied_power = energy["energy_per_call_j"] / (energy["runtime_ms"] * 1e-3)
     assert ((implied_power / energy["avg_power_w"]).between(0.5, 2.0)).mean() > 0.9
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 asks for >= 2,000 energy rows; 387 are measured "
+                   "with the fixed loop so far (next device session); strict: passes once done")
+def test_energy_target_is_met(shipped: Path) -> None:
+    assert len(_busy_queue_energy(shipped)) >= 2000
 
 
 def test_default_store_builds_itself(cli: Callable[..., tuple[int, str, str]],
