@@ -74,11 +74,19 @@ class RuntimeForest:
 
     def predict_interval(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper runtime (ms) of the calibrated ``coverage`` interval."""
+        return self.predict_with_interval(features)[1:]
+
+    def predict_with_interval(self, features: pd.DataFrame
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runtime (ms) and the interval's bounds, from one pass over the trees."""
         mean, spread = self.predict_log(features)
         half = self.interval_scale_ * np.maximum(spread, 1e-3)
-        return np.exp(mean - half), np.exp(mean + half)
+        return np.exp(mean), np.exp(mean - half), np.exp(mean + half)
 
 
 def _mean_and_spread(forest: RandomForestRegressor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    per_tree = np.stack([tree.predict(x) for tree in forest.estimators_])
+    # The trees' low-level predict: the same numbers as tree.predict, without re-validating
+    # the input once per tree (which made a 750-row ranking take ~100 ms instead of ~15).
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    per_tree = np.stack([tree.tree_.predict(x32)[:, 0] for tree in forest.estimators_])
     return per_tree.mean(axis=0), per_tree.std(axis=0)

@@ -66,9 +66,39 @@ def _snapshot(store: Store) -> str:
     return f"{store.path.name}: {int(frame['n'][0])} rows up to {frame['last'][0]}"
 
 
+@dataclass(frozen=True)
+class Catalog:
+    """What a prediction reads from a store: the GPUs with their properties and ceilings, and
+    every GEMM config the store knows (with its parameters as columns). Built once, it lets a
+    long-lived reader (the service) predict without querying the store per request."""
+
+    devices: pd.DataFrame
+    candidates: pd.DataFrame
+
+    @classmethod
+    def of(cls, store: Store) -> Catalog:
+        from perfmodel.features import with_config_columns
+
+        columns = ", ".join(DEVICE_COLUMNS)
+        devices = store.query(f"SELECT device_id, {columns} FROM devices WHERE kind = 'gpu'")
+        known = store.query("SELECT DISTINCT dataflow, config FROM measurements "
+                            "WHERE family = 'gemm' AND status = 'ok' ORDER BY dataflow, config")
+        return cls(devices, with_config_columns(known))
+
+    def device_rows(self, device_ids: Any) -> pd.DataFrame:
+        unknown = sorted(set(device_ids) - set(self.devices["device_id"]))
+        if unknown:
+            raise PerftuneInputError(
+                f"unknown device(s) {unknown}; known GPUs in the store: "
+                f"{', '.join(sorted(self.devices['device_id']))} (add one with `perftune "
+                f"device --calibrate` on it)")
+        return self.devices
+
+
 @dataclass
 class Predictor:
-    """A loaded model plus the store it reads device properties and known configs from."""
+    """A loaded model; predictions read device properties and known configs from a store or
+    from a :class:`Catalog` built from one."""
 
     model: Any
     meta: dict[str, Any]
@@ -82,54 +112,43 @@ class Predictor:
                 f"with `perftune fit`")
         return cls(model, meta)
 
-    def predict(self, store: Store, rows: pd.DataFrame) -> pd.DataFrame:
+    def predict(self, source: Store | Catalog, rows: pd.DataFrame) -> pd.DataFrame:
         """Runtime (ms) per row of ``rows`` (m, n, k, dtype, dataflow, device_id and config
         columns), with the interval where the model has one and the roofline's view."""
-        devices = _devices(store, rows["device_id"].unique())
+        catalog = source if isinstance(source, Catalog) else Catalog.of(source)
+        devices = catalog.device_rows(rows["device_id"].unique())
         frame = rows.drop(columns=[c for c in DEVICE_COLUMNS if c in rows.columns]).merge(
             devices, on="device_id", how="left")
         features = gemm_features(frame)
         out = frame.copy()
-        out["predicted_ms"] = self.model.predict(features)
         if isinstance(self.model, RuntimeForest):
-            out["low_ms"], out["high_ms"] = self.model.predict_interval(features)
+            out["predicted_ms"], out["low_ms"], out["high_ms"] = \
+                self.model.predict_with_interval(features)
+        else:
+            out["predicted_ms"] = self.model.predict(features)
         out["smem_bytes"] = features["smem_bytes"]
         parts = roofline_parts(features)
         out["bound"], out["attainable_fraction"] = parts["bound"], parts["attainable_fraction"]
         out["trained_on_device"] = out["device_id"].isin(self.meta["devices"])
         return out
 
-    def rank(self, store: Store, *, m: int, n: int, k: int, dtype: str, device: str,
+    def rank(self, source: Store | Catalog, *, m: int, n: int, k: int, dtype: str, device: str,
              dataflows: list[str] | None = None) -> pd.DataFrame:
         """Every config the store knows for GEMM (per dataflow), fitting the device's shared
         memory, ranked by predicted runtime."""
-        known = store.query("SELECT DISTINCT dataflow, config FROM measurements "
-                            "WHERE family = 'gemm' AND status = 'ok'")
+        catalog = source if isinstance(source, Catalog) else Catalog.of(source)
+        known = catalog.candidates
         if dataflows:
             known = known[known["dataflow"].isin(dataflows)]
         if known.empty:
             raise PerftuneInputError("the store knows no GEMM configs to rank")
-        candidates = known.assign(m=m, n=n, k=k, dtype=dtype, device_id=device)
-        from perfmodel.features import with_config_columns
-
-        predicted = self.predict(store, with_config_columns(candidates))
+        predicted = self.predict(catalog, known.assign(m=m, n=n, k=k, dtype=dtype,
+                                                       device_id=device))
         fits = predicted["config"].eq("{}") | (predicted["smem_bytes"]
                                                <= predicted["shared_memory_per_block"])
         fits &= ~((predicted["SPLIT_K"].fillna(1) > 1)
                   & (k < predicted["SPLIT_K"].fillna(1) * predicted["BLOCK_K"]))
-        return predicted[fits].sort_values("predicted_ms").reset_index(drop=True)
-
-
-def _devices(store: Store, device_ids: Any) -> pd.DataFrame:
-    columns = ", ".join(DEVICE_COLUMNS)
-    frame = store.query(f"SELECT device_id, {columns} FROM devices WHERE kind = 'gpu'")
-    unknown = sorted(set(device_ids) - set(frame["device_id"]))
-    if unknown:
-        raise PerftuneInputError(
-            f"unknown device(s) {unknown}; known GPUs in the store: "
-            f"{', '.join(sorted(frame['device_id']))} (add one with `perftune device "
-            f"--calibrate` on it)")
-    return frame
+        return predicted[fits].sort_values("predicted_ms", kind="stable").reset_index(drop=True)
 
 
 def parse_config(text: str | None) -> dict[str, int]:

@@ -206,7 +206,42 @@ def build_parser() -> argparse.ArgumentParser:
         "kept). The default store data/perftune.duckdb is built this way by itself the first "
         "time a command opens it.")
     _db_option(init)
+    serve = sub.add_parser(
+        "serve", help="run the REST service (FastAPI on uvicorn): recommendations over HTTP",
+        description="Serve recommendations over HTTP (OpenAPI docs at /docs). Starts from the "
+        "shipped dataset and model on a fresh machine, no GPU needed: the store is built and "
+        "the model trained (~20 s, once) when absent. Writes (POST /v1/measurements) need "
+        "PERFTUNE_TOKEN in the environment (never a flag: flags show in `ps`); "
+        "PERFTUNE_READ_TOKEN makes reads need a token too.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="processes (default 1; more than 1 serves reads only)")
+    serve.add_argument("--model", type=Path, help="runtime model file (default "
+                       "data/models/gemm_runtime.skops; trained when missing)")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
+    _db_option(serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.workers < 1 or not 0 < args.port < 65536:
+        raise PerftuneInputError("--workers must be at least 1 and --port within 1..65535")
+    if args.workers > 1 and os.environ.get("PERFTUNE_TOKEN"):
+        raise PerftuneInputError("the store has one writer: with PERFTUNE_TOKEN set (writes on) "
+                                 "use --workers 1, or unset it to serve reads from several")
+    # The app factory reads its settings from the environment, in every worker process.
+    if args.db is not None:
+        os.environ["PERFTUNE_DB"] = str(args.db)
+    if args.model is not None:
+        os.environ["PERFTUNE_MODEL"] = str(args.model)
+    print(f"perftune serve: http://{args.host}:{args.port} (docs at /docs), "
+          f"{args.workers} worker(s)", file=sys.stderr)
+    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, access_log=False)
+    return 0
 
 
 def _interrupt_on_sigterm() -> None:
@@ -225,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"device": cmd_device, "collect": cmd_collect, "db": cmd_db, "fit": cmd_fit,
-                "predict": cmd_predict, "tune": cmd_tune, "evaluate": cmd_evaluate}
+                "predict": cmd_predict, "tune": cmd_tune, "evaluate": cmd_evaluate,
+                "serve": cmd_serve}
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT

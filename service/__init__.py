@@ -1,1 +1,1 @@
-"""The REST service that answers from the store, the models and the tuner (issue 7)."""
+"""perftune's REST service: ``service.app.create_app`` (FastAPI), run by ``perftune serve``."""

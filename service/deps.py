@@ -1,0 +1,53 @@
+"""FastAPI dependencies (``Annotated``): settings, the loaded knowledge, token checks."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from service.recommend import Knowledge
+from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_knowledge(request: Request) -> Knowledge:
+    return request.app.state.knowledge
+
+
+def _check(expected: SecretStr | None, given: HTTPAuthorizationCredentials | None,
+           what: str) -> None:
+    if expected is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"{what} are disabled: start the service with PERFTUNE_TOKEN set")
+    # compare_digest: constant time, so the token cannot be guessed byte by byte
+    if given is None or not secrets.compare_digest(given.credentials.encode(),
+                                                   expected.get_secret_value().encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                            "missing or wrong token: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_write_token(settings: Annotated[Settings, Depends(get_settings)],
+                        credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                               Depends(_bearer)]) -> None:
+    _check(settings.token, credentials, "writes")
+
+
+def require_read_token(settings: Annotated[Settings, Depends(get_settings)],
+                       credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                              Depends(_bearer)]) -> None:
+    if settings.read_token is not None:
+        _check(settings.read_token, credentials, "reads")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+KnowledgeDep = Annotated[Knowledge, Depends(get_knowledge)]

@@ -1,0 +1,49 @@
+"""GET /v1/devices, /v1/families and /v1/models: what the service knows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import APIRouter, Depends
+
+from service.deps import KnowledgeDep, require_read_token
+from service.recommend import family_spaces
+from service.schemas import DevicePublic, FamilyPublic, ModelPublic
+
+router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(require_read_token)])
+ACCURACY_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / \
+    "model_accuracy.json"
+
+
+@router.get("/devices", response_model=list[DevicePublic])
+def get_devices(knowledge: KnowledgeDep) -> list[DevicePublic]:
+    modelled = set(knowledge.predictor.meta["devices"])
+    return [DevicePublic(device_id=r.device_id, name=r.name,
+                         sm_count=r.sm_count, memory_bytes=r.memory_bytes,
+                         peak_tflops_fp16=r.peak_tflops_fp16, peak_tflops_bf16=r.peak_tflops_bf16,
+                         copy_bandwidth_gbs=r.copy_bandwidth_gbs,
+                         measurements=knowledge.counts.get(r.device_id, 0),
+                         modelled=r.device_id in modelled)
+            for r in knowledge.devices.itertuples(index=False)]
+
+
+@router.get("/families", response_model=list[FamilyPublic])
+def get_families() -> list[FamilyPublic]:
+    return [FamilyPublic(name=name, dims=["m", "n", "k"] if name == "gemm" else [],
+                         dataflows={d: sorted(space) for d, space in dataflows.items()},
+                         recommendations=name == "gemm")
+            for name, dataflows in family_spaces().items()]
+
+
+@router.get("/models", response_model=list[ModelPublic])
+def get_models(knowledge: KnowledgeDep) -> list[ModelPublic]:
+    meta = knowledge.predictor.meta
+    accuracy = None
+    if ACCURACY_FILE.exists():
+        figures = json.loads(ACCURACY_FILE.read_text())
+        accuracy = {k: float(v) for k, v in figures.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)}
+    return [ModelPublic(kind=meta["kind"], family=meta["family"], devices=meta["devices"],
+                        rows=meta["rows"], problems=meta["problems"], snapshot=meta["snapshot"],
+                        trained_at=meta["trained_at"], accuracy=accuracy)]

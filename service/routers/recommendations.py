@@ -1,0 +1,46 @@
+"""GET /v1/recommendation and POST /v1/recommendations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+
+from service.deps import KnowledgeDep, SettingsDep, require_read_token
+from service.recommend import NoAnswer, UnknownDevice, recommend
+from service.schemas import BatchCreate, BatchPublic, ProblemQuery, RecommendationPublic
+
+router = APIRouter(prefix="/v1", tags=["recommendations"],
+                   dependencies=[Depends(require_read_token)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown device (the answer lists the known ones)"},
+    422: {"description": "invalid input, or a query this service cannot answer"}}
+
+
+def answer(knowledge: KnowledgeDep, query: ProblemQuery) -> RecommendationPublic:
+    try:
+        return recommend(knowledge, query)
+    except UnknownDevice as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            {"message": str(exc), "known_devices": exc.known}) from exc
+    except NoAnswer as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+
+
+@router.get("/recommendation", response_model=RecommendationPublic, responses=_ERRORS)
+def get_recommendation(knowledge: KnowledgeDep,
+                       query: Annotated[ProblemQuery, Query()]) -> RecommendationPublic:
+    """The best dataflow and config for one problem on one device, with alternatives."""
+    return answer(knowledge, query)
+
+
+@router.post("/recommendations", response_model=BatchPublic, responses=_ERRORS)
+def post_recommendations(knowledge: KnowledgeDep, settings: SettingsDep,
+                         batch: BatchCreate) -> BatchPublic:
+    """Answers for a batch of problems, in order (at most ``max_batch``)."""
+    if len(batch.problems) > settings.max_batch:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"problems: {len(batch.problems)} in one batch, at most "
+                            f"{settings.max_batch}; split it")
+    return BatchPublic(recommendations=[answer(knowledge, q) for q in batch.problems])
