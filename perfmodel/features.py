@@ -61,22 +61,24 @@ def gemm_features(frame: pd.DataFrame) -> pd.DataFrame:
     if unknown:
         raise PerftuneInputError(f"unknown GEMM dataflow(s) {sorted(unknown)}; the models "
                                  f"know {', '.join(DATAFLOWS)}")
-    m, n, k = (frame[c].astype(float) for c in ("m", "n", "k"))
-    eb = frame["dtype"].map(ELEMENT_BYTES).astype(float)
-    is_cublas = (frame["dataflow"] == "cublas").astype(float)
+    # Plain numpy arrays: the service ranks ~750 candidates per request, and pandas' per-op
+    # overhead was most of that time.
+    m, n, k = (frame[c].to_numpy(float) for c in ("m", "n", "k"))
+    eb = frame["dtype"].map(ELEMENT_BYTES).to_numpy(float)
+    dataflow = frame["dataflow"].to_numpy()
+    is_cublas = (dataflow == "cublas").astype(float)
     params = {}
     for name in GEMM_PARAMS:
-        column = frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
-        params[name] = column.astype(float).fillna(LIBRARY_TILE[name])
-        params[name] = params[name].where(is_cublas == 0, LIBRARY_TILE[name])
+        column = frame[name].to_numpy(float) if name in frame else np.full(len(frame), np.nan)
+        params[name] = np.where(np.isnan(column) | (is_cublas > 0), LIBRARY_TILE[name], column)
     bm, bn, bk = params["BLOCK_M"], params["BLOCK_N"], params["BLOCK_K"]
     split = params["SPLIT_K"]
     tiles_m, tiles_n = np.ceil(m / bm), np.ceil(n / bn)
     tiles = tiles_m * tiles_n * split
-    sms = frame["sm_count"].astype(float)
+    sms = frame["sm_count"].to_numpy(float)
     smem = params["num_stages"] * (bm + bn) * bk * eb
     blocks_per_sm = np.maximum(1.0, np.minimum(
-        np.floor(frame["shared_memory_per_block"].astype(float) / smem),
+        np.floor(frame["shared_memory_per_block"].to_numpy(float) / smem),
         np.floor(64 / params["num_warps"])))
     # A tile runs at most at one SM's share of the peak, so quantization is over SMs.
     waves = tiles / sms
@@ -84,17 +86,18 @@ def gemm_features(frame: pd.DataFrame) -> pd.DataFrame:
     min_bytes = (m * k + k * n + m * n) * eb
     tile_bytes = (m * k * tiles_n + k * n * tiles_m) * eb + m * n * eb
     # Re-reads of A and B tiles hit L2 while the operands fit in it; beyond, they reach DRAM.
-    fits_l2 = (m * k + k * n) * eb <= frame["l2_bytes"].astype(float)
+    l2_bytes = frame["l2_bytes"].to_numpy(float)
+    fits_l2 = (m * k + k * n) * eb <= l2_bytes
     bytes_moved = np.where(fits_l2, min_bytes, tile_bytes)
     bytes_moved = bytes_moved + np.where(split > 1, 2 * 4 * split * m * n, 0.0)
-    peak = np.where(frame["dtype"] == "bf16", frame["peak_tflops_bf16"],
-                    frame["peak_tflops_fp16"]).astype(float)
-    bandwidth = frame["copy_bandwidth_gbs"].astype(float)
+    peak = np.where(frame["dtype"].to_numpy() == "bf16", frame["peak_tflops_bf16"].to_numpy(float),
+                    frame["peak_tflops_fp16"].to_numpy(float))
+    bandwidth = frame["copy_bandwidth_gbs"].to_numpy(float)
     features = pd.DataFrame({
         "log_m": np.log2(m), "log_n": np.log2(n), "log_k": np.log2(k), "element_bytes": eb,
         "log_flops": np.log2(flops), "log_min_bytes": np.log2(min_bytes),
         "log_intensity": np.log2(flops / min_bytes),
-        "is_cublas": is_cublas, "is_splitk": (frame["dataflow"] == "triton_splitk").astype(float),
+        "is_cublas": is_cublas, "is_splitk": (dataflow == "triton_splitk").astype(float),
         **params,
         "tiles": tiles, "log_tiles": np.log2(tiles), "waves": waves,
         "wave_efficiency": waves / np.ceil(waves),
@@ -104,7 +107,7 @@ def gemm_features(frame: pd.DataFrame) -> pd.DataFrame:
         "m_mod16": (m % 16 == 0).astype(float), "n_mod16": (n % 16 == 0).astype(float),
         "k_mod16": (k % 16 == 0).astype(float),
         "sm_count": sms, "peak_tflops": peak, "bandwidth_gbs": bandwidth,
-        "l2_bytes": frame["l2_bytes"].astype(float),
+        "l2_bytes": l2_bytes,
     }, index=frame.index)
     from perfmodel.roofline import roofline_ms
 

@@ -8,25 +8,26 @@ import numpy as np
 import pandas as pd
 
 LAUNCH_MS = 0.004  # one kernel launch on Hopper, as seen by CUDA events
+_ROOFLINE_INPUTS = ("log_flops", "is_cublas", "is_splitk", "padding", "wave_efficiency",
+                    "peak_tflops", "log_min_bytes", "SPLIT_K", "log_m", "log_n", "bandwidth_gbs")
 
 
 def roofline_parts(features: pd.DataFrame) -> pd.DataFrame:
     """Per row: compute time, memory time, runtime (ms), bound and attainable fraction."""
-    flops = 2.0 ** features["log_flops"]
+    f = {c: features[c].to_numpy(float) for c in _ROOFLINE_INPUTS}
+    flops = 2.0 ** f["log_flops"]
     # cuBLAS is opaque: it picks its own tiles, so no padding or wave penalty is assumed.
-    penalty = np.where(features["is_cublas"] > 0, 1.0,
-                       features["padding"] / features["wave_efficiency"])
-    compute_ms = flops * penalty / (features["peak_tflops"] * 1e12) * 1e3
+    penalty = np.where(f["is_cublas"] > 0, 1.0, f["padding"] / f["wave_efficiency"])
+    compute_ms = flops * penalty / (f["peak_tflops"] * 1e12) * 1e3
     # DRAM traffic is at least the operands once (tile re-reads mostly hit L2: measured, the
     # no-reuse count overestimates large problems); plus split-K's fp32 partials.
-    dram_bytes = 2.0 ** features["log_min_bytes"] + np.where(
-        features["is_splitk"] > 0, 2 * 4 * features["SPLIT_K"] * 2.0 ** (
-            features["log_m"] + features["log_n"]), 0.0)
-    memory_ms = dram_bytes / (features["bandwidth_gbs"] * 1e9) * 1e3
-    launches = 1 + features["is_splitk"]
+    dram_bytes = 2.0 ** f["log_min_bytes"] + np.where(
+        f["is_splitk"] > 0, 2 * 4 * f["SPLIT_K"] * 2.0 ** (f["log_m"] + f["log_n"]), 0.0)
+    memory_ms = dram_bytes / (f["bandwidth_gbs"] * 1e9) * 1e3
+    launches = 1 + f["is_splitk"]
     runtime = np.maximum(compute_ms, memory_ms) + launches * LAUNCH_MS
-    ideal = np.maximum(flops / (features["peak_tflops"] * 1e12),
-                       2.0 ** features["log_min_bytes"] / (features["bandwidth_gbs"] * 1e9)) * 1e3
+    ideal = np.maximum(flops / (f["peak_tflops"] * 1e12),
+                       2.0 ** f["log_min_bytes"] / (f["bandwidth_gbs"] * 1e9)) * 1e3
     return pd.DataFrame({
         "compute_ms": compute_ms, "memory_ms": memory_ms, "runtime_ms": runtime,
         "bound": np.where(compute_ms >= memory_ms, "compute", "memory"),

@@ -1,4 +1,6 @@
-"""FastAPI dependencies (``Annotated``): settings, the loaded knowledge, token checks."""
+"""FastAPI dependencies (``Annotated``): settings, the loaded knowledge, token checks.
+
+All are ``async``: trivial work that would otherwise cost a thread-pool hop per request."""
 
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ from service.settings import Settings
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_knowledge(request: Request) -> Knowledge:
+async def get_knowledge(request: Request) -> Knowledge:
     return request.app.state.knowledge
 
 
@@ -36,13 +38,13 @@ def _check(expected: SecretStr | None, given: HTTPAuthorizationCredentials | Non
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_write_token(settings: Annotated[Settings, Depends(get_settings)],
+async def require_write_token(settings: Annotated[Settings, Depends(get_settings)],
                         credentials: Annotated[HTTPAuthorizationCredentials | None,
                                                Depends(_bearer)]) -> None:
     _check(settings.token, credentials, "writes")
 
 
-def require_read_token(settings: Annotated[Settings, Depends(get_settings)],
+async def require_read_token(settings: Annotated[Settings, Depends(get_settings)],
                        credentials: Annotated[HTTPAuthorizationCredentials | None,
                                               Depends(_bearer)]) -> None:
     if settings.read_token is not None:

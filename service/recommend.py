@@ -50,6 +50,17 @@ class Knowledge:
     devices: pd.DataFrame
     counts: dict[str, int]
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Answers are pure functions of the query and what is known: kept until an ingest.
+    answers: dict[tuple[Any, ...], RecommendationPublic] = field(default_factory=dict)
+    max_answers: int = 200_000
+
+    def cached(self, query: ProblemQuery) -> RecommendationPublic | None:
+        return self.answers.get(_cache_key(query))
+
+    def remember(self, query: ProblemQuery, answer: RecommendationPublic) -> None:
+        if len(self.answers) >= self.max_answers:
+            self.answers.clear()
+        self.answers[_cache_key(query)] = answer
 
     @classmethod
     def load(cls, db: Path, predictor: Predictor) -> Knowledge:
@@ -64,6 +75,11 @@ class Knowledge:
         return cls(db, predictor, catalog, measured,
                    devices.set_index("device_id", drop=False),
                    dict(zip(counts["device_id"], counts["n"].astype(int), strict=True)))
+
+
+def _cache_key(query: ProblemQuery) -> tuple[Any, ...]:
+    return (query.device, query.nearest, query.dtype, query.m, query.n, query.k,
+            query.objective, query.top_k, tuple(query.dataflows or ()))
 
 
 def _measured_rows(store: Store, where: str = "", params: list[Any] | None = None
@@ -119,6 +135,20 @@ def _guess_properties(device: str) -> dict[str, float] | None:
 
 
 def recommend(knowledge: Knowledge, query: ProblemQuery) -> RecommendationPublic:
+    cached = knowledge.cached(query)
+    if cached is None:
+        cached = _recommend(knowledge, query)
+        knowledge.remember(query, cached)
+    return cached
+
+
+def is_measured(knowledge: Knowledge, query: ProblemQuery) -> bool:
+    """Whether the answer is a cheap lookup (cached or a stored problem), not a model run."""
+    return (knowledge.cached(query) is not None or
+            (query.device, query.dtype, query.m, query.n, query.k) in knowledge.measured)
+
+
+def _recommend(knowledge: Knowledge, query: ProblemQuery) -> RecommendationPublic:
     device = resolve_device(knowledge, query.device, query.nearest)
     key: ProblemKey = (device, query.dtype, query.m, query.n, query.k)
     rows = knowledge.measured.get(key)
@@ -211,6 +241,7 @@ def ingest(knowledge: Knowledge, measurements: list[MeasurementCreate]) -> int:
                                    "AND k = ?", list(key))
             if not fresh.empty:
                 knowledge.measured[key] = _ranked(fresh)
+        knowledge.answers.clear()
     return stored
 
 

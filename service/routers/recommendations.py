@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
 
 from service.deps import KnowledgeDep, SettingsDep, require_read_token
-from service.recommend import NoAnswer, UnknownDevice, recommend
+from service.recommend import NoAnswer, UnknownDevice, is_measured, recommend
 from service.schemas import BatchCreate, BatchPublic, ProblemQuery, RecommendationPublic
 
 router = APIRouter(prefix="/v1", tags=["recommendations"],
@@ -29,10 +30,12 @@ def answer(knowledge: KnowledgeDep, query: ProblemQuery) -> RecommendationPublic
 
 
 @router.get("/recommendation", response_model=RecommendationPublic, responses=_ERRORS)
-def get_recommendation(knowledge: KnowledgeDep,
-                       query: Annotated[ProblemQuery, Query()]) -> RecommendationPublic:
+async def get_recommendation(knowledge: KnowledgeDep,
+                             query: Annotated[ProblemQuery, Query()]) -> RecommendationPublic:
     """The best dataflow and config for one problem on one device, with alternatives."""
-    return answer(knowledge, query)
+    if is_measured(knowledge, query):  # a lookup: answered on the event loop
+        return answer(knowledge, query)
+    return await run_in_threadpool(answer, knowledge, query)  # a model run: off the loop
 
 
 @router.post("/recommendations", response_model=BatchPublic, responses=_ERRORS)
