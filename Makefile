@@ -7,10 +7,11 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.perftune-installed
 
-.PHONY: help setup run test lint clean
+.PHONY: help setup run collect test lint clean
 
 help:
-	@echo "make run    set up (.venv), build data/perftune.duckdb from the shipped dataset, run the default collection"
+	@echo "make run      set up (.venv) and serve recommendations over HTTP on 127.0.0.1:8000 (store and model built from the shipped data on first run)"
+	@echo "make collect  set up (.venv) and run the default collection (GPU, or the Triton interpreter on CPU)"
 	@echo "make test   set up (.venv) and run the test suite (CPU; GPU tests skip without a GPU)"
 	@echo "make lint   ruff and mypy"
 
@@ -24,6 +25,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
+	$(BIN)/perftune serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+
+collect: setup
 	$(BIN)/perftune collect
 	$(BIN)/perftune db stats
 
