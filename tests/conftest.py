@@ -48,6 +48,19 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def model_file(shipped: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small forest trained on the shipped data (fewer trees than the default, for time)."""
+    from perfmodel.runtime import fit_model, save_model
+    from store.db import Store
+
+    path = tmp_path_factory.mktemp("model") / "gemm_runtime.skops"
+    with Store(shipped, read_only=True) as store:
+        model, meta = fit_model(store, n_estimators=24)
+    save_model(path, model, meta)
+    return path
+
+
 def fingerprint(path: Path) -> str | None:
     """Hash of a file (and its WAL), or None when it does not exist."""
     if not path.exists():

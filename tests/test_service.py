@@ -64,18 +64,6 @@ def _start(db: Path, model: Path, log: Path) -> Server:
     raise RuntimeError("perftune serve did not come up in 120 s")
 
 
-@pytest.fixture(scope="session")
-def model_file(shipped: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small forest trained on the shipped data (fewer trees than the default, for time)."""
-    from perfmodel.runtime import fit_model, save_model
-
-    path = tmp_path_factory.mktemp("model") / "gemm_runtime.skops"
-    with Store(shipped, read_only=True) as store:
-        model, meta = fit_model(store, n_estimators=24)
-    save_model(path, model, meta)
-    return path
-
-
 @pytest.fixture(scope="module")
 def server(shipped: Path, model_file: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Server]:
