@@ -55,5 +55,13 @@ async def require_read_token(settings: Annotated[Settings, Depends(get_settings)
         _check(settings.read_token, given, "reads")
 
 
+def limit_batch(items: list[object], settings: Settings, field: str) -> None:
+    """413 for a request with more items than ``max_batch``, naming the field."""
+    if len(items) > settings.max_batch:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"{field}: {len(items)} in one request, at most "
+                            f"{settings.max_batch}; split it")
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 KnowledgeDep = Annotated[Knowledge, Depends(get_knowledge)]

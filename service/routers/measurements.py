@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, status
 
-from service.deps import KnowledgeDep, SettingsDep, require_write_token
+from service.deps import KnowledgeDep, SettingsDep, limit_batch, require_write_token
 from service.recommend import NoAnswer, ingest
 from service.schemas import IngestPublic, MeasurementsCreate
 
@@ -14,14 +14,12 @@ router = APIRouter(prefix="/v1", tags=["measurements"])
 @router.post("/measurements", response_model=IngestPublic, status_code=status.HTTP_201_CREATED,
              dependencies=[Depends(require_write_token)],
              responses={401: {"description": "missing or wrong token"},
-                        403: {"description": "writes are disabled (no token configured)"}})
+                        403: {"description": "writes are disabled (no token configured)"},
+                        413: {"description": "too many measurements in one request"}})
 def post_measurements(knowledge: KnowledgeDep, settings: SettingsDep,
                       body: MeasurementsCreate) -> IngestPublic:
     """Store measurements once each (by natural key); acknowledged means committed."""
-    if len(body.measurements) > settings.max_batch:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                            f"measurements: {len(body.measurements)} in one request, at most "
-                            f"{settings.max_batch}")
+    limit_batch(list(body.measurements), settings, "measurements")
     try:
         stored = ingest(knowledge, body.measurements)
     except NoAnswer as exc:

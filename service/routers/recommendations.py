@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 
-from service.deps import KnowledgeDep, SettingsDep, require_read_token
+from service.deps import KnowledgeDep, SettingsDep, limit_batch, require_read_token
 from service.recommend import NoAnswer, UnknownDevice, is_measured, recommend
 from service.schemas import BatchCreate, BatchPublic, ProblemQuery, RecommendationPublic
 
@@ -38,12 +38,10 @@ async def get_recommendation(knowledge: KnowledgeDep,
     return await run_in_threadpool(answer, knowledge, query)  # a model run: off the loop
 
 
-@router.post("/recommendations", response_model=BatchPublic, responses=_ERRORS)
+@router.post("/recommendations", response_model=BatchPublic,
+             responses={**_ERRORS, 413: {"description": "too many problems in one batch"}})
 def post_recommendations(knowledge: KnowledgeDep, settings: SettingsDep,
                          batch: BatchCreate) -> BatchPublic:
     """Answers for a batch of problems, in order (at most ``max_batch``)."""
-    if len(batch.problems) > settings.max_batch:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                            f"problems: {len(batch.problems)} in one batch, at most "
-                            f"{settings.max_batch}; split it")
+    limit_batch(list(batch.problems), settings, "problems")
     return BatchPublic(recommendations=[answer(knowledge, q) for q in batch.problems])
