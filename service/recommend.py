@@ -29,9 +29,12 @@ INGEST_CAMPAIGN = "service-ingest"
 
 
 class UnknownDevice(LookupError):
-    def __init__(self, device: str, known: list[str]):
+    def __init__(self, device: str, known: list[str], *, asked_nearest: bool = False):
+        hint = (f"its name matches none of {', '.join(_KNOWN_SPECS)}, so the nearest cannot "
+                f"be told; ask for a known device" if asked_nearest else
+                "pass nearest=true to answer for the nearest known one")
         super().__init__(f"unknown device {device!r}; known devices: {', '.join(known)}; "
-                         f"pass nearest=true to answer for the nearest known one")
+                         + hint)
         self.known = known
 
 
@@ -107,7 +110,7 @@ def resolve_device(knowledge: Knowledge, device: str, nearest: bool) -> str:
         raise UnknownDevice(device, known)
     target = _guess_properties(device)
     if target is None:
-        raise UnknownDevice(device, known)
+        raise UnknownDevice(device, known, asked_nearest=True)
     columns = ["sm_count", "copy_bandwidth_gbs", "peak_tflops_fp16"]
     distance = sum((devices[c].astype(float).map(math.log) - math.log(target[c])) ** 2
                    for c in columns if target.get(c))

@@ -126,6 +126,9 @@ def test_unknown_device_lists_known_ones_or_answers_for_the_nearest(server: Serv
                          **_query(device="nvidia-a100-sxm4-80gb", nearest="true")).json()
     assert nearest["requested_device"] == "nvidia-a100-sxm4-80gb"
     assert nearest["device"] in (H100, "nvidia-h200")
+    unknowable = server.get("/v1/recommendation", **_query(device="mystery-gpu", nearest="true"))
+    assert unknowable.status_code == 404
+    assert "nearest cannot be told" in unknowable.json()["detail"]["message"]
 
 
 @pytest.mark.parametrize(("change", "field"), [
