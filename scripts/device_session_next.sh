@@ -1,5 +1,5 @@
-# Next H100 session (issues 3 and 4): validate the busy-queue energy loop, re-run the collector
-# throughput on identical configs, re-measure the shipped energy rows, and finish the
+# Next H100 session (issues 3 and 4): re-run the collector
+# throughput on identical configs, re-measure (resumes) the shipped energy rows, and finish the
 # whole-space problems. Carry .whl_gpu and data/runs (h100_dataset.duckdb, h100_fullspace.duckdb).
 # Copy everything from the returned folder at once: the next call reuses its number.
 set -o pipefail
@@ -9,7 +9,6 @@ echo "== throughput"; python3 benchmarks/collect_throughput.py --results $OUT/co
 for name in h100_fullspace h100_dataset; do
   cp data/runs/$name.duckdb $OUT/$name.duckdb
 done
-echo "== live tuner vs triton.autotune"; timeout 240 python3 benchmarks/tuner_live.py --results $OUT/tuner_live.json 2>&1 | tail -4
 echo "== energy re-measure"
 timeout -s TERM 150 python3 -m perftune collect --problems-file data/problems/h100_fullspace_issue3.csv \
   --all --energy-only --energy-window 0.5 --db $OUT/h100_fullspace.duckdb --no-progress 2>&1 | grep -E "^(device|statuses|perftune)"
