@@ -53,8 +53,9 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+def gpu_device_id(name: str) -> str:
+    """The store's device id for a GPU name ('NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3')."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _cpu_model() -> str:
@@ -92,7 +93,7 @@ def identify(mode: str) -> dict[str, Any]:
 def _gpu_identity(torch: Any) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(0)
     device: dict[str, Any] = {
-        "device_id": _slug(props.name),
+        "device_id": gpu_device_id(props.name),
         "name": props.name,
         "kind": "gpu",
         "compute_capability": f"{props.major}.{props.minor}",

@@ -1,0 +1,44 @@
+"""tuner.autotune: triton.autotune that times only the model's best configs (CPU: interpreter)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import triton
+
+from store.errors import PerftuneInputError
+from tuner.autotune import autotune
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_only_the_models_best_configs_are_timed(model_file: Path, shipped: Path) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "autotune_gemm.py"),
+                           str(model_file), str(shipped), "3"], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    first, repeat, other = summary["calls"]
+    assert summary["configs"] == 48
+    assert first["benchmarked"] == 3 and other["benchmarked"] == 3  # budget, not all 48
+    assert repeat["benchmarked"] == 0  # Triton's per-key cache, as with triton.autotune
+    for call in (first, repeat, other):
+        assert call["correct"] and call["chosen_in_top"] and call["sorted"]
+
+
+def test_bad_use_is_refused_clearly() -> None:
+    config = [triton.Config({"BLOCK_SIZE": 128}, num_warps=4)]
+    with pytest.raises(PerftuneInputError, match="budget must be at least 1"):
+        autotune(config, key=["n"], budget=0)
+    with pytest.raises(PerftuneInputError, match="drop prune_configs_by"):
+        autotune(config, key=["n"], prune_configs_by={"top_k": 2})
+    from tuner.autotune import _row
+
+    with pytest.raises(PerftuneInputError, match="no BLOCK_M, BLOCK_N, BLOCK_K"):
+        _row(config[0], 1, 2, 3, "fp16", "nvidia-h100-80gb-hbm3")
