@@ -37,6 +37,12 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
                         help="store file (default: $PERFTUNE_DB or data/perftune.duckdb)")
 
 
+def _model_option(parser: argparse.ArgumentParser, when_missing: str = "") -> None:
+    parser.add_argument("--model", type=Path, default=None,
+                        help=f"runtime model file (default data/models/gemm_runtime.skops"
+                             f"{when_missing})")
+
+
 def _gemm_problem_options(parser: argparse.ArgumentParser, device_required: bool = True) -> None:
     parser.add_argument("--problem", required=True, metavar="MxNxK",
                         help="GEMM sizes, e.g. 128x4096x4096 or m=128,n=4096,k=4096")
@@ -153,8 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "'{\"BLOCK_M\":128,\"BLOCK_N\":128,\"BLOCK_K\":64,\"GROUP_M\":8,"
                          "\"num_warps\":8,\"num_stages\":3}'")
     predict.add_argument("--top", type=int, default=10, help="how many ranked configs to show")
-    predict.add_argument("--model", type=Path, default=None, help="model file (default "
-                         "data/models/gemm_runtime.skops)")
+    _model_option(predict)
     predict.add_argument("--json", action="store_true", help="print JSON")
     _db_option(predict)
     evaluate = sub.add_parser(
@@ -162,8 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a model on the held-out problems (data/problems/heldout.csv): "
         "writes metrics.json, predicted_vs_measured.png, residuals_by_size.png, roofline.png "
         "and index.html into --out.")
-    evaluate.add_argument("--model", type=Path, default=None, help="model file (default "
-                          "data/models/gemm_runtime.skops)")
+    _model_option(evaluate)
     evaluate.add_argument("--device", help="only this device (default: every GPU)")
     evaluate.add_argument("--out", type=Path, default=Path("report"),
                           help="report directory (default ./report)")
@@ -191,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--storage", help="Optuna storage URL to keep the study in, e.g. "
                       "sqlite:///tune.db (view with optuna-dashboard)")
-    tune.add_argument("--model", type=Path, default=None, help="model file (default "
-                      "data/models/gemm_runtime.skops; trained on the fly when missing)")
+    _model_option(tune, "; trained on the fly when missing")
     tune.add_argument("--json", action="store_true", help="print JSON")
     _db_option(tune)
     migrate = db_sub.add_parser(
@@ -217,8 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
     serve.add_argument("--workers", type=int, default=1,
                        help="processes (default 1; more than 1 serves reads only)")
-    serve.add_argument("--model", type=Path, help="runtime model file (default "
-                       "data/models/gemm_runtime.skops; trained when missing)")
+    _model_option(serve, "; trained when missing")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
     _db_option(serve)
     return parser
