@@ -124,8 +124,6 @@ def autotune(configs: list[Any], key: list[str], *, budget: int = 8,
     """``triton.autotune(configs, key, ...)`` that times at most ``budget`` configs per key:
     the model's best. ``sizes`` names the kernel's M, N and K arguments; other keyword
     options (``do_bench``, ``warmup``, ``rep``, ``reset_to_zero``, ...) go to Triton."""
-    import triton
-
     if "prune_configs_by" in triton_options:
         raise PerftuneInputError("perftune's autotune prunes configs itself; drop "
                                  "prune_configs_by (or use triton.autotune)")
@@ -133,6 +131,8 @@ def autotune(configs: list[Any], key: list[str], *, budget: int = 8,
                        db=db)
 
     def decorate(fn: Any) -> Any:
+        import triton
+
         tuned = triton.autotune(configs=configs, key=key,
                                 prune_configs_by={"early_config_prune": prune},
                                 **triton_options)(fn)
