@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,16 @@ class Predictor:
                 f"{path} was trained on other features than this perftune computes; retrain "
                 f"with `perftune fit`")
         return cls(model, meta)
+
+    @classmethod
+    def load_or_train(cls, path: str | Path, store: Store,
+                      announce: Callable[[str], object] = print) -> Predictor:
+        """Load the model at ``path``; when there is none, train one on ``store`` (saying so
+        through ``announce``: it takes a while, once) and save it there first."""
+        if not Path(path).exists():
+            announce(f"no model at {path}: training one on {store.path.name} (once, ~20 s)")
+            save_model(path, *fit_model(store))
+        return cls.load(path)
 
     def predict(self, source: Store | Catalog, rows: pd.DataFrame) -> pd.DataFrame:
         """Runtime (ms) per row of ``rows`` (m, n, k, dtype, dataflow, device_id and config

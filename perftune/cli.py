@@ -511,7 +511,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from collectors.problems import normalize_dtype, parse_problem
-    from perfmodel.runtime import DEFAULT_MODEL, Predictor, fit_model, save_model
+    from perfmodel.runtime import DEFAULT_MODEL, Predictor
     from store.db import Store
     from tuner._base import Backend, Problem
     from tuner.replay import ReplayBackend
@@ -541,11 +541,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             backend = ReplayBackend(store)
         predictor = None
         if args.method == "model":
-            path = args.model or DEFAULT_MODEL
-            if args.model is None and not Path(path).exists():
-                console.print(f"no model at {path}: training one on the store (once)")
-                save_model(path, *fit_model(store))
-            predictor = Predictor.load(path)
+            predictor = (Predictor.load(args.model) if args.model is not None else
+                         Predictor.load_or_train(DEFAULT_MODEL, store, console.print))
 
         def show(result: Any) -> None:
             trial, best = result.trials[-1], result.best

@@ -29,7 +29,7 @@ LATENCY = Histogram("perftune_request_seconds", "request latency", ["route"], re
 def load_knowledge(settings: Settings) -> Knowledge:
     """The store (built from the shipped dataset if absent) and the model (trained on it if
     absent, then saved), read into memory."""
-    from perfmodel.runtime import Predictor, fit_model, save_model
+    from perfmodel.runtime import Predictor
     from service.recommend import Knowledge
     from store.dataset import build_store
     from store.db import Store
@@ -37,13 +37,9 @@ def load_knowledge(settings: Settings) -> Knowledge:
     if not settings.db.exists():
         log.warning("no store at %s: building it from the shipped dataset", settings.db)
         build_store(settings.db)
-    if not settings.model.exists():
-        log.warning("no model at %s: training one on %s (once, ~20 s)", settings.model,
-                    settings.db)
-        with Store(settings.db, read_only=True) as store:
-            model, meta = fit_model(store)
-        save_model(settings.model, model, meta)
-    return Knowledge.load(settings.db, Predictor.load(settings.model))
+    with Store(settings.db, read_only=True) as store:
+        predictor = Predictor.load_or_train(settings.model, store, log.warning)
+    return Knowledge.load(settings.db, predictor)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
