@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBLEMS = ["16x4096x4096", "64x14336x4096", "128x4096x4096", "512x11008x4096",
@@ -38,13 +39,22 @@ def _problems() -> list:
     return [parse_problem(p, family.dims, DTYPE) for p in PROBLEMS]
 
 
-def _configs(problem) -> list[dict[str, int]]:
-    """The very configs the collector's plan samples (the same function and seed)."""
-    from collectors.families import DeviceLimits, load_family
-    from collectors.sweep import sample_configs
+def _spec() -> Any:
+    from collectors.sweep import SweepSpec
+    return SweepSpec(family="gemm", problems=_problems(), dataflows=["triton"], sample=CONFIGS,
+                     seed=SEED, interpret=False)
 
-    configs = load_family("gemm").configs(problem, "triton", DeviceLimits())
-    return sample_configs(configs, CONFIGS, SEED, "triton", problem)
+
+def _planned_configs() -> list[tuple[int, Any, dict[str, int]]]:
+    """(problem index, problem, config) exactly as the collector's plan has them on this GPU
+    (the same limits, sampling and seed), so both loops time the very same configs."""
+    from collectors.device import GPU, identify
+    from collectors.families import load_family
+    from collectors.sweep import plan
+    problems = _problems()
+    index = {p.shape: i for i, p in enumerate(problems)}
+    planned = plan(load_family("gemm"), _spec(), identify(GPU))
+    return [(index[p.task.problem.shape], p.task.problem, dict(p.task.config)) for p in planned]
 
 
 def naive(out: Path) -> None:
@@ -56,41 +66,46 @@ def naive(out: Path) -> None:
 
     family = load_family("gemm")
     results = []
+    work = _planned_configs()
     start = time.perf_counter()
-    for index, problem in enumerate(_problems()):
-        inputs = family.make_inputs(problem, "cuda", SEED * 1_000_003 + index)
-        reference = family.reference(problem, inputs)
-        for config in _configs(problem):
-            fn = family.launcher(problem, "triton", config, inputs)
-            entry = {"shape": problem.shape, "config": config}
-            try:
-                inputs["out"].fill_(float("nan"))
-                fn()
-                torch.cuda.synchronize()
-                error = float((inputs["out"].float() - reference).norm() / reference.norm())
-                if not error <= family.tolerance(DTYPE):
-                    entry["status"] = "wrong_result"
-                else:
-                    entry["runtime_ms"] = float(triton.testing.do_bench(fn,
-                                                                        return_mode="median"))
-                    entry["status"] = "ok"
-            except Exception as exc:
-                entry["status"] = f"error: {type(exc).__name__}"
-            results.append(entry)
+    inputs: dict[str, Any] = {}
+    reference: Any = None
+    current = -1
+    for index, problem, config in work:
+        if index != current:
+            current = index
+            inputs = family.make_inputs(problem, "cuda", SEED * 1_000_003 + index)
+            reference = family.reference(problem, inputs)
+            print(f"naive: problem {problem.shape} at {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr, flush=True)
+        fn = family.launcher(problem, "triton", config, inputs)
+        entry = {"shape": problem.shape, "config": config}
+        try:
+            inputs["out"].fill_(float("nan"))
+            fn()
+            torch.cuda.synchronize()
+            error = float((inputs["out"].float() - reference).norm() / reference.norm())
+            if not error <= family.tolerance(DTYPE):
+                entry["status"] = "wrong_result"
+            else:
+                entry["runtime_ms"] = float(triton.testing.do_bench(fn,
+                                                                    return_mode="median"))
+                entry["status"] = "ok"
+        except Exception as exc:
+            entry["status"] = f"error: {type(exc).__name__}"
+        results.append(entry)
     elapsed = time.perf_counter() - start
     out.write_text(json.dumps({"elapsed_s": elapsed, "results": results}))
 
 
 def collector(out: Path) -> None:
-    from collectors.sweep import Collector, SweepSpec
+    from collectors.sweep import Collector
     from store.db import Store
 
     start = time.perf_counter()
     db = out.with_suffix(".duckdb")
     with Store(db) as store:
-        spec = SweepSpec(family="gemm", problems=_problems(), dataflows=["triton"],
-                         sample=CONFIGS, seed=SEED, interpret=False)
-        summary = Collector(store, spec, command="benchmarks/collect_throughput.py").run()
+        summary = Collector(store, _spec(), command="benchmarks/collect_throughput.py").run()
         elapsed = time.perf_counter() - start
         frame = store.query("SELECT shape, config, status, runtime_ms, runtime_spread "
                             "FROM measurements")
