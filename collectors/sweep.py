@@ -169,10 +169,7 @@ class Collector:
         summary = SweepSummary(device["device_id"], device["kind"], self.worker_timer_name(),
                                planned=len(planned), already_stored=len(stored))
         with self._campaign(summary, len(pending), started) as campaign_id:
-            if self.mode == GPU and pending:
-                self.precompiler = Precompiler(self.family, self.spec.family,
-                                               self.spec.compile_workers)
-                self.precompiler.submit(compile_targets(self.family, (p.task for p in pending)))
+            self._precompile(pending)
             self._report(summary)
             for chunk in _chunks(pending, self.spec.chunk_size):
                 rows = self._measure_chunk(chunk, campaign_id)
@@ -206,18 +203,32 @@ class Collector:
         summary = SweepSummary(self.device["device_id"], self.device["kind"],
                                self.worker_timer_name(), planned=len(targets))
         with self._campaign(summary, len(targets), started):
+            self._precompile(targets)
             for chunk in _chunks(targets, self.spec.chunk_size):
                 updates = {}
                 for item in chunk:
-                    result = self._request(_retime(
-                        item.task, time=False, energy_window_s=self.spec.energy_window_s,
-                        call_ms=runtimes[item.key]))
+                    result = self._energy_of(item, runtimes[item.key])
                     summary.statuses[result["status"]] += 1
                     if result["status"] == OK:
                         updates[item.key] = {k: result.get(k) for k in ENERGY_FIELDS}
                 summary.written += self.store.update_measurements(updates)
                 self._report(summary)
         return summary
+
+    def _precompile(self, items: Sequence[Planned]) -> None:
+        """Compile the items' kernels in a process pool ahead of the worker (GPU only)."""
+        if self.mode == GPU and items and self.precompiler is None:
+            self.precompiler = Precompiler(self.family, self.spec.family,
+                                           self.spec.compile_workers)
+            self.precompiler.submit(compile_targets(self.family, (p.task for p in items)))
+
+    def _energy_of(self, item: Planned, call_ms: float) -> dict[str, Any]:
+        """NVML power and energy per call of one config over the spec's window (no timing)."""
+        if self.precompiler is not None:
+            self.precompiler.wait(item.task.problem, item.task.dataflow, item.task.config)
+        return self._request(_retime(item.task, time=False,
+                                     energy_window_s=self.spec.energy_window_s,
+                                     call_ms=call_ms))
 
     def _start_campaign(self, planned: int) -> str:
         device = self.device
@@ -246,8 +257,9 @@ class Collector:
             self.worker.stop()
 
     def measure(self, problem: Problem, dataflow: str, config: Config) -> dict[str, Any]:
-        """Measure one config as a sweep would (checked, timed in rounds, isolated) and store
-        it; a measurement already stored is returned instead (with ``reused`` set)."""
+        """Measure one config as a sweep would (checked, timed in rounds, isolated, with energy
+        when the spec asks for it) and store it; a measurement already stored is returned
+        instead (with ``reused`` set), its energy measured and added when it lacks one."""
         self.family.check_dataflow(dataflow)
         if not self.family.is_valid(problem, dataflow, config, limits_of(self.device)):
             raise PerftuneInputError(f"{dataflow} {canonical_config(config)} cannot run "
@@ -257,13 +269,20 @@ class Collector:
                               dataflow=dataflow, dtype=problem.dtype, shape=problem.shape,
                               config=canonical_config(config),
                               software=self.device["software"]["software_key"])
-        stored = self.store.query("SELECT * FROM measurements WHERE key = ?", [key])
-        if not stored.empty:
-            return {**stored.iloc[0].to_dict(), "reused": True}
         item = Planned(Task(problem, self.spec.seed, dataflow, config), key)
-        rows = self._measure_chunk([item], self.session_campaign)
-        self.session_written += self.store.insert("measurements", rows)
-        return {**rows[0], "reused": False}
+        stored = self.store.query("SELECT * FROM measurements WHERE key = ?", [key])
+        if stored.empty:
+            rows = self._measure_chunk([item], self.session_campaign)
+            self.session_written += self.store.insert("measurements", rows)
+            return {**rows[0], "reused": False}
+        row = stored.iloc[0].to_dict()
+        if self.spec.energy and self.mode == GPU and key in self.store.energy_targets([key]):
+            result = self._energy_of(item, float(row["runtime_ms"]))
+            if result["status"] == OK:
+                values = {k: result.get(k) for k in ENERGY_FIELDS}
+                self.store.update_measurements({key: values})
+                row.update(values)
+        return {**row, "reused": True}
 
     def worker_timer_name(self) -> str:
         return "cuda_event" if self.mode == GPU else "interpreter_wall_clock"
@@ -312,9 +331,7 @@ class Collector:
             for item in chunk:
                 if item.key in rounds:
                     median = statistics.median(statistics.median(r) for r in rounds[item.key])
-                    task = _retime(item.task, time=False, energy_window_s=spec.energy_window_s,
-                                   call_ms=median)
-                    energy = self._request(task)
+                    energy = self._energy_of(item, median)
                     if energy["status"] == OK:
                         results[item.key].update(energy)
         return [self._row(item, results[item.key], rounds.get(item.key), campaign_id)

@@ -182,9 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         "tutorial's 8 configs), cublas.\nBackends: replay answers from the store's recorded "
         "measurements (CPU; only recorded configs\ncan be proposed); live measures on this "
         "machine's GPU through the collector (checked,\nisolated, stored; stored ones are "
-        "reused), or under the Triton interpreter without one.",
-        epilog="example:\n  perftune tune --problem 64x11008x4096 --device "
-        "nvidia-h100-80gb-hbm3 --budget 8")
+        "reused), or under the Triton interpreter without one.\nWith --objectives time,energy "
+        "it also measures NVML energy per call (live: a GPU; replay:\nrecorded energy) and "
+        "prints the time-energy Pareto front and the energy that --max-time-loss saves.",
+        epilog="examples:\n  perftune tune --problem 64x11008x4096 --device "
+        "nvidia-h100-80gb-hbm3 --budget 8\n  perftune tune --problem 64x11008x4096 --backend "
+        "live --objectives time,energy --budget 16")
     _gemm_problem_options(tune, device_required=False)
     tune.add_argument("--budget", type=int, default=8, help="most measurements (default 8)")
     tune.add_argument("--method", default="model",
@@ -193,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--backend", choices=["replay", "live"], default="replay",
                       help="replay recorded measurements (default) or measure live")
     tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--objectives", default="time",
+                      help="time (default), or time,energy for the time-energy front")
+    tune.add_argument("--max-time-loss", type=float, default=0.05,
+                      help="with energy: the slowdown accepted to save energy (default 0.05)")
+    tune.add_argument("--energy-window", type=float, default=0.5,
+                      help="live energy: NVML window per config in seconds (default 0.5)")
     tune.add_argument("--storage", help="Optuna storage URL to keep the study in, e.g. "
                       "sqlite:///tune.db (view with optuna-dashboard)")
     _model_option(tune, "; trained on the fly when missing")
@@ -515,7 +524,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from store.db import Store
     from tuner._base import Backend, Problem
     from tuner.replay import ReplayBackend
-    from tuner.search import METHODS, tune
+    from tuner.search import METHODS, OBJECTIVES, tune
 
     dtype = normalize_dtype(args.dtype)
     sizes = parse_problem(args.problem, ("m", "n", "k"), dtype).sizes
@@ -525,6 +534,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise PerftuneInputError(f"unknown --method {args.method!r}; choose from "
                                  f"{', '.join(METHODS)}")
     dataflows = tuple(d.strip() for d in args.dataflows.split(",")) if args.dataflows else None
+    objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
+    if not objectives or any(o not in OBJECTIVES for o in objectives):
+        raise PerftuneInputError(f"unknown --objectives {args.objectives!r}; use time or "
+                                 "time,energy")
+    energy = "energy" in objectives
+    if not 0 <= args.max_time_loss < 1 or args.energy_window <= 0:
+        raise PerftuneInputError("--max-time-loss must be in [0, 1) and --energy-window "
+                                 "positive")
     problem = Problem(sizes["m"], sizes["n"], sizes["k"], dtype, args.device)
     console = _console()
     with Store(args.db, read_only=args.backend == "replay") as store:
@@ -532,13 +549,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if args.backend == "live":
             from tuner.live import LiveBackend
 
-            backend = LiveBackend(store, seed=args.seed)
+            backend = LiveBackend(store, seed=args.seed, energy=energy,
+                                  energy_window_s=args.energy_window)
             problem = Problem(sizes["m"], sizes["n"], sizes["k"], dtype, backend.device_id)
         else:
             if not args.device:
                 raise PerftuneInputError("--device is needed to replay a device's "
                                          "measurements (see `perftune db stats`)")
-            backend = ReplayBackend(store)
+            backend = ReplayBackend(store, energy=energy)
         predictor = None
         if args.method == "model":
             predictor = (Predictor.load(args.model) if args.model is not None else
@@ -548,13 +566,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
             trial, best = result.trials[-1], result.best
             if not args.json:
                 console.print(f"trial {len(result.trials):3d}: {trial.dataflow:13s} "
-                              f"{trial.config:80s} {_ms(trial.runtime_ms)}   best "
-                              f"{_ms(best.runtime_ms if best else None)}")
+                              f"{trial.config:80s} {_ms(trial.runtime_ms)}"
+                              + (f" {_joules(trial.energy_j)}" if energy else "")
+                              + f"   best {_ms(best.runtime_ms if best else None)}")
 
         try:
             result = tune(problem, backend, budget=args.budget, method=args.method,
                           dataflows=dataflows, predictor=predictor, store=store,
-                          seed=args.seed, storage=args.storage, on_trial=show)
+                          seed=args.seed, storage=args.storage, objectives=objectives,
+                          on_trial=show)
         finally:
             backend.close()
     best = result.best
@@ -568,6 +588,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
               "runtime_ms": best.runtime_ms if best else None,
               "cublas_ms": library.runtime_ms if library else None,
               "trials": [vars(t) for t in result.trials]}
+    saving = result.energy_saving(args.max_time_loss) if energy else None
+    if energy:
+        answer["pareto_front"] = [vars(t) for t in result.pareto_front()]
+        answer["energy_saving"] = None if saving is None else {
+            "max_time_loss": saving.max_time_loss, "time_loss": saving.time_loss,
+            "energy_saved": saving.energy_saved, "fastest": vars(saving.fastest),
+            "frugal": vars(saving.frugal)}
     if args.json:
         print(json.dumps(answer, indent=2))
     elif best:
@@ -577,11 +604,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
                       f"after {len(result.trials)} measurements"
                       + (" (stopped early: the model expects nothing better)"
                          if result.stopped_early else ""))
+    if energy and not args.json:
+        _print_front(console, result.pareto_front(), saving)
     return 0
+
+
+def _print_front(console: Any, front: list[Any], saving: Any) -> None:
+    console.print(f"time-energy Pareto front ({len(front)} configs, fastest first):")
+    for trial in front:
+        console.print(f"  {trial.dataflow:13s} {trial.config:80s} {_ms(trial.runtime_ms)} "
+                      f"{_joules(trial.energy_j)} {trial.power_w or 0:.0f} W")
+    if saving is not None:
+        console.print(f"within {saving.max_time_loss:.0%} of the fastest: {saving.energy_saved:.1%}"
+                      f" less energy per call ({saving.frugal.dataflow} {saving.frugal.config}, "
+                      f"{saving.time_loss:+.1%} time)")
 
 
 def _ms(value: float | None) -> str:
     return "failed" if value is None else f"{value:.4f} ms"
+
+
+def _joules(value: float | None) -> str:
+    return "no energy" if value is None else f"{value * 1e3:.3f} mJ"
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -15,10 +15,11 @@ from store.db import Store
 from store.errors import PerftuneInputError
 from tuner._base import Problem
 from tuner.replay import ReplayBackend
-from tuner.search import METHODS, TuneResult, tune
+from tuner.search import METHODS, Trial, TuneResult, tune
 
 H100 = "nvidia-h100-80gb-hbm3"
 WHOLE = Problem(64, 11008, 4096, "fp16", H100)  # a whole-space problem of the dataset
+ENERGY = Problem(16, 4096, 4096, "fp16", H100)  # whole space, with 100+ busy-queue energy rows
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_bad_input_is_refused(shipped: Path) -> None:
         with pytest.raises(PerftuneInputError, match="needs a trained model"):
             tune(WHOLE, ReplayBackend(store), budget=3, method="model")
         unseen = Problem(3, 5, 7, "fp16", H100)
-        with pytest.raises(PerftuneInputError, match="nothing recorded"):
+        with pytest.raises(PerftuneInputError, match="no measurements recorded"):
             tune(unseen, ReplayBackend(store), budget=3, method="random")
 
 
@@ -134,3 +135,71 @@ def test_live_backend_under_the_interpreter(db: Path,
     assert json.loads(out)["device"] == "cpu-triton-interpreter"
     with Store(db, read_only=True) as store:
         assert len(store.query("SELECT key FROM measurements")) == 3  # all reused
+
+
+def _dominated(trial: Trial, others: list[Trial]) -> bool:
+    return any(o.runtime_ms <= trial.runtime_ms and o.energy_j <= trial.energy_j  # type: ignore
+               and (o.runtime_ms, o.energy_j) != (trial.runtime_ms, trial.energy_j)
+               for o in others)
+
+
+@pytest.mark.parametrize("method", ["model", "tpe", "random"])
+def test_time_and_energy_give_the_pareto_front(method: str, shipped: Path,
+                                               predictor: Predictor, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    with Store(shipped, read_only=True) as store:
+        backend = ReplayBackend(store, energy=True)
+        recorded = backend.candidates(ENERGY)
+        result = tune(ENERGY, backend, budget=12, method=method, predictor=predictor,
+                      store=store, seed=4, objectives=("time", "energy"), storage=storage)
+        energy_rows = store.query(
+            "SELECT count(*) AS n FROM measurements WHERE shape = ? AND dtype = 'fp16' AND "
+            "device_id = ? AND energy_method = 'busy-queue'", [ENERGY.shape, H100])
+    assert len(recorded) == int(energy_rows["n"].iloc[0])  # only configs with energy proposed
+    assert 4 <= len(result.trials) <= 12 and all(t.energy_j for t in result.measured)
+    front = result.pareto_front()
+    measured = result.measured
+    assert front and all(not _dominated(t, measured) for t in front)
+    assert all(_dominated(t, measured) for t in measured if t not in front)
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(storage)[0].study_name,
+                              storage=storage)
+    assert len(study.directions) == 2  # Optuna's own front agrees with ours
+    assert {t.user_attrs["config"] for t in study.best_trials} == {t.config for t in front}
+    saving = result.energy_saving(0.05)
+    assert saving is not None and saving.fastest == result.best
+    assert saving.time_loss <= 0.05 and saving.energy_saved >= 0
+    assert saving.frugal in front
+
+
+def test_energy_objective_bad_input(shipped: Path, db: Path,
+                                    cli: Callable[..., tuple[int, str, str]]) -> None:
+    from tuner.live import LiveBackend
+
+    with Store(shipped, read_only=True) as store:
+        with pytest.raises(PerftuneInputError, match="objectives must be"):
+            tune(ENERGY, ReplayBackend(store, energy=True), budget=3, method="random",
+                 objectives=("time", "power"))
+        with pytest.raises(PerftuneInputError, match="backend that measures energy"):
+            tune(ENERGY, ReplayBackend(store), budget=3, method="random",
+                 objectives=("time", "energy"))
+        with pytest.raises(PerftuneInputError, match="no energy measurements recorded"):
+            tune(Problem(1, 1024, 4096, "fp16", H100), ReplayBackend(store, energy=True),
+                 budget=3, method="random", objectives=("time", "energy"))
+    with Store(db) as store, pytest.raises(PerftuneInputError, match="needs a GPU"):
+        LiveBackend(store, interpret=True, energy=True)
+    code, _, err = cli("tune", "--db", shipped, "--problem", "16x4096x4096", "--device", H100,
+                       "--objectives", "time,joules", "--method", "random")
+    assert code == 2 and "--objectives" in err
+
+
+def test_tune_cli_prints_the_front(shipped: Path, cli: Callable[..., tuple[int, str, str]]
+                                   ) -> None:
+    code, out, err = cli("tune", "--db", shipped, "--problem", "16x4096x4096", "--device", H100,
+                         "--objectives", "time,energy", "--method", "random", "--budget", "10",
+                         "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    front = answer["pareto_front"]
+    assert front and [t["runtime_ms"] for t in front] == sorted(t["runtime_ms"] for t in front)
+    assert [t["energy_j"] for t in front] == sorted((t["energy_j"] for t in front), reverse=True)
+    assert answer["energy_saving"]["time_loss"] <= 0.05

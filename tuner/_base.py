@@ -23,18 +23,32 @@ class Problem:
         return f"m={self.m},n={self.n},k={self.k}"
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One config's figures: runtime (None when the config failed) and, when the backend
+    measures energy, NVML energy per call and average power."""
+
+    runtime_ms: float | None
+    energy_j: float | None = None
+    power_w: float | None = None
+
+
 class Backend(abc.ABC):
-    """Proposes the configs that may be measured for a problem and measures them."""
+    """Proposes the configs that may be measured for a problem and measures them.
+
+    A backend built with ``energy=True`` also returns energy per call, and proposes only the
+    configs whose energy it can give."""
 
     name: str
+    energy: bool = False
 
     @abc.abstractmethod
     def candidates(self, problem: Problem) -> pd.DataFrame:
         """The configs that may be measured: columns dataflow and config (JSON text)."""
 
     @abc.abstractmethod
-    def measure(self, problem: Problem, dataflow: str, config: str) -> float | None:
-        """Runtime in ms, or None when the config failed."""
+    def measure(self, problem: Problem, dataflow: str, config: str) -> Measurement:
+        """The config's runtime (and energy, where asked), ``runtime_ms`` None if it failed."""
 
     def close(self) -> None:
         """Release what the backend holds; nothing by default."""

@@ -1,7 +1,8 @@
 """The live backend: measures on the device through the collector (the same reference check,
-worker isolation and timing as a sweep), writes every measurement to the store, and reuses
-what the store already holds. Under the Triton interpreter on a CPU machine it runs too, with
-interpreter timings stored as such."""
+worker isolation and timing as a sweep, NVML energy when asked), writes every measurement to the
+store, and reuses what the store already holds (adding energy to a stored timing that lacks it).
+Under the Triton interpreter on a CPU machine it runs too, with interpreter timings stored as
+such; energy needs a GPU."""
 
 from __future__ import annotations
 
@@ -10,22 +11,27 @@ from typing import Any
 
 import pandas as pd
 
-from collectors.device import limits_of
+from collectors.device import GPU, limits_of
 from collectors.problems import Problem as FamilyProblem
 from collectors.sweep import Collector, SweepSpec
 from store.db import Store
+from store.errors import PerftuneInputError
 from store.keys import canonical_config
-from tuner._base import Backend, Problem
+from tuner._base import Backend, Measurement, Problem
 
 
 class LiveBackend(Backend):
     name = "live"
 
     def __init__(self, store: Store, *, interpret: bool | None = None, timeout_s: float = 180.0,
-                 seed: int = 0):
+                 seed: int = 0, energy: bool = False, energy_window_s: float = 0.5):
         spec = SweepSpec(family="gemm", problems=[], interpret=interpret, timeout_s=timeout_s,
-                         seed=seed)
+                         seed=seed, energy=energy, energy_window_s=energy_window_s)
+        self.energy = energy
         self.collector = Collector(store, spec, command="perftune tune --backend live")
+        if energy and self.collector.mode != GPU:
+            raise PerftuneInputError("the energy objective measures NVML energy and needs a "
+                                     "GPU; tune time alone here, or replay recorded energy")
         self.collector.__enter__()
         self.reused = 0
 
@@ -41,11 +47,14 @@ class LiveBackend(Backend):
                 for config in family.configs(target, dataflow, limits)]
         return pd.DataFrame(rows, columns=["dataflow", "config"])
 
-    def measure(self, problem: Problem, dataflow: str, config: str) -> float | None:
+    def measure(self, problem: Problem, dataflow: str, config: str) -> Measurement:
         row: dict[str, Any] = self.collector.measure(_family_problem(problem), dataflow,
                                                      json.loads(config))
         self.reused += bool(row["reused"])
-        return float(row["runtime_ms"]) if row["status"] == "ok" else None
+        if row["status"] != "ok":
+            return Measurement(None)
+        return Measurement(float(row["runtime_ms"]), _number(row.get("energy_per_call_j")),
+                           _number(row.get("avg_power_w")))
 
     def close(self) -> None:
         self.collector.__exit__(None)
@@ -53,3 +62,7 @@ class LiveBackend(Backend):
 
 def _family_problem(problem: Problem) -> FamilyProblem:
     return FamilyProblem.of(problem.dtype, m=problem.m, n=problem.n, k=problem.k)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)

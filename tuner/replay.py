@@ -1,5 +1,6 @@
 """The replay backend: answers from recorded measurements, so search strategies can be run
-and compared on CPU with real data. Only recorded configs can be proposed."""
+and compared on CPU with real data. Only recorded configs can be proposed (with energy on,
+only those whose energy per call was recorded with the current, busy-queue method)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,33 @@ import pandas as pd
 
 from store.db import Store
 from store.errors import PerftuneInputError
-from tuner._base import Backend, Problem
+from tuner._base import Backend, Measurement, Problem
+
+ENERGY_METHOD = "busy-queue"
 
 
 class ReplayBackend(Backend):
     name = "replay"
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, energy: bool = False):
         self.store = store
+        self.energy = energy
         self._recorded: dict[Problem, pd.DataFrame] = {}
         self.measured: list[tuple[str, str]] = []
 
     def _rows(self, problem: Problem) -> pd.DataFrame:
         if problem not in self._recorded:
             rows = self.store.query(
-                "SELECT dataflow, config, status, runtime_ms FROM measurements WHERE "
-                "family = 'gemm' AND device_id = ? AND shape = ? AND dtype = ?",
-                [problem.device, problem.shape, problem.dtype])
+                "SELECT dataflow, config, status, runtime_ms, energy_per_call_j, avg_power_w, "
+                "energy_method FROM measurements WHERE family = 'gemm' AND device_id = ? "
+                "AND shape = ? AND dtype = ?", [problem.device, problem.shape, problem.dtype])
+            what = "measurements"
+            if self.energy:
+                rows = rows[(rows["status"] != "ok") | (rows["energy_method"] == ENERGY_METHOD)]
+                what = "energy measurements"
             if rows.empty:
                 raise PerftuneInputError(
-                    f"nothing recorded for gemm {problem.shape} {problem.dtype} on "
+                    f"no {what} recorded for gemm {problem.shape} {problem.dtype} on "
                     f"{problem.device}; replay can only answer recorded problems")
             self._recorded[problem] = rows.set_index(["dataflow", "config"])
         return self._recorded[problem]
@@ -34,7 +42,14 @@ class ReplayBackend(Backend):
     def candidates(self, problem: Problem) -> pd.DataFrame:
         return self._rows(problem).reset_index()[["dataflow", "config"]]
 
-    def measure(self, problem: Problem, dataflow: str, config: str) -> float | None:
+    def measure(self, problem: Problem, dataflow: str, config: str) -> Measurement:
         row = self._rows(problem).loc[(dataflow, config)]
         self.measured.append((dataflow, config))
-        return float(row["runtime_ms"]) if row["status"] == "ok" else None
+        if row["status"] != "ok":
+            return Measurement(None)
+        return Measurement(float(row["runtime_ms"]), *_energy(row) if self.energy else ())
+
+
+def _energy(row: pd.Series) -> tuple[float | None, float | None]:
+    return (None if pd.isna(row["energy_per_call_j"]) else float(row["energy_per_call_j"]),
+            None if pd.isna(row["avg_power_w"]) else float(row["avg_power_w"]))

@@ -4,6 +4,10 @@ Every method runs through an Optuna study (so every trial is kept, in an Optuna 
 one is given): ``model`` is perftune's model-guided search, ``tpe``, ``gp`` and ``random`` are
 Optuna's samplers over the family's conditional space (dataflow first, then its parameters),
 ``tutorial`` measures the Triton tutorial's 8 configs in order, ``cublas`` the library alone.
+
+With ``objectives=("time", "energy")`` the study has two directions (Optuna's multi-objective
+samplers), the backend measures energy per call too, and the result gives the Pareto front and
+the energy that a small time loss saves against the fastest config measured.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import pandas as pd
 
 from store.errors import PerftuneInputError
 from store.keys import canonical_config
-from tuner._base import Backend, Problem
+from tuner._base import Backend, Measurement, Problem
 
+OBJECTIVES = ("time", "energy")
 METHODS = ("model", "tpe", "gp", "random", "tutorial", "cublas")
 # The Triton matmul tutorial's configs, mapped to the nearest of our space (stages 5 -> 4,
 # 2 warps -> 4): (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps).
@@ -36,6 +41,25 @@ class Trial:
     dataflow: str
     config: str
     runtime_ms: float | None
+    energy_j: float | None = None
+    power_w: float | None = None
+
+
+@dataclass(frozen=True)
+class EnergySaving:
+    """The least-energy config within ``max_time_loss`` of the fastest one measured."""
+
+    fastest: Trial
+    frugal: Trial
+    max_time_loss: float
+
+    @property
+    def time_loss(self) -> float:
+        return self.frugal.runtime_ms / self.fastest.runtime_ms - 1  # type: ignore[operator]
+
+    @property
+    def energy_saved(self) -> float:
+        return 1 - self.frugal.energy_j / self.fastest.energy_j  # type: ignore[operator]
 
 
 @dataclass
@@ -44,6 +68,31 @@ class TuneResult:
     problem: Problem
     trials: list[Trial] = field(default_factory=list)
     stopped_early: bool = False
+    objectives: tuple[str, ...] = ("time",)
+
+    @property
+    def with_energy(self) -> list[Trial]:
+        return [t for t in self.measured if t.energy_j is not None]
+
+    def pareto_front(self) -> list[Trial]:
+        """Measured trials that no other beats on both time and energy, fastest first."""
+        front: list[Trial] = []
+        for trial in sorted(self.with_energy, key=lambda t: (t.runtime_ms, t.energy_j)):
+            if not front or trial.energy_j < front[-1].energy_j:  # type: ignore[operator]
+                front.append(trial)
+        return front
+
+    def energy_saving(self, max_time_loss: float = 0.05) -> EnergySaving | None:
+        """The least energy per call among configs at most ``max_time_loss`` slower than the
+        fastest measured (with energy); None without energy measurements."""
+        trials = self.with_energy
+        if not trials:
+            return None
+        fastest = min(trials, key=lambda t: (t.runtime_ms, t.energy_j))
+        limit = fastest.runtime_ms * (1 + max_time_loss)  # type: ignore[operator]
+        frugal = min((t for t in trials if t.runtime_ms <= limit),  # type: ignore[operator]
+                     key=lambda t: t.energy_j)  # type: ignore[arg-type,return-value]
+        return EnergySaving(fastest, frugal, max_time_loss)
 
     @property
     def measured(self) -> list[Trial]:
@@ -62,11 +111,13 @@ class TuneResult:
 def tune(problem: Problem, backend: Backend, *, budget: int, method: str = "model",
          dataflows: tuple[str, ...] | None = None, predictor: Any = None, store: Any = None,
          seed: int = 0, storage: str | None = None, margin: float = 0.01,
+         objectives: tuple[str, ...] = ("time",),
          on_trial: Callable[[TuneResult], None] | None = None) -> TuneResult:
     """Find the fastest dataflow and config of ``problem`` with at most ``budget``
-    measurements from ``backend``."""
+    measurements from ``backend``; with the energy objective too, the time-energy front."""
     if budget < 1:
         raise PerftuneInputError(f"budget must be at least 1 measurement, not {budget}")
+    objectives = _check_objectives(objectives, backend)
     if method not in METHODS:
         raise PerftuneInputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method == "model" and (predictor is None or store is None):
@@ -82,10 +133,12 @@ def tune(problem: Problem, backend: Backend, *, budget: int, method: str = "mode
         raise PerftuneInputError(f"no candidate configs for {problem.shape} {problem.dtype}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=f"{method}:{problem.device}:{problem.shape}:{problem.dtype}:{seed}",
-        storage=storage, sampler=_sampler(method, seed), load_if_exists=True)
+        study_name=f"{method}:{'+'.join(objectives)}:{problem.device}:{problem.shape}:"
+                   f"{problem.dtype}:{seed}",
+        storage=storage, sampler=_sampler(method, seed), load_if_exists=True,
+        directions=["minimize"] * len(objectives))
     search = _Search(problem, backend, candidates, study, budget, on_trial,
-                     TuneResult(method, problem))
+                     TuneResult(method, problem, objectives=objectives))
     if method == "model":
         search.model_guided(predictor, store, margin)
     elif method == "tutorial":
@@ -95,6 +148,19 @@ def tune(problem: Problem, backend: Backend, *, budget: int, method: str = "mode
     else:
         search.with_sampler()
     return search.result
+
+
+def _check_objectives(objectives: tuple[str, ...], backend: Backend) -> tuple[str, ...]:
+    objectives = tuple(objectives)
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown or not objectives or objectives[0] != "time" or len(set(objectives)) < len(
+            objectives):
+        raise PerftuneInputError(f"objectives must be time, or time and energy; not "
+                                 f"{', '.join(objectives) or 'none'}")
+    if "energy" in objectives and not backend.energy:
+        raise PerftuneInputError("the energy objective needs a backend that measures energy "
+                                 "(built with energy=True)")
+    return objectives
 
 
 def _sampler(method: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -122,7 +188,7 @@ class _Search:
         self.known = set(zip(self.candidates["dataflow"], self.candidates["config"],
                              strict=True))
         self.on_trial, self.result = on_trial, result
-        self.seen: dict[tuple[str, str], float | None] = {}
+        self.seen: dict[tuple[str, str], Measurement] = {}
 
     @property
     def spent(self) -> int:
@@ -131,21 +197,25 @@ class _Search:
     def _measure(self, trial: optuna.Trial, dataflow: str, config: str) -> float | None:
         reused = (dataflow, config) in self.seen
         if reused:  # proposed again: reuse, never re-measure
-            runtime = self.seen[(dataflow, config)]
+            measured = self.seen[(dataflow, config)]
         else:
-            runtime = self.backend.measure(self.problem, dataflow, config)
-            self.seen[(dataflow, config)] = runtime
-            self.result.trials.append(Trial(dataflow, config, runtime))
+            measured = self.backend.measure(self.problem, dataflow, config)
+            self.seen[(dataflow, config)] = measured
+            self.result.trials.append(Trial(dataflow, config, measured.runtime_ms,
+                                            measured.energy_j, measured.power_w))
             if self.on_trial is not None:
                 self.on_trial(self.result)
         trial.set_user_attr("dataflow", dataflow)
         trial.set_user_attr("config", config)
         trial.set_user_attr("reused", reused)
-        if runtime is None:
+        values = [measured.runtime_ms]
+        if "energy" in self.result.objectives:
+            values.append(measured.energy_j)
+        if any(v is None for v in values):
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
-            self.study.tell(trial, runtime)
-        return runtime
+            self.study.tell(trial, values)  # type: ignore[arg-type]
+        return measured.runtime_ms
 
     def _fixed_trial(self, dataflow: str, config: str) -> optuna.Trial:
         """A trial whose config was chosen outside Optuna's samplers (kept as user attributes:
@@ -185,7 +255,9 @@ class _Search:
     def model_guided(self, predictor: Any, store: Any, margin: float) -> None:
         """cuBLAS first (when allowed), then the candidate with the lowest optimistic
         prediction, the model's error per dataflow corrected as measurements arrive; stop
-        when no candidate can beat the best so far by more than ``margin``."""
+        when no candidate can beat the best so far by more than ``margin``. With the energy
+        objective it spends the whole budget on the fastest-predicted configs (the front's
+        useful end: configs near the fastest, where a little time buys energy back)."""
         rows = self.candidates.assign(m=self.problem.m, n=self.problem.n, k=self.problem.k,
                                       dtype=self.problem.dtype, device_id=self.problem.device)
         from perfmodel.features import with_config_columns
@@ -206,8 +278,8 @@ class _Search:
             corrected = open_["mean"] + open_["dataflow"].map(self._corrections(frame))
             best = self.result.best
             optimistic = corrected - open_["spread"]
-            if best is not None and best.runtime_ms and optimistic.min() > math.log(
-                    best.runtime_ms / (1 + margin)):
+            if len(self.result.objectives) == 1 and best is not None and best.runtime_ms \
+                    and optimistic.min() > math.log(best.runtime_ms / (1 + margin)):
                 self.result.stopped_early = True
                 return
             pick = (corrected - 0.3 * open_["spread"]).idxmin()
@@ -218,7 +290,8 @@ class _Search:
         """Per dataflow, the median log error of the model on what was measured (0 before)."""
         indexed = frame.set_index(["dataflow", "config"])["mean"]
         errors: dict[str, list[float]] = {}
-        for (dataflow, config), runtime in self.seen.items():
+        for (dataflow, config), measured in self.seen.items():
+            runtime = measured.runtime_ms
             if runtime:
                 errors.setdefault(dataflow, []).append(math.log(runtime)
                                                        - indexed[(dataflow, config)])
