@@ -4,12 +4,13 @@ small slowdown saves, on held-out whole-space H100 problems, in one run.
     python benchmarks/tuner_energy.py --store data/runs/h100_dataset.duckdb   # on a GPU
 
 For each problem (the held-out whole-space ones, the most work first): perftune's
-model-guided tuner, Optuna's multi-objective TPE and random search, each with ``--budget`` measurements and objectives (time, energy), live through the
-collector (timings already in the store are reused, energy per call is measured with NVML's
-busy-queue window and added to the store); then a reference: energy of the ``--reference``
-fastest configs of the whole space (their timings are known). Reported per method: its front,
-and the energy per call saved within ``--max-time-loss`` of the fastest config it measured and
-of the fastest config of the whole space. Saves benchmarks/results/tuner_energy.json.
+model-guided tuner, Optuna's multi-objective TPE and random search, each with ``--budget``
+measurements and objectives (time, energy), live through the collector (timings already in
+the store are reused; energy per call is measured with NVML's busy-queue window and added to
+the store); then a reference: energy of the ``--reference`` fastest configs of the whole space
+(their timings are known). Reported per method: its front, and the energy per call saved within
+``--max-time-loss`` of the fastest config it measured and of the whole space's fastest config.
+Saves benchmarks/results/tuner_energy.json.
 """
 
 from __future__ import annotations
