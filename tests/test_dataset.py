@@ -40,8 +40,6 @@ def test_both_devices_with_ceilings(shipped: Path) -> None:
     assert (devices["copy_bandwidth_gbs"] > 1000).all()
 
 
-@pytest.mark.xfail(strict=True, reason="3 held-out whole-space GEMM problems are still to be "
-                   "collected (issue 4, next device session); strict: passes once they are")
 def test_heldout_problems_are_measured(shipped: Path) -> None:
     heldout = heldout_problems()
     with Store(shipped, read_only=True) as store:
@@ -69,18 +67,18 @@ def _busy_queue_energy(shipped: Path) -> pd.DataFrame:
 
 def test_energy_rows_are_plausible(shipped: Path) -> None:
     """Rows of the fixed energy loop: power near the device's range, and energy per call
-    consistent with runtime x average power (the flawed loop gave about 2x)."""
+    consistent with runtime x average power where a kernel keeps the GPU busy (>= 0.1 ms; the
+    flawed loop gave about 2x). Shorter kernels are launch-bound in the loop, so their energy
+    per call also pays the gaps between launches (data card: caveats)."""
     energy = _busy_queue_energy(shipped)
-    assert len(energy) >= 300 and energy["shape"].nunique() >= 50
+    assert len(energy) >= 2000 and energy["shape"].nunique() >= 100  # issue 4's target
     assert energy["avg_power_w"].between(50, 1.2 * energy["power_limit_w"]).all()
-    implied_power = energy["energy_per_call_j"] / (energy["runtime_ms"] * 1e-3)
-    assert ((implied_power / energy["avg_power_w"]).between(0.5, 2.0)).mean() > 0.9
-
-
-@pytest.mark.xfail(strict=True, reason="issue 4 asks for >= 2,000 energy rows; 387 are measured "
-                   "with the fixed loop so far (next device session); strict: passes once done")
-def test_energy_target_is_met(shipped: Path) -> None:
-    assert len(_busy_queue_energy(shipped)) >= 2000
+    ratio = energy["energy_per_call_j"] / (energy["runtime_ms"] * 1e-3 * energy["avg_power_w"])
+    busy = ratio[energy["runtime_ms"] >= 0.1]
+    assert len(busy) >= 1000
+    assert 0.95 <= busy.median() <= 1.1
+    assert busy.between(0.8, 1.25).mean() > 0.9
+    assert (ratio > 0.5).all()  # never far below what the runtime implies
 
 
 def test_default_store_builds_itself(cli: Callable[..., tuple[int, str, str]],
