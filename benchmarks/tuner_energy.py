@@ -10,6 +10,12 @@ the store are reused; energy per call is measured with NVML's busy-queue window 
 the store); then a reference: energy of the ``--reference`` fastest configs of the whole space
 (their timings are known). Reported per method: its front, and the energy per call saved within
 ``--max-time-loss`` of the fastest config it measured and of the whole space's fastest config.
+
+    python benchmarks/tuner_energy.py --analyze data/perftune.duckdb   # CPU, after the run
+
+adds, from every energy row of those problems in the store (the run's measurements), the front
+across dataflows and within the ``triton`` dataflow, with the energy *and the average power*
+(the figure the seed paper reports) saved within the time-loss limit.
 Saves benchmarks/results/tuner_energy.json.
 """
 
@@ -40,8 +46,10 @@ OBJECTIVES = ("time", "energy")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", type=Path, required=True,
+    parser.add_argument("--store", type=Path,
                         help="writable store holding the problems' whole-space timings")
+    parser.add_argument("--analyze", type=Path, metavar="STORE",
+                        help="CPU: add the front analysis of the results' problems from STORE")
     parser.add_argument("--problems", type=int, default=3,
                         help="how many held-out whole-space problems, the most work first")
     parser.add_argument("--budget", type=int, default=12)
@@ -51,6 +59,16 @@ def main() -> None:
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "tuner_energy.json")
     args = parser.parse_args()
+    if args.analyze:
+        result = json.loads(args.results.read_text())
+        with Store(args.analyze, read_only=True) as store:
+            result["fronts"] = [analyze(store, row["problem"], result["max_time_loss"])
+                                for row in result["problems"]]
+        args.results.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["fronts"], indent=2))
+        return
+    if args.store is None:
+        parser.error("--store is needed for a run (or --analyze STORE after one)")
     import torch
 
     if not torch.cuda.is_available():
@@ -112,6 +130,43 @@ def measure_problem(args: argparse.Namespace, problem: Problem, predictor: Predi
                 "time_loss": frugal["runtime_ms"] / fastest_known.fastest.runtime_ms - 1,
                 "energy_saved": 1 - frugal["energy_j"] / fastest_known.fastest.energy_j}
     return record
+
+
+def analyze(store: Store, problem: str, max_time_loss: float) -> dict[str, Any]:
+    """The front of every energy-measured config of ``problem`` ("m=..,n=..,k=.. dtype"),
+    across dataflows and within triton, and what the time-loss limit saves."""
+    from benchmarks.tuner_budget import H100
+
+    shape, dtype = problem.split()
+    rows = store.query("SELECT dataflow, config, runtime_ms, energy_per_call_j, avg_power_w "
+                       "FROM measurements WHERE device_id = ? AND shape = ? AND dtype = ? AND "
+                       "energy_method = 'busy-queue' AND status = 'ok'", [H100, shape, dtype])
+    out: dict[str, Any] = {"problem": problem, "energy_rows": len(rows)}
+    for scope, chosen in (("across_dataflows", rows),
+                          ("within_triton", rows[rows["dataflow"] == "triton"])):
+        result = TuneResult("measured", Problem(0, 0, 0, dtype, H100), objectives=OBJECTIVES,
+                            trials=[Trial(r.dataflow, r.config, r.runtime_ms,
+                                          r.energy_per_call_j, r.avg_power_w)
+                                    for r in chosen.itertuples()])
+        saving = result.energy_saving(max_time_loss)
+        if saving is None:
+            continue
+        limit = saving.fastest.runtime_ms * (1 + max_time_loss)  # type: ignore[operator]
+        calm = min((t for t in result.with_energy if _figures(t)[0] <= limit),
+                   key=lambda t: _figures(t)[2])
+        fast = _figures(saving.fastest)
+        slow = _figures(calm)
+        out[scope] = {"configs": len(chosen), "front": len(result.pareto_front()),
+                      "fastest": vars(saving.fastest), "energy_saved": saving.energy_saved,
+                      "time_loss": saving.time_loss, "power_saved": 1 - slow[2] / fast[2],
+                      "power_saved_time_loss": slow[0] / fast[0] - 1,
+                      "power_saved_energy_change": slow[1] / fast[1] - 1}
+    return out
+
+
+def _figures(trial: Trial) -> tuple[float, float, float]:
+    assert trial.runtime_ms and trial.energy_j and trial.power_w
+    return trial.runtime_ms, trial.energy_j, trial.power_w
 
 
 def _report(result: TuneResult, max_time_loss: float, wall_s: float | None = None
