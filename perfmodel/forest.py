@@ -90,3 +90,18 @@ def _mean_and_spread(forest: RandomForestRegressor, x: np.ndarray) -> tuple[np.n
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     per_tree = np.stack([tree.tree_.predict(x32)[:, 0] for tree in forest.estimators_])
     return per_tree.mean(axis=0), per_tree.std(axis=0)
+
+
+class PowerForest(RuntimeForest):
+    """The same forest on a device's average power (W) or energy per call (J) of a config:
+    log target, no baseline (``residual_of=None``), the calibrated spread as its uncertainty.
+    Train it only on rows whose energy was measured with the busy-queue loop."""
+
+    def __init__(self, *, n_estimators: int = 200, min_samples_leaf: int = 2,
+                 max_features: float = 0.5, coverage: float = 0.9,
+                 calibration_share: float = 0.2, residual_of: str | None = None,
+                 random_state: int = 0, n_jobs: int = -1):
+        super().__init__(n_estimators=n_estimators, min_samples_leaf=min_samples_leaf,
+                         max_features=max_features, coverage=coverage,
+                         calibration_share=calibration_share, residual_of=residual_of,
+                         random_state=random_state, n_jobs=n_jobs)

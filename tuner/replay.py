@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from collectors.power.nvml import ENERGY_METHOD
 from store.db import Store
 from store.errors import PerftuneInputError
 from tuner._base import Backend, Measurement, Problem
-
-ENERGY_METHOD = "busy-queue"
 
 
 class ReplayBackend(Backend):
