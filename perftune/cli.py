@@ -589,8 +589,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
               "cublas_ms": library.runtime_ms if library else None,
               "trials": [vars(t) for t in result.trials]}
     saving = result.energy_saving(args.max_time_loss) if energy else None
+    front = result.pareto_front() if energy else []
     if energy:
-        answer["pareto_front"] = [vars(t) for t in result.pareto_front()]
+        answer["pareto_front"] = [vars(t) for t in front]
         answer["energy_saving"] = None if saving is None else {
             "max_time_loss": saving.max_time_loss, "time_loss": saving.time_loss,
             "energy_saved": saving.energy_saved, "fastest": vars(saving.fastest),
@@ -605,7 +606,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                       + (" (stopped early: the model expects nothing better)"
                          if result.stopped_early else ""))
     if energy and not args.json:
-        _print_front(console, result.pareto_front(), saving)
+        _print_front(console, front, saving)
     return 0
 
 

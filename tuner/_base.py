@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -31,6 +33,21 @@ class Measurement:
     runtime_ms: float | None
     energy_j: float | None = None
     power_w: float | None = None
+
+    @classmethod
+    def of_row(cls, row: Mapping[str, Any], *, energy: bool = True) -> Measurement:
+        """From a stored measurement row (status, runtime_ms, energy_per_call_j,
+        avg_power_w); ``energy=False`` leaves the energy out."""
+        if row["status"] != "ok":
+            return cls(None)
+        if not energy:
+            return cls(float(row["runtime_ms"]))
+        return cls(float(row["runtime_ms"]), _number(row.get("energy_per_call_j")),
+                   _number(row.get("avg_power_w")))
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 class Backend(abc.ABC):

@@ -51,10 +51,7 @@ class LiveBackend(Backend):
         row: dict[str, Any] = self.collector.measure(_family_problem(problem), dataflow,
                                                      json.loads(config))
         self.reused += bool(row["reused"])
-        if row["status"] != "ok":
-            return Measurement(None)
-        return Measurement(float(row["runtime_ms"]), _number(row.get("energy_per_call_j")),
-                           _number(row.get("avg_power_w")))
+        return Measurement.of_row(row)
 
     def close(self) -> None:
         self.collector.__exit__(None)
@@ -62,7 +59,3 @@ class LiveBackend(Backend):
 
 def _family_problem(problem: Problem) -> FamilyProblem:
     return FamilyProblem.of(problem.dtype, m=problem.m, n=problem.n, k=problem.k)
-
-
-def _number(value: Any) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)

@@ -44,11 +44,4 @@ class ReplayBackend(Backend):
     def measure(self, problem: Problem, dataflow: str, config: str) -> Measurement:
         row = self._rows(problem).loc[(dataflow, config)]
         self.measured.append((dataflow, config))
-        if row["status"] != "ok":
-            return Measurement(None)
-        return Measurement(float(row["runtime_ms"]), *_energy(row) if self.energy else ())
-
-
-def _energy(row: pd.Series) -> tuple[float | None, float | None]:
-    return (None if pd.isna(row["energy_per_call_j"]) else float(row["energy_per_call_j"]),
-            None if pd.isna(row["avg_power_w"]) else float(row["avg_power_w"]))
+        return Measurement.of_row(row, energy=self.energy)
