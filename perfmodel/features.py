@@ -4,6 +4,8 @@ bytes moved with tile reuse) and device (SMs, measured ceilings, L2, memory)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,32 +55,48 @@ def with_config_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+Columns = Mapping[str, Any]  # a DataFrame, or a dict of equal-length arrays (the fast path)
+
+
 def gemm_features(frame: pd.DataFrame) -> pd.DataFrame:
     """The model's features for GEMM rows (columns m, n, k, dtype, dataflow, the config
     parameters and the device properties)."""
     _require(frame, ["m", "n", "k", "dtype", "dataflow", *DEVICE_COLUMNS])
-    unknown = set(frame["dataflow"]) - set(DATAFLOWS)
+    return pd.DataFrame(gemm_feature_arrays(frame), index=frame.index)
+
+
+def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
+    """:func:`gemm_features` as plain arrays, for callers that already checked the columns:
+    the service ranks ~750 candidates per request, and pandas' per-operation overhead was most
+    of that time."""
+    length = len(np.asarray(frame["m"]))
+
+    def column(name: str) -> np.ndarray:
+        if name not in frame:
+            return np.full(length, np.nan)
+        return np.asarray(frame[name], dtype=float)
+
+    dataflow = np.asarray(frame["dataflow"])
+    unknown = set(np.unique(dataflow)) - set(DATAFLOWS)
     if unknown:
         raise PerftuneInputError(f"unknown GEMM dataflow(s) {sorted(unknown)}; the models "
                                  f"know {', '.join(DATAFLOWS)}")
-    # Plain numpy arrays: the service ranks ~750 candidates per request, and pandas' per-op
-    # overhead was most of that time.
-    m, n, k = (frame[c].to_numpy(float) for c in ("m", "n", "k"))
-    eb = frame["dtype"].map(ELEMENT_BYTES).to_numpy(float)
-    dataflow = frame["dataflow"].to_numpy()
+    dtype = np.asarray(frame["dtype"])
+    m, n, k = column("m"), column("n"), column("k")
+    eb = _element_bytes(dtype)
     is_cublas = (dataflow == "cublas").astype(float)
     params = {}
     for name in GEMM_PARAMS:
-        column = frame[name].to_numpy(float) if name in frame else np.full(len(frame), np.nan)
-        params[name] = np.where(np.isnan(column) | (is_cublas > 0), LIBRARY_TILE[name], column)
+        values = column(name)
+        params[name] = np.where(np.isnan(values) | (is_cublas > 0), LIBRARY_TILE[name], values)
     bm, bn, bk = params["BLOCK_M"], params["BLOCK_N"], params["BLOCK_K"]
     split = params["SPLIT_K"]
     tiles_m, tiles_n = np.ceil(m / bm), np.ceil(n / bn)
     tiles = tiles_m * tiles_n * split
-    sms = frame["sm_count"].to_numpy(float)
+    sms = column("sm_count")
     smem = params["num_stages"] * (bm + bn) * bk * eb
     blocks_per_sm = np.maximum(1.0, np.minimum(
-        np.floor(frame["shared_memory_per_block"].to_numpy(float) / smem),
+        np.floor(column("shared_memory_per_block") / smem),
         np.floor(64 / params["num_warps"])))
     # A tile runs at most at one SM's share of the peak, so quantization is over SMs.
     waves = tiles / sms
@@ -86,14 +104,12 @@ def gemm_features(frame: pd.DataFrame) -> pd.DataFrame:
     min_bytes = (m * k + k * n + m * n) * eb
     tile_bytes = (m * k * tiles_n + k * n * tiles_m) * eb + m * n * eb
     # Re-reads of A and B tiles hit L2 while the operands fit in it; beyond, they reach DRAM.
-    l2_bytes = frame["l2_bytes"].to_numpy(float)
+    l2_bytes = column("l2_bytes")
     fits_l2 = (m * k + k * n) * eb <= l2_bytes
     bytes_moved = np.where(fits_l2, min_bytes, tile_bytes)
     bytes_moved = bytes_moved + np.where(split > 1, 2 * 4 * split * m * n, 0.0)
-    peak = np.where(frame["dtype"].to_numpy() == "bf16", frame["peak_tflops_bf16"].to_numpy(float),
-                    frame["peak_tflops_fp16"].to_numpy(float))
-    bandwidth = frame["copy_bandwidth_gbs"].to_numpy(float)
-    features = pd.DataFrame({
+    peak = np.where(dtype == "bf16", column("peak_tflops_bf16"), column("peak_tflops_fp16"))
+    features = {
         "log_m": np.log2(m), "log_n": np.log2(n), "log_k": np.log2(k), "element_bytes": eb,
         "log_flops": np.log2(flops), "log_min_bytes": np.log2(min_bytes),
         "log_intensity": np.log2(flops / min_bytes),
@@ -106,13 +122,24 @@ def gemm_features(frame: pd.DataFrame) -> pd.DataFrame:
         "log_bytes_moved": np.log2(bytes_moved), "log_tile_intensity": np.log2(flops / bytes_moved),
         "m_mod16": (m % 16 == 0).astype(float), "n_mod16": (n % 16 == 0).astype(float),
         "k_mod16": (k % 16 == 0).astype(float),
-        "sm_count": sms, "peak_tflops": peak, "bandwidth_gbs": bandwidth,
+        "sm_count": sms, "peak_tflops": peak, "bandwidth_gbs": column("copy_bandwidth_gbs"),
         "l2_bytes": l2_bytes,
-    }, index=frame.index)
-    from perfmodel.roofline import roofline_ms
+    }
+    from perfmodel.roofline import roofline_arrays
 
-    features["log_roofline_ms"] = np.log(roofline_ms(features))
-    return features[list(FEATURES)]
+    features["log_roofline_ms"] = np.log(roofline_arrays(features)["runtime_ms"])
+    return {name: features[name] for name in FEATURES}
+
+
+def _element_bytes(dtype: np.ndarray) -> np.ndarray:
+    out = np.full(len(dtype), np.nan)
+    for name, size in ELEMENT_BYTES.items():
+        out[dtype == name] = size
+    if np.isnan(out).any():
+        unknown = sorted(set(dtype[np.isnan(out)].tolist()))
+        raise PerftuneInputError(f"unknown dtype(s) {unknown}; known: "
+                                 f"{', '.join(ELEMENT_BYTES)}")
+    return out
 
 
 def _require(frame: pd.DataFrame, columns: list[str]) -> None:

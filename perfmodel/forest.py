@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeAlias
+
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
+
+Features: TypeAlias = "pd.DataFrame | Mapping[str, np.ndarray]"  # a frame, or arrays by name
 
 
 class RuntimeForest:
@@ -59,20 +64,21 @@ class RuntimeForest:
         z = np.abs(y[mask] - mean) / np.maximum(spread, 1e-3)
         return float(np.quantile(z, self.coverage))
 
-    def predict(self, features: pd.DataFrame) -> np.ndarray:
+    def predict(self, features: Features) -> np.ndarray:
         """Predicted runtime in ms."""
         return np.exp(self.predict_log(features)[0])
 
-    def predict_log(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def predict_log(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread (std across trees) of the predicted log runtime."""
-        mean, spread = _mean_and_spread(self.forest_,
-                                        features[self.feature_names_in_].to_numpy(float))
+        x = np.column_stack([np.asarray(features[name], dtype=float)
+                             for name in self.feature_names_in_])
+        mean, spread = _mean_and_spread(self.forest_, x)
         return mean + self._baseline(features), spread
 
-    def _baseline(self, features: pd.DataFrame) -> np.ndarray | float:
-        return features[self.residual_of].to_numpy(float) if self.residual_of else 0.0
+    def _baseline(self, features: Features) -> np.ndarray | float:
+        return np.asarray(features[self.residual_of], dtype=float) if self.residual_of else 0.0
 
-    def predict_interval(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def predict_interval(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper runtime (ms) of the calibrated ``coverage`` interval."""
         return self.predict_with_interval(features)[1:]
 

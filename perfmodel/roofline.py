@@ -4,6 +4,9 @@ ceilings. Tile-level bytes (re-reads) and occupancy are features of the learned 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -14,7 +17,12 @@ _ROOFLINE_INPUTS = ("log_flops", "is_cublas", "is_splitk", "padding", "wave_effi
 
 def roofline_parts(features: pd.DataFrame) -> pd.DataFrame:
     """Per row: compute time, memory time, runtime (ms), bound and attainable fraction."""
-    f = {c: features[c].to_numpy(float) for c in _ROOFLINE_INPUTS}
+    return pd.DataFrame(roofline_arrays(features), index=features.index)
+
+
+def roofline_arrays(features: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """:func:`roofline_parts` as plain arrays, from features as a frame or a dict of arrays."""
+    f = {c: np.asarray(features[c], dtype=float) for c in _ROOFLINE_INPUTS}
     flops = 2.0 ** f["log_flops"]
     # cuBLAS is opaque: it picks its own tiles, so no padding or wave penalty is assumed.
     penalty = np.where(f["is_cublas"] > 0, 1.0, f["padding"] / f["wave_efficiency"])
@@ -28,15 +36,9 @@ def roofline_parts(features: pd.DataFrame) -> pd.DataFrame:
     runtime = np.maximum(compute_ms, memory_ms) + launches * LAUNCH_MS
     ideal = np.maximum(flops / (f["peak_tflops"] * 1e12),
                        2.0 ** f["log_min_bytes"] / (f["bandwidth_gbs"] * 1e9)) * 1e3
-    return pd.DataFrame({
-        "compute_ms": compute_ms, "memory_ms": memory_ms, "runtime_ms": runtime,
-        "bound": np.where(compute_ms >= memory_ms, "compute", "memory"),
-        "attainable_fraction": ideal / runtime,
-    }, index=features.index)
-
-
-def roofline_ms(features: pd.DataFrame) -> pd.Series:
-    return roofline_parts(features)["runtime_ms"]
+    return {"compute_ms": compute_ms, "memory_ms": memory_ms, "runtime_ms": runtime,
+            "bound": np.where(compute_ms >= memory_ms, "compute", "memory"),
+            "attainable_fraction": ideal / runtime}
 
 
 class RooflineModel:
@@ -47,18 +49,19 @@ class RooflineModel:
         self.fit_scale = fit_scale
 
     def fit(self, features: pd.DataFrame, runtime_ms: pd.Series) -> RooflineModel:
-        ratio = np.log(np.asarray(runtime_ms, float)) - features["log_roofline_ms"].to_numpy()
+        logs = np.asarray(features["log_roofline_ms"], dtype=float)
+        ratio = np.log(np.asarray(runtime_ms, float)) - logs
         keys = _dataflow_key(features)
         self.log_scale_ = {key: float(np.median(ratio[keys == key])) if self.fit_scale else 0.0
                            for key in np.unique(keys)}
         return self
 
-    def predict(self, features: pd.DataFrame) -> np.ndarray:
+    def predict(self, features: Mapping[str, Any]) -> np.ndarray:
         keys = _dataflow_key(features)
         scale = np.array([self.log_scale_.get(key, 0.0) for key in keys])
-        return np.exp(features["log_roofline_ms"].to_numpy() + scale)
+        return np.exp(np.asarray(features["log_roofline_ms"], dtype=float) + scale)
 
 
-def _dataflow_key(features: pd.DataFrame) -> np.ndarray:
-    return np.where(features["is_cublas"] > 0, "cublas",
-                    np.where(features["is_splitk"] > 0, "triton_splitk", "triton"))
+def _dataflow_key(features: Mapping[str, Any]) -> np.ndarray:
+    return np.where(np.asarray(features["is_cublas"]) > 0, "cublas",
+                    np.where(np.asarray(features["is_splitk"]) > 0, "triton_splitk", "triton"))

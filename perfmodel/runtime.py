@@ -6,22 +6,35 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from perfmodel.features import DEVICE_COLUMNS, FEATURES, gemm_features, load_measurements
-from perfmodel.forest import RuntimeForest
+from collectors.power.nvml import ENERGY_METHOD
+from perfmodel.features import (
+    DEVICE_COLUMNS,
+    ELEMENT_BYTES,
+    FEATURES,
+    Columns,
+    gemm_feature_arrays,
+    gemm_features,
+    load_measurements,
+)
+from perfmodel.forest import PowerForest, RuntimeForest
 from perfmodel.persist import load_model, save_model
-from perfmodel.roofline import RooflineModel, roofline_parts
+from perfmodel.roofline import RooflineModel, roofline_arrays
 from store.dataset import DATA_DIR, heldout_mask
 from store.db import Store
 from store.errors import PerftuneInputError
 
 DEFAULT_MODEL = DATA_DIR / "models" / "gemm_runtime.skops"
 MODELS = {"forest": RuntimeForest, "roofline": RooflineModel}
+# What a model predicts -> the measurement column it learns.
+TARGETS = {"runtime": "runtime_ms", "power": "avg_power_w", "energy": "energy_per_call_j"}
+ENERGY_TARGETS = ("power", "energy")
 
 
 def training_rows(store: Store, *, family: str = "gemm",
@@ -41,25 +54,48 @@ def training_rows(store: Store, *, family: str = "gemm",
 
 
 def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
-              devices: list[str] | None = None, **params: Any) -> tuple[Any, dict[str, Any]]:
+              devices: list[str] | None = None, target: str = "runtime",
+              **params: Any) -> tuple[Any, dict[str, Any]]:
+    """Train a model of ``target`` (runtime, or the average power / energy per call of the
+    busy-queue energy rows) on the store, held-out problems left out."""
+    if target not in TARGETS:
+        raise PerftuneInputError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if kind not in MODELS:
         raise PerftuneInputError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+    if target != "runtime" and kind != "forest":
+        raise PerftuneInputError(f"a {target} model is a forest; the roofline models runtime "
+                                 f"only")
     rows = training_rows(store, family=family, devices=devices)
+    if target != "runtime":
+        rows = rows[rows["energy_method"] == ENERGY_METHOD]
     if rows.empty:
-        raise PerftuneInputError(f"no ok {family} measurements to train on in {store.path}")
+        what = "" if target == "runtime" else " with busy-queue energy (collect --energy)"
+        raise PerftuneInputError(f"no ok {family} measurements{what} to train on in "
+                                 f"{store.path}")
     features = gemm_features(rows)
-    model = MODELS[kind](**params)
+    model = (PowerForest if target != "runtime" else MODELS[kind])(**params)
     if isinstance(model, RuntimeForest):
-        model.fit(features, rows["runtime_ms"], groups=rows["device_id"] + rows["shape"]
+        model.fit(features, rows[TARGETS[target]], groups=rows["device_id"] + rows["shape"]
                   + rows["dtype"])
     else:
         model.fit(features, rows["runtime_ms"])
-    meta = {"kind": kind, "family": family, "features": list(FEATURES),
+    meta = {"kind": kind, "target": target, "family": family, "features": list(FEATURES),
             "devices": sorted(set(rows["device_id"])), "rows": len(rows),
             "problems": int(rows.groupby(["shape", "dtype"]).ngroups),
             "snapshot": _snapshot(store), "trained_at": dt.datetime.now(dt.timezone.utc)
             .isoformat(timespec="seconds")}
     return model, meta
+
+
+def model_path(target: str, runtime_model: str | Path = DEFAULT_MODEL) -> Path:
+    """Where the ``target`` model lives beside a runtime model file: gemm_runtime.skops ->
+    gemm_power.skops / gemm_energy.skops (other names get a _power / _energy suffix)."""
+    path = Path(runtime_model)
+    if target == "runtime":
+        return path
+    stem = (path.stem.replace("runtime", target) if "runtime" in path.stem
+            else f"{path.stem}_{target}")
+    return path.with_name(stem + path.suffix)
 
 
 def _snapshot(store: Store) -> str:
@@ -75,6 +111,8 @@ class Catalog:
 
     devices: pd.DataFrame
     candidates: pd.DataFrame
+    _on_device: dict[str, pd.DataFrame] = field(default_factory=dict, compare=False,
+                                                repr=False)
 
     @classmethod
     def of(cls, store: Store) -> Catalog:
@@ -95,33 +133,71 @@ class Catalog:
                 f"device --calibrate` on it)")
         return self.devices
 
+    def on_device(self, device: str) -> pd.DataFrame:
+        """Every candidate config with ``device``'s properties as columns (built once)."""
+        if device not in self._on_device:
+            devices = self.device_rows([device])
+            self._on_device[device] = self.candidates.assign(device_id=device).merge(
+                devices, on="device_id", how="left")
+        return self._on_device[device]
+
 
 @dataclass
 class Predictor:
-    """A loaded model; predictions read device properties and known configs from a store or
-    from a :class:`Catalog` built from one."""
+    """A loaded runtime model, with the power and energy models saved beside it where there
+    are some; predictions read device properties and known configs from a store or from a
+    :class:`Catalog` built from one."""
 
     model: Any
     meta: dict[str, Any]
+    energy_models: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL) -> Predictor:
-        model, meta = load_model(path)
-        if meta.get("features") != list(FEATURES):
-            raise PerftuneInputError(
-                f"{path} was trained on other features than this perftune computes; retrain "
-                f"with `perftune fit`")
-        return cls(model, meta)
+        """The runtime model at ``path``, and the power / energy models beside it if any."""
+        model, meta = _load_checked(path, "runtime")
+        extras = {target: _load_checked(model_path(target, path), target)
+                  for target in ENERGY_TARGETS if model_path(target, path).exists()}
+        return cls(model, meta, extras)
 
     @classmethod
     def load_or_train(cls, path: str | Path, store: Store,
                       announce: Callable[[str], object] = print) -> Predictor:
-        """Load the model at ``path``; when there is none, train one on ``store`` (saying so
-        through ``announce``: it takes a while, once) and save it there first."""
+        """Load the models at ``path`` (and beside it); train the missing ones on ``store``
+        first (saying so through ``announce``: it takes a while, once) and save them. Power
+        and energy models are trained only where the store has busy-queue energy rows."""
         if not Path(path).exists():
             announce(f"no model at {path}: training one on {store.path.name} (once, ~20 s)")
             save_model(path, *fit_model(store))
+        has_energy = store.query("SELECT count(*) AS n FROM measurements WHERE energy_method "
+                                 "= ?", [ENERGY_METHOD])["n"][0] > 0
+        for target in ENERGY_TARGETS:
+            if has_energy and not model_path(target, path).exists():
+                announce(f"training the {target} model on {store.path.name} (once)")
+                save_model(model_path(target, path), *fit_model(store, target=target))
         return cls.load(path)
+
+    @property
+    def predicts_energy(self) -> bool:
+        return all(target in self.energy_models for target in ENERGY_TARGETS)
+
+    def energy_columns(self, frame: Columns) -> dict[str, np.ndarray]:
+        """Predicted average power (W) and energy per call (J, with its interval) per row, from
+        the models there are (none: no columns)."""
+        if not self.energy_models:
+            return {}
+        features = gemm_feature_arrays(frame)
+        columns: dict[str, np.ndarray] = {}
+        if "power" in self.energy_models:
+            columns["predicted_power_w"] = self.energy_models["power"][0].predict(features)
+        if "energy" in self.energy_models:
+            columns["predicted_energy_j"], columns["energy_low_j"], columns["energy_high_j"] = \
+                self.energy_models["energy"][0].predict_with_interval(features)
+        return columns
+
+    def with_energy(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` (rows as :meth:`rank` returns them) with the energy columns added."""
+        return frame.assign(**self.energy_columns(frame)) if len(frame) else frame
 
     def predict(self, source: Store | Catalog, rows: pd.DataFrame) -> pd.DataFrame:
         """Runtime (ms) per row of ``rows`` (m, n, k, dtype, dataflow, device_id and config
@@ -130,36 +206,80 @@ class Predictor:
         devices = catalog.device_rows(rows["device_id"].unique())
         frame = rows.drop(columns=[c for c in DEVICE_COLUMNS if c in rows.columns]).merge(
             devices, on="device_id", how="left")
-        features = gemm_features(frame)
-        out = frame.copy()
+        return frame.assign(**self._predicted_columns(frame), **self.energy_columns(frame))
+
+    def _predicted_columns(self, frame: Columns) -> dict[str, np.ndarray]:
+        features = gemm_feature_arrays(frame)
+        columns: dict[str, np.ndarray] = {}
         if isinstance(self.model, RuntimeForest):
-            out["predicted_ms"], out["low_ms"], out["high_ms"] = \
+            columns["predicted_ms"], columns["low_ms"], columns["high_ms"] = \
                 self.model.predict_with_interval(features)
         else:
-            out["predicted_ms"] = self.model.predict(features)
-        out["smem_bytes"] = features["smem_bytes"]
-        parts = roofline_parts(features)
-        out["bound"], out["attainable_fraction"] = parts["bound"], parts["attainable_fraction"]
-        out["trained_on_device"] = out["device_id"].isin(self.meta["devices"])
-        return out
+            columns["predicted_ms"] = self.model.predict(features)
+        columns["smem_bytes"] = features["smem_bytes"]
+        parts = roofline_arrays(features)
+        columns["bound"] = parts["bound"]
+        columns["attainable_fraction"] = parts["attainable_fraction"]
+        columns["trained_on_device"] = np.isin(np.asarray(frame["device_id"]),
+                                               self.meta["devices"])
+        return columns
 
     def rank(self, source: Store | Catalog, *, m: int, n: int, k: int, dtype: str, device: str,
-             dataflows: list[str] | None = None) -> pd.DataFrame:
+             dataflows: list[str] | None = None, objective: str = "time") -> pd.DataFrame:
         """Every config the store knows for GEMM (per dataflow), fitting the device's shared
-        memory, ranked by predicted runtime."""
+        memory, ranked by predicted runtime (``objective="time"``) or by predicted energy per
+        call (``"energy"``, with the power and energy columns; :meth:`with_energy` adds them
+        to a time ranking's rows)."""
+        if objective not in ("time", "energy"):
+            raise PerftuneInputError(f"unknown objective {objective!r}; use time or energy")
+        if objective == "energy" and not self.predicts_energy:
+            raise PerftuneInputError("no power and energy models beside the runtime model; "
+                                     "train them with `perftune fit --target power` and "
+                                     "`--target energy` (needs busy-queue energy rows)")
         catalog = source if isinstance(source, Catalog) else Catalog.of(source)
-        known = catalog.candidates
+        known = catalog.on_device(device)
         if dataflows:
             known = known[known["dataflow"].isin(dataflows)]
         if known.empty:
             raise PerftuneInputError("the store knows no GEMM configs to rank")
-        predicted = self.predict(catalog, known.assign(m=m, n=n, k=k, dtype=dtype,
-                                                       device_id=device))
-        fits = predicted["config"].eq("{}") | (predicted["smem_bytes"]
-                                               <= predicted["shared_memory_per_block"])
-        fits &= ~((predicted["SPLIT_K"].fillna(1) > 1)
-                  & (k < predicted["SPLIT_K"].fillna(1) * predicted["BLOCK_K"]))
-        return predicted[fits].sort_values("predicted_ms", kind="stable").reset_index(drop=True)
+        known = known[_fits(known, k=k, dtype=dtype)]
+        # Columns as arrays, not a frame per request: pandas' overhead was half the latency.
+        columns = {name: known[name].to_numpy() for name in known.columns}
+        size = len(known)
+        columns.update(m=np.full(size, m), n=np.full(size, n), k=np.full(size, k),
+                       dtype=np.full(size, dtype))
+        columns.update(self._predicted_columns(columns))
+        if objective == "energy":
+            columns.update(self.energy_columns(columns))
+        key = "predicted_energy_j" if objective == "energy" else "predicted_ms"
+        order = np.argsort(columns[key], kind="stable")
+        return pd.DataFrame({name: values[order] for name, values in columns.items()})
+
+
+def _load_checked(path: str | Path, target: str) -> tuple[Any, dict[str, Any]]:
+    model, meta = load_model(path)
+    if meta.get("target", "runtime") != target:
+        raise PerftuneInputError(f"{path} is a {meta.get('target')} model, not a {target} "
+                                 f"model; pass the runtime model file")
+    if meta.get("features") != list(FEATURES):
+        raise PerftuneInputError(
+            f"{path} was trained on other features than this perftune computes; retrain "
+            f"with `perftune fit`")
+    return model, meta
+
+
+def _fits(candidates: pd.DataFrame, *, k: int, dtype: str) -> np.ndarray:
+    """Configs that fit the device's shared memory and, for split-K, have a K block per split."""
+    if dtype not in ELEMENT_BYTES:
+        raise PerftuneInputError(f"unknown dtype {dtype!r}; known: {', '.join(ELEMENT_BYTES)}")
+    block_m, block_n, block_k, stages, split = (
+        candidates[c].to_numpy(float) for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages",
+                                                 "SPLIT_K"))
+    smem = stages * (block_m + block_n) * block_k * ELEMENT_BYTES[dtype]
+    split = np.nan_to_num(split, nan=1.0)
+    library = candidates["config"].eq("{}").to_numpy()
+    fits = library | (smem <= candidates["shared_memory_per_block"].to_numpy(float))
+    return fits & ~((split > 1) & (k < split * block_k))
 
 
 def parse_config(text: str | None) -> dict[str, int]:

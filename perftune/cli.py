@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         "scale per dataflow. Saved as a skops file (no pickle) with its features, devices "
         "and data snapshot.")
     fit.add_argument("--model", choices=["forest", "roofline"], default="forest")
+    fit.add_argument("--target", choices=["runtime", "power", "energy"], default="runtime",
+                     help="what the model predicts: runtime (default), or the average power / "
+                     "energy per call (forests on the busy-queue energy rows; saved beside the "
+                     "runtime model as gemm_power.skops / gemm_energy.skops)")
     fit.add_argument("--device", action="append", help="train on this device only "
                      "(repeatable; default: every GPU in the store)")
     fit.add_argument("--trees", type=int, default=200, help="forest size (default 200)")
@@ -159,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "'{\"BLOCK_M\":128,\"BLOCK_N\":128,\"BLOCK_K\":64,\"GROUP_M\":8,"
                          "\"num_warps\":8,\"num_stages\":3}'")
     predict.add_argument("--top", type=int, default=10, help="how many ranked configs to show")
+    predict.add_argument("--objective", choices=["time", "energy"], default="time",
+                         help="rank by predicted runtime (default) or energy per call")
     _model_option(predict)
     predict.add_argument("--json", action="store_true", help="print JSON")
     _db_option(predict)
@@ -454,17 +460,18 @@ def _print_summary(console: Any, summary: Any) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from perfmodel.runtime import DEFAULT_MODEL, fit_model, save_model
+    from perfmodel.runtime import fit_model, model_path, save_model
     from store.db import Store
 
     params = {"n_estimators": args.trees} if args.model == "forest" else {}
     if args.trees < 1:
         raise PerftuneInputError("--trees must be at least 1")
     with Store(args.db, read_only=True) as store:
-        model, meta = fit_model(store, kind=args.model, devices=args.device, **params)
-    path = save_model(args.out or DEFAULT_MODEL, model, meta)
-    print(f"trained {args.model} on {meta['rows']} measurements of {meta['problems']} problems "
-          f"({', '.join(meta['devices'])}); saved {path}")
+        model, meta = fit_model(store, kind=args.model, devices=args.device,
+                                target=args.target, **params)
+    path = save_model(args.out or model_path(args.target), model, meta)
+    print(f"trained a {args.target} {args.model} on {meta['rows']} measurements of "
+          f"{meta['problems']} problems ({', '.join(meta['devices'])}); saved {path}")
     return 0
 
 
@@ -490,9 +497,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             result = predictor.predict(store, row)
         else:
             dataflows = [args.dataflow] if args.dataflow else None
-            result = predictor.rank(store, dtype=dtype, device=args.device,
-                                    dataflows=dataflows, **sizes).head(args.top)
-    columns = [c for c in ("dataflow", "config", "predicted_ms", "low_ms", "high_ms", "bound",
+            ranked = predictor.rank(store, m=sizes["m"], n=sizes["n"], k=sizes["k"],
+                                    dtype=dtype, device=args.device, dataflows=dataflows,
+                                    objective=args.objective)
+            result = predictor.with_energy(ranked.head(args.top)) \
+                if args.objective == "time" else ranked.head(args.top)
+    columns = [c for c in ("dataflow", "config", "predicted_ms", "low_ms", "high_ms",
+                           "predicted_power_w", "predicted_energy_j", "bound",
                            "attainable_fraction", "trained_on_device") if c in result]
     shown = result[columns]
     if args.json:

@@ -159,10 +159,11 @@ def _recommend(knowledge: Knowledge, query: ProblemQuery) -> RecommendationPubli
         rows = rows[rows["dataflow"].isin(query.dataflows)]
     if rows is not None and not rows.empty:
         return _from_measured(query, device, rows)
-    if query.objective == "energy":
-        raise NoAnswer("objective=energy is answered only for problems with measured energy "
-                       "(no power model yet); use objective=time or measure this problem with "
-                       "`perftune collect --energy`")
+    if query.objective == "energy" and not knowledge.predictor.predicts_energy:
+        raise NoAnswer("objective=energy needs measured energy or the power and energy models, "
+                       "and this service has neither for this problem; use objective=time, "
+                       "measure it with `perftune collect --energy`, or train the models with "
+                       "`perftune fit --target power` / `--target energy`")
     return _from_model(knowledge, query, device)
 
 
@@ -177,17 +178,22 @@ def _choice(row: Any) -> Choice:
                   energy_per_call_j=number("energy_per_call_j"))
 
 
+def _cublas_ms(rows: pd.DataFrame, column: str = "runtime_ms") -> float | None:
+    cublas = rows.loc[rows["dataflow"] == "cublas", column]
+    return float(cublas.iloc[0]) if len(cublas) else None
+
+
 def _answer(query: ProblemQuery, device: str, ranked: pd.DataFrame, source: str,
-            confidence: str, bound: str | None = None) -> RecommendationPublic:
+            confidence: str, bound: str | None = None, cublas_ms: float | None = None
+            ) -> RecommendationPublic:
     best = ranked.iloc[0]
-    cublas = ranked.loc[ranked["dataflow"] == "cublas", "runtime_ms"]
     return RecommendationPublic(
         device=device, requested_device=query.device,
         problem=canonical_shape({"m": query.m, "n": query.n, "k": query.k}), dtype=query.dtype,
         objective=query.objective, source=source, confidence=confidence,  # type: ignore[arg-type]
         best=_choice(best),
         alternatives=[_choice(r) for r in ranked.iloc[1:1 + query.top_k].itertuples()],
-        speedup_over_cublas=float(cublas.iloc[0] / best["runtime_ms"]) if len(cublas) else None,
+        speedup_over_cublas=cublas_ms / float(best["runtime_ms"]) if cublas_ms else None,
         bound=bound)
 
 
@@ -200,23 +206,30 @@ def _from_measured(query: ProblemQuery, device: str, rows: pd.DataFrame
                            f"{query.dtype} on {device}; use objective=time")
         rows = rows.sort_values("energy_per_call_j", kind="stable")
     whole = (rows["dataflow"] == "triton").sum() >= WHOLE_SPACE_ROWS
-    return _answer(query, device, rows, "measured", "high" if whole else "medium")
+    return _answer(query, device, rows, "measured", "high" if whole else "medium",
+                   cublas_ms=_cublas_ms(rows))
 
 
 def _from_model(knowledge: Knowledge, query: ProblemQuery, device: str
                 ) -> RecommendationPublic:
-    ranked = knowledge.predictor.rank(knowledge.catalog, m=query.m, n=query.n, k=query.k,
-                                      dtype=query.dtype, device=device,
-                                      dataflows=list(query.dataflows or []) or None)
+    predictor = knowledge.predictor
+    ranked = predictor.rank(knowledge.catalog, m=query.m, n=query.n, k=query.k,
+                            dtype=query.dtype, device=device,
+                            dataflows=list(query.dataflows or []) or None,
+                            objective=query.objective)
     if ranked.empty:
         raise NoAnswer("no known config fits this device and problem")
-    ranked = ranked.rename(columns={"predicted_ms": "runtime_ms"}).assign(
-        avg_power_w=None, energy_per_call_j=None)
-    best = ranked.iloc[0]
+    shown = ranked.head(query.top_k + 1)
+    if query.objective == "time":
+        shown = predictor.with_energy(shown)  # only for the rows shown: it costs two forests
+    shown = shown.rename(columns={"predicted_ms": "runtime_ms",
+                                  "predicted_power_w": "avg_power_w",
+                                  "predicted_energy_j": "energy_per_call_j"})
+    best = shown.iloc[0]
     width = (best.get("high_ms", math.nan) - best.get("low_ms", math.nan)) / best["runtime_ms"]
     confident = bool(best["trained_on_device"]) and width < 0.25
-    return _answer(query, device, ranked, "model", "medium" if confident else "low",
-                   str(best["bound"]))
+    return _answer(query, device, shown, "model", "medium" if confident else "low",
+                   str(best["bound"]), cublas_ms=_cublas_ms(ranked, "predicted_ms"))
 
 
 @functools.cache

@@ -124,6 +124,7 @@ class FamilyPublic(BaseModel):
 
 class ModelPublic(BaseModel):
     kind: str
+    target: str = Field("runtime", description="what it predicts: runtime, power or energy")
     family: str
     devices: list[str]
     rows: int

@@ -50,14 +50,16 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_file(shipped: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small forest trained on the shipped data (fewer trees than the default, for time)."""
-    from perfmodel.runtime import fit_model, save_model
+    """Small forests trained on the shipped data (fewer trees than the default, for time): the
+    runtime model, with the power and energy models beside it."""
+    from perfmodel.runtime import fit_model, model_path, save_model
     from store.db import Store
 
     path = tmp_path_factory.mktemp("model") / "gemm_runtime.skops"
     with Store(shipped, read_only=True) as store:
-        model, meta = fit_model(store, n_estimators=24)
-    save_model(path, model, meta)
+        for target in ("runtime", "power", "energy"):
+            save_model(model_path(target, path), *fit_model(store, target=target,
+                                                           n_estimators=24))
     return path
 
 

@@ -151,7 +151,7 @@ def test_fit_and_predict_cli(shipped: Path, tmp_path: Path,
     code, out, err = cli("fit", "--db", shipped, "--trees", "5", "--device",
                          "nvidia-h100-80gb-hbm3", "--out", model)
     assert code == 0, err
-    assert "trained forest" in out and model.is_file()
+    assert "trained a runtime forest" in out and model.is_file()
     code, out, _ = cli("predict", "--db", shipped, "--model", model, "--problem", "256x4096x4096",
                        "--device", "nvidia-h200", "--top", "3", "--json")
     ranked = json.loads(out)
@@ -164,6 +164,38 @@ def test_fit_and_predict_cli(shipped: Path, tmp_path: Path,
     code, _, err = cli("predict", "--db", shipped, "--model", tmp_path / "none.skops",
                        "--problem", "8x8x8", "--device", "nvidia-h200")
     assert code == 2 and "perftune fit" in err
+
+
+def test_power_and_energy_models_through_the_cli(shipped: Path, tmp_path: Path,
+                                                 cli: Callable[..., tuple[int, str, str]]
+                                                 ) -> None:
+    model = tmp_path / "gemm.skops"
+    assert cli("fit", "--db", shipped, "--trees", "5", "--out", model)[0] == 0
+    rank_by_energy = ("predict", "--db", shipped, "--model", model, "--problem", "512x4096x4096",
+                      "--device", "nvidia-h100-80gb-hbm3", "--top", "5", "--json",
+                      "--objective", "energy")
+    code, _, err = cli(*rank_by_energy)
+    assert code == 2 and "--target power" in err
+    code, _, err = cli("fit", "--db", shipped, "--model", "roofline", "--target", "power")
+    assert code == 2 and "runtime only" in err
+    for target in ("power", "energy"):
+        code, out, err = cli("fit", "--db", shipped, "--trees", "5", "--target", target,
+                             "--out", tmp_path / f"gemm_{target}.skops")
+        assert code == 0 and f"trained a {target} forest" in out, err
+    code, out, err = cli(*rank_by_energy)
+    ranked = json.loads(out)
+    assert code == 0, err
+    energies = [r["predicted_energy_j"] for r in ranked]
+    assert energies == sorted(energies) and all(100 < r["predicted_power_w"] < 1000
+                                                for r in ranked)
+    code, out, _ = cli(*rank_by_energy[:-2])
+    by_time = json.loads(out)
+    assert [r["predicted_ms"] for r in by_time] == sorted(r["predicted_ms"] for r in by_time)
+    assert all(r["predicted_energy_j"] > 0 for r in by_time)
+    # A power model file where the runtime model is expected is refused, by name.
+    code, _, err = cli("predict", "--db", shipped, "--model", tmp_path / "gemm_power.skops",
+                       "--problem", "8x8x8", "--device", "nvidia-h200")
+    assert code == 2 and "not a runtime model" in err
 
 
 def test_metrics_reward_the_right_ranking() -> None:

@@ -144,9 +144,37 @@ def test_bad_queries_get_4xx_naming_the_field(server: Server, change: dict[str, 
     assert field in json.dumps(response.json()["detail"])
 
 
-def test_energy_objective_without_measured_energy_is_refused_clearly(server: Server) -> None:
-    response = server.get("/v1/recommendation", **_query(m=100, objective="energy"))
-    assert response.status_code == 422 and "energy" in response.json()["detail"]
+def test_energy_objective_answers_from_the_energy_model(server: Server, shipped: Path,
+                                                        model_file: Path) -> None:
+    query = _query(m=100, n=5000, k=3000, top_k=3)
+    by_energy = server.get("/v1/recommendation", **query, objective="energy").json()
+    by_time = server.get("/v1/recommendation", **query).json()
+    with Store(shipped, read_only=True) as store:
+        offline = Predictor.load(model_file).rank(store, m=100, n=5000, k=3000, dtype="fp16",
+                                                  device=H100, objective="energy")
+    assert by_energy["source"] == "model" and by_energy["objective"] == "energy"
+    assert by_energy["best"]["config"] == json.loads(offline["config"][0])
+    assert by_energy["best"]["energy_per_call_j"] == pytest.approx(
+        offline["predicted_energy_j"][0])
+    energies = [c["energy_per_call_j"] for c in [by_energy["best"], *by_energy["alternatives"]]]
+    assert energies == sorted(energies)
+    # A time answer carries the predicted power and energy of what it shows, too.
+    assert 100 < by_time["best"]["avg_power_w"] < 1000
+    assert by_time["best"]["energy_per_call_j"] > 0
+
+
+def test_energy_objective_without_energy_models_is_refused_clearly(
+        shipped: Path, model_file: Path) -> None:
+    from service.recommend import Knowledge, NoAnswer, recommend
+    from service.schemas import ProblemQuery
+
+    loaded = Predictor.load(model_file)
+    runtime_only = Predictor(loaded.model, loaded.meta)
+    knowledge = Knowledge.load(shipped, runtime_only)
+    query = ProblemQuery(**_query(m=100, objective="energy"))  # type: ignore[arg-type]
+    with pytest.raises(NoAnswer, match="perftune fit --target power"):
+        recommend(knowledge, query)
+    assert recommend(knowledge, ProblemQuery(**_query(m=100))).best.avg_power_w is None  # type: ignore[arg-type]
 
 
 def test_oversized_batches_and_bodies_are_refused(server: Server) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends
 
@@ -38,12 +39,20 @@ def get_families() -> list[FamilyPublic]:
 
 @router.get("/models", response_model=list[ModelPublic])
 def get_models(knowledge: KnowledgeDep) -> list[ModelPublic]:
-    meta = knowledge.predictor.meta
-    accuracy = None
-    if ACCURACY_FILE.exists():
-        figures = json.loads(ACCURACY_FILE.read_text())
-        accuracy = {k: float(v) for k, v in figures.items()
-                    if isinstance(v, int | float) and not isinstance(v, bool)}
-    return [ModelPublic(kind=meta["kind"], family=meta["family"], devices=meta["devices"],
-                        rows=meta["rows"], problems=meta["problems"], snapshot=meta["snapshot"],
-                        trained_at=meta["trained_at"], accuracy=accuracy)]
+    predictor = knowledge.predictor
+    figures = json.loads(ACCURACY_FILE.read_text()) if ACCURACY_FILE.exists() else {}
+    metas = [predictor.meta] + [meta for _, meta in predictor.energy_models.values()]
+    return [ModelPublic(kind=meta["kind"], target=meta.get("target", "runtime"),
+                        family=meta["family"], devices=meta["devices"], rows=meta["rows"],
+                        problems=meta["problems"], snapshot=meta["snapshot"],
+                        trained_at=meta["trained_at"],
+                        accuracy=_accuracy(figures, meta.get("target", "runtime")))
+            for meta in metas]
+
+
+def _accuracy(figures: dict[str, Any], target: str) -> dict[str, float] | None:
+    if target != "runtime":
+        figures = figures.get("power_and_energy", {}).get("forest", {})
+    numbers = {k: float(v) for k, v in figures.items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}
+    return numbers or None
