@@ -9,7 +9,9 @@ triton.autotune over every valid Triton config of our space (its first call: com
 benchmark all). Reports wall time per tune, the answers' runtimes re-timed side by side with
 the same timer, and whether the live ranking of methods matches the replay ranking (the
 shipped measurements of the same problems). Saves benchmarks/results/tuner_live.json.
-GPU only.
+GPU only. ``--reuse-autotune FILE`` takes triton.autotune's choice and first-call wall time per
+problem from an earlier result file instead of sweeping again (~4 minutes a problem); its
+choice is still re-timed side by side with the others in this run.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from tuner._base import Problem  # noqa: E402
 from tuner.replay import ReplayBackend  # noqa: E402
 from tuner.search import tune  # noqa: E402
 
-METHODS = {"perftune": "model", "random": "random", "triton_tutorial_8": "tutorial"}
+METHODS = {"perftune": "model", "random": "random", "triton_tutorial_8": "tutorial",
+           "nvmmh_top_k": "nvmmh"}
 
 
 def _autotune_first_call(problem: Problem, configs: list[dict[str, int]],
@@ -92,6 +95,8 @@ def main() -> None:
                         help="run only these problem indices (a part; merge parts later)")
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="merge part files (CPU): add the replay ranking and the summary")
+    parser.add_argument("--reuse-autotune", type=Path,
+                        help="earlier tuner_live.json: reuse its triton.autotune runs")
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "tuner_live.json")
     args = parser.parse_args()
@@ -102,10 +107,15 @@ def main() -> None:
         print({k: v for k, v in summary.items() if k != "problems"})
         return
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    run_live(args.budget, args.problems, args.only, args.results)
+    earlier = None
+    if args.reuse_autotune:
+        earlier = {row["problem"]: row["triton_autotune"] for row in
+                   json.loads(args.reuse_autotune.read_text())["problems"]}
+    run_live(args.budget, args.problems, args.only, args.results, earlier)
 
 
-def run_live(budget: int, count: int, only: list[int] | None, results: Path) -> None:
+def run_live(budget: int, count: int, only: list[int] | None, results: Path,
+             earlier_autotune: dict[str, dict[str, Any]] | None = None) -> None:
     """Tune live (GPU) the chosen held-out problems with every method and triton.autotune;
     ``results`` is rewritten after each problem, so a cut-off run keeps what it finished."""
     import multiprocessing
@@ -157,12 +167,18 @@ def run_live(budget: int, count: int, only: list[int] | None, results: Path) -> 
                                 "config": json.loads(best.config) if best else None,
                                 "runtime_ms": best.runtime_ms if best else None}
         target = FamilyProblem.of(problem.dtype, m=problem.m, n=problem.n, k=problem.k)
-        space = family.configs(target, "triton", limits)
-        with spawn.Pool(1) as pool:
-            autotune_s, chosen = pool.apply(_autotune_first_call,
-                                            (problem, space, _cold(work, f"autotune-{index}")))
-        record["triton_autotune"] = {"wall_s": autotune_s, "configs": len(space),
-                                     "config": chosen}
+        if earlier_autotune and record["problem"] in earlier_autotune:
+            reused = earlier_autotune[record["problem"]]
+            record["triton_autotune"] = {key: reused[key] for key in ("wall_s", "configs",
+                                                                        "config")}
+            record["triton_autotune"]["from_earlier_run"] = True
+        else:
+            space = family.configs(target, "triton", limits)
+            with spawn.Pool(1) as pool:
+                autotune_s, chosen = pool.apply(
+                    _autotune_first_call, (problem, space, _cold(work, f"autotune-{index}")))
+            record["triton_autotune"] = {"wall_s": autotune_s, "configs": len(space),
+                                         "config": chosen}
         inputs = family.make_inputs(target, "cuda", 0)
         for name in [*METHODS, "triton_autotune"]:  # the answers, re-timed side by side
             config = record[name]["config"]
@@ -173,7 +189,8 @@ def run_live(budget: int, count: int, only: list[int] | None, results: Path) -> 
         print(json.dumps(record), flush=True)
         part = {"device": torch.cuda.get_device_name(0), "date": dt.date.today().isoformat(),
                 "command": f"python benchmarks/tuner_live.py --budget {budget} --problems "
-                           f"{count} --only {' '.join(map(str, only or []))}",
+                           f"{count} --only {' '.join(map(str, only or []))}"
+                           + (" --reuse-autotune <earlier>" if earlier_autotune else ""),
                 "budget": budget, "problems": rows}
         results.write_text(json.dumps(part, indent=2) + "\n")
 

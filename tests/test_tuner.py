@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
+from perfmodel.features import with_config_columns
 from perfmodel.persist import save_model
 from perfmodel.runtime import Predictor, fit_model
 from store.db import Store
@@ -62,6 +65,54 @@ def test_model_guided_beats_random_and_stops_when_done(shipped: Path,
     assert _best_ms(guided) <= sorted(randoms)[1]  # the median of three random searches
     assert patient.stopped_early and len(patient.trials) < 400
     assert patient.trials[0].dataflow == "cublas"  # the library is always a candidate
+
+
+def test_nvmmh_measures_the_heuristics_picks_mapped_to_our_space(shipped: Path) -> None:
+    from perfmodel.nvmmh import heuristic_configs, nearest_candidates
+
+    top = heuristic_configs(m=WHOLE.m, n=WHOLE.n, k=WHOLE.k, dtype="fp16", device=H100,
+                            count=3)
+    assert top and all(c["BLOCK_M"] >= 16 and c["num_warps"] >= 1 for c in top)
+    with Store(shipped, read_only=True) as store:
+        backend = ReplayBackend(store)
+        result = tune(WHOLE, backend, budget=3, method="nvmmh", dataflows=("triton",))
+        candidates = with_config_columns(backend.candidates(WHOLE))
+    first = json.loads(result.trials[0].config)
+    assert {t.dataflow for t in result.trials} == {"triton"}
+    assert len({t.config for t in result.trials}) == len(result.trials) <= 3
+    # The first trial is the nearest Triton config to the heuristics' own first kernel.
+    nearest = nearest_candidates(top[:1], candidates[candidates["dataflow"] == "triton"])
+    assert first == json.loads(nearest["config"].iloc[0])
+    assert first["BLOCK_M"] == min((16, 32, 64, 128, 256),
+                                   key=lambda b: abs(math.log2(b / top[0]["BLOCK_M"])))
+    split = nearest_candidates([{**top[0], "SPLIT_K": 4}], candidates)
+    assert split["dataflow"].tolist() == ["triton_splitk"]
+    with pytest.raises(PerftuneInputError, match="no predefined GPU"):
+        heuristic_configs(m=8, n=8, k=8, dtype="fp16", device="nvidia-b200", count=1)
+
+
+def test_a_measured_error_corrects_its_neighbours_more_than_far_configs(shipped: Path) -> None:
+    from tuner._base import Measurement
+    from tuner.search import _config_positions, _Search
+
+    with Store(shipped, read_only=True) as store:
+        backend = ReplayBackend(store)
+        candidates = backend.candidates(WHOLE)
+    candidates = candidates[candidates["dataflow"] == "triton"].reset_index(drop=True)
+    study = optuna.create_study()
+    search = _Search(WHOLE, backend, candidates, study, 4, None, TuneResult("model", WHOLE))
+    frame = candidates.assign(mean=0.0, spread=0.1)
+    position = _config_positions(candidates)
+    assert not search._local_corrections(frame, position).any()  # nothing measured: none
+    search.seen[("triton", candidates["config"][0])] = Measurement(math.e)  # log error 1
+    search.seen[("triton", candidates["config"][1])] = Measurement(1.0)  # log error 0
+    correction = search._local_corrections(frame, position)
+    def distance(i: int) -> np.ndarray:
+        return np.asarray(((position - position[i]) ** 2).sum(axis=1))
+
+    far = (distance(0) > 16) & (distance(1) > 16)  # 4 log2 units from both
+    assert far.any() and correction[0] > correction[far].max()
+    assert np.allclose(correction[far], 0.5, atol=0.05)  # far away: the median error
 
 
 def _best_ms(result: TuneResult) -> float:

@@ -3,7 +3,9 @@
 Every method runs through an Optuna study (so every trial is kept, in an Optuna storage when
 one is given): ``model`` is perftune's model-guided search, ``tpe``, ``gp`` and ``random`` are
 Optuna's samplers over the family's conditional space (dataflow first, then its parameters),
-``tutorial`` measures the Triton tutorial's 8 configs in order, ``cublas`` the library alone.
+``tutorial`` measures the Triton tutorial's 8 configs in order, ``nvmmh`` NVIDIA's
+nvMatmulHeuristics' ranked kernels mapped to our space (perfmodel.nvmmh), ``cublas`` the
+library alone.
 
 With ``objectives=("time", "energy")`` the study has two directions (Optuna's multi-objective
 samplers), the backend measures energy per call too, and the result gives the Pareto front and
@@ -27,12 +29,18 @@ from store.keys import canonical_config
 from tuner._base import Backend, Measurement, Problem
 
 OBJECTIVES = ("time", "energy")
-METHODS = ("model", "tpe", "gp", "random", "tutorial", "cublas")
+METHODS = ("model", "tpe", "gp", "random", "tutorial", "nvmmh", "cublas")
 # The Triton matmul tutorial's configs, mapped to the nearest of our space (stages 5 -> 4,
 # 2 warps -> 4): (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps).
 TUTORIAL = [(128, 256, 64, 8, 3, 8), (64, 256, 32, 8, 4, 4), (128, 128, 32, 8, 4, 4),
             (128, 64, 32, 8, 4, 4), (64, 128, 32, 8, 4, 4), (128, 32, 32, 8, 4, 4),
             (64, 32, 32, 8, 4, 4), (32, 64, 32, 8, 4, 4)]
+EXPLORATION = 0.3  # how far below its prediction a candidate's uncertainty lets it reach
+# A measured error spreads to configs within ~LOCAL_WIDTH (log2 units of each parameter);
+# LOCAL_PRIOR weighs the dataflow's median error against the neighbours' own. Chosen by
+# 3-fold cross-validation over the 22 whole-space *training* problems (README, tuner).
+LOCAL_WIDTH = 1.0
+LOCAL_PRIOR = 1.0
 _TRIES_PER_MEASUREMENT = 50  # proposals a sampler may make per measurement before giving up
 
 
@@ -143,6 +151,8 @@ def tune(problem: Problem, backend: Backend, *, budget: int, method: str = "mode
         search.model_guided(predictor, store, margin)
     elif method == "tutorial":
         search.in_order(_tutorial_configs(candidates))
+    elif method == "nvmmh":
+        search.in_order(_heuristic_configs(problem, candidates, budget))
     elif method == "cublas":
         search.in_order(candidates[candidates["dataflow"] == "cublas"])
     else:
@@ -177,6 +187,26 @@ def _tutorial_configs(candidates: pd.DataFrame) -> pd.DataFrame:
     triton = candidates[candidates["dataflow"] == "triton"].set_index("config")
     present = [c for c in wanted if c in triton.index]
     return pd.DataFrame({"dataflow": "triton", "config": present})
+
+
+def _config_positions(candidates: pd.DataFrame) -> np.ndarray:
+    """Each candidate's config as a point: log2 of its parameters (0 where it has none)."""
+    from perfmodel.features import GEMM_PARAMS, with_config_columns
+
+    params = with_config_columns(candidates.reset_index(drop=True))
+    return np.log2(params[list(GEMM_PARAMS)].fillna(1).to_numpy(float))
+
+
+def _heuristic_configs(problem: Problem, candidates: pd.DataFrame, budget: int
+                       ) -> pd.DataFrame:
+    """nvMatmulHeuristics' ranked kernels, mapped to the nearest candidates: several of its
+    kernels can map to one of ours, so it is asked for more than ``budget``."""
+    from perfmodel.features import with_config_columns
+    from perfmodel.nvmmh import heuristic_configs, nearest_candidates
+
+    choices = heuristic_configs(m=problem.m, n=problem.n, k=problem.k, dtype=problem.dtype,
+                                device=problem.device, count=4 * budget)
+    return nearest_candidates(choices, with_config_columns(candidates.reset_index(drop=True)))
 
 
 class _Search:
@@ -254,7 +284,8 @@ class _Search:
 
     def model_guided(self, predictor: Any, store: Any, margin: float) -> None:
         """cuBLAS first (when allowed), then the candidate with the lowest optimistic
-        prediction, the model's error per dataflow corrected as measurements arrive; stop
+        prediction, corrected as measurements arrive by the model's error per dataflow and,
+        near each measured config, by that config's own error; stop
         when no candidate can beat the best so far by more than ``margin``. With the energy
         objective it spends the whole budget on the fastest-predicted configs (the front's
         useful end: configs near the fastest, where a little time buys energy back)."""
@@ -270,21 +301,43 @@ class _Search:
         library = frame[frame["dataflow"] == "cublas"]
         if len(library):
             self.in_order(library)
+        position = _config_positions(self.candidates)
         while self.spent < self.budget:
-            open_ = frame[[(d, c) not in self.seen for d, c in
-                           zip(frame["dataflow"], frame["config"], strict=True)]]
-            if open_.empty:
+            is_open = np.array([(d, c) not in self.seen for d, c in
+                                zip(frame["dataflow"], frame["config"], strict=True)])
+            if not is_open.any():
                 return
-            corrected = open_["mean"] + open_["dataflow"].map(self._corrections(frame))
+            corrected = (frame["mean"].to_numpy()
+                         + self._local_corrections(frame, position))[is_open]
+            spread = frame["spread"].to_numpy()[is_open]
             best = self.result.best
-            optimistic = corrected - open_["spread"]
+            optimistic = corrected - spread
             if len(self.result.objectives) == 1 and best is not None and best.runtime_ms \
                     and optimistic.min() > math.log(best.runtime_ms / (1 + margin)):
                 self.result.stopped_early = True
                 return
-            pick = (corrected - 0.3 * open_["spread"]).idxmin()
+            pick = frame.index[is_open][int(np.argmin(corrected - EXPLORATION * spread))]
             dataflow, config = frame.loc[pick, "dataflow"], frame.loc[pick, "config"]
             self._measure(self._fixed_trial(dataflow, config), dataflow, config)
+
+    def _local_corrections(self, frame: pd.DataFrame, position: np.ndarray) -> np.ndarray:
+        """Per candidate, the model's log error as measured so far: the dataflow's median
+        error, plus the measured neighbours' own errors weighted by their nearness in config
+        space (a kernel smoother shrunk towards the median)."""
+        median = frame["dataflow"].map(self._corrections(frame)).to_numpy(float)
+        index = {key: i for i, key in enumerate(zip(frame["dataflow"], frame["config"],
+                                                    strict=True))}
+        measured = [(index[key], math.log(m.runtime_ms)) for key, m in self.seen.items()
+                    if m.runtime_ms and key in index]
+        if not measured or LOCAL_WIDTH <= 0:
+            return median
+        rows = np.array([i for i, _ in measured])
+        residual = np.array([t for _, t in measured]) - frame["mean"].to_numpy()[rows] \
+            - median[rows]
+        same = frame["dataflow"].to_numpy()[:, None] == frame["dataflow"].to_numpy()[rows][None]
+        distance = ((position[:, None, :] - position[rows][None, :, :]) ** 2).sum(axis=2)
+        weight = np.exp(-distance / (2 * LOCAL_WIDTH ** 2)) * same
+        return median + (weight @ residual) / (weight.sum(axis=1) + LOCAL_PRIOR)
 
     def _corrections(self, frame: pd.DataFrame) -> dict[str, float]:
         """Per dataflow, the median log error of the model on what was measured (0 before)."""
