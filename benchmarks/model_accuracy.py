@@ -1,7 +1,7 @@
 """Runtime-model accuracy on the held-out problems (never random rows of seen problems),
 side by side with the baselines, in one run; saves benchmarks/results/model_accuracy.json.
 
-    python benchmarks/model_accuracy.py [--db STORE] [--trees 200]
+    python benchmarks/model_accuracy.py [--db STORE] [--trees 100]
 
 Compared on the H100's held-out GEMM problems: our forest and the fitted roofline (trained on
 the other H100 problems); a GPPerf-style forest (m, n, k, block sizes, FLOPs, bytes,
@@ -98,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", type=Path, help="store (default: a fresh one from data/dataset)")
-    parser.add_argument("--trees", type=int, default=200)
+    parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "model_accuracy.json")
     args = parser.parse_args()

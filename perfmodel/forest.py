@@ -22,7 +22,7 @@ class RuntimeForest:
     default the roofline's), the trees learn the log ratio of measured to baseline time.
     """
 
-    def __init__(self, *, n_estimators: int = 200, min_samples_leaf: int = 2,
+    def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 2,
                  max_features: float = 0.5, coverage: float = 0.9,
                  calibration_share: float = 0.2, residual_of: str | None = "log_roofline_ms",
                  random_state: int = 0, n_jobs: int = -1):
@@ -103,7 +103,7 @@ class PowerForest(RuntimeForest):
     log target, no baseline (``residual_of=None``), the calibrated spread as its uncertainty.
     Train it only on rows whose energy was measured with the busy-queue loop."""
 
-    def __init__(self, *, n_estimators: int = 200, min_samples_leaf: int = 2,
+    def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 2,
                  max_features: float = 0.5, coverage: float = 0.9,
                  calibration_share: float = 0.2, residual_of: str | None = None,
                  random_state: int = 0, n_jobs: int = -1):

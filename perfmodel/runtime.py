@@ -195,10 +195,6 @@ class Predictor:
                 self.energy_models["energy"][0].predict_with_interval(features)
         return columns
 
-    def with_energy(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``frame`` (rows as :meth:`rank` returns them) with the energy columns added."""
-        return frame.assign(**self.energy_columns(frame)) if len(frame) else frame
-
     def predict(self, source: Store | Catalog, rows: pd.DataFrame) -> pd.DataFrame:
         """Runtime (ms) per row of ``rows`` (m, n, k, dtype, dataflow, device_id and config
         columns), with the interval where the model has one and the roofline's view."""
@@ -225,11 +221,12 @@ class Predictor:
         return columns
 
     def rank(self, source: Store | Catalog, *, m: int, n: int, k: int, dtype: str, device: str,
-             dataflows: list[str] | None = None, objective: str = "time") -> pd.DataFrame:
+             dataflows: list[str] | None = None, objective: str = "time",
+             energy_top: int = 0) -> pd.DataFrame:
         """Every config the store knows for GEMM (per dataflow), fitting the device's shared
         memory, ranked by predicted runtime (``objective="time"``) or by predicted energy per
-        call (``"energy"``, with the power and energy columns; :meth:`with_energy` adds them
-        to a time ranking's rows)."""
+        call (``"energy"``, with the power and energy columns). A time ranking gets the energy
+        columns for its first ``energy_top`` rows (NaN below) where there are energy models."""
         if objective not in ("time", "energy"):
             raise PerftuneInputError(f"unknown objective {objective!r}; use time or energy")
         if objective == "energy" and not self.predicts_energy:
@@ -253,7 +250,12 @@ class Predictor:
             columns.update(self.energy_columns(columns))
         key = "predicted_energy_j" if objective == "energy" else "predicted_ms"
         order = np.argsort(columns[key], kind="stable")
-        return pd.DataFrame({name: values[order] for name, values in columns.items()})
+        ranked = {name: values[order] for name, values in columns.items()}
+        if objective == "time" and energy_top > 0 and self.energy_models:
+            top = {name: values[:energy_top] for name, values in ranked.items()}
+            for name, values in self.energy_columns(top).items():
+                ranked[name] = np.concatenate([values, np.full(size - len(values), np.nan)])
+        return pd.DataFrame(ranked)
 
 
 def _load_checked(path: str | Path, target: str) -> tuple[Any, dict[str, Any]]:

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "runtime model as gemm_power.skops / gemm_energy.skops)")
     fit.add_argument("--device", action="append", help="train on this device only "
                      "(repeatable; default: every GPU in the store)")
-    fit.add_argument("--trees", type=int, default=200, help="forest size (default 200)")
+    fit.add_argument("--trees", type=int, default=100, help="forest size (default 100)")
     fit.add_argument("--out", type=Path, default=None,
                      help="model file (default data/models/gemm_runtime.skops)")
     _db_option(fit)
@@ -499,9 +499,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             dataflows = [args.dataflow] if args.dataflow else None
             ranked = predictor.rank(store, m=sizes["m"], n=sizes["n"], k=sizes["k"],
                                     dtype=dtype, device=args.device, dataflows=dataflows,
-                                    objective=args.objective)
-            result = predictor.with_energy(ranked.head(args.top)) \
-                if args.objective == "time" else ranked.head(args.top)
+                                    objective=args.objective, energy_top=args.top)
+            result = ranked.head(args.top)
     columns = [c for c in ("dataflow", "config", "predicted_ms", "low_ms", "high_ms",
                            "predicted_power_w", "predicted_energy_j", "bound",
                            "attainable_fraction", "trained_on_device") if c in result]

@@ -216,13 +216,10 @@ def _from_model(knowledge: Knowledge, query: ProblemQuery, device: str
     ranked = predictor.rank(knowledge.catalog, m=query.m, n=query.n, k=query.k,
                             dtype=query.dtype, device=device,
                             dataflows=list(query.dataflows or []) or None,
-                            objective=query.objective)
+                            objective=query.objective, energy_top=query.top_k + 1)
     if ranked.empty:
         raise NoAnswer("no known config fits this device and problem")
-    shown = ranked.head(query.top_k + 1)
-    if query.objective == "time":
-        shown = predictor.with_energy(shown)  # only for the rows shown: it costs two forests
-    shown = shown.rename(columns={"predicted_ms": "runtime_ms",
+    shown = ranked.head(query.top_k + 1).rename(columns={"predicted_ms": "runtime_ms",
                                   "predicted_power_w": "avg_power_w",
                                   "predicted_energy_j": "energy_per_call_j"})
     best = shown.iloc[0]
