@@ -94,7 +94,7 @@ def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
     tiles_m, tiles_n = np.ceil(m / bm), np.ceil(n / bn)
     tiles = tiles_m * tiles_n * split
     sms = column("sm_count")
-    smem = params["num_stages"] * (bm + bn) * bk * eb
+    smem = shared_memory_bytes(params["num_stages"], bm, bn, bk, eb)
     blocks_per_sm = np.maximum(1.0, np.minimum(
         np.floor(column("shared_memory_per_block") / smem),
         np.floor(64 / params["num_warps"])))
@@ -129,6 +129,12 @@ def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
 
     features["log_roofline_ms"] = np.log(roofline_arrays(features)["runtime_ms"])
     return {name: features[name] for name in FEATURES}
+
+
+def shared_memory_bytes(stages: Any, block_m: Any, block_n: Any, block_k: Any,
+                        element_bytes: Any) -> Any:
+    """Shared memory of a tiled GEMM config: ``stages`` buffers of an A and a B tile."""
+    return stages * (block_m + block_n) * block_k * element_bytes
 
 
 def _element_bytes(dtype: np.ndarray) -> np.ndarray:

@@ -66,9 +66,8 @@ def nearest_candidates(choices: list[dict[str, int]], candidates: pd.DataFrame) 
     picked: list[Any] = []
     for choice in choices:
         split = choice.get("SPLIT_K", 1) > 1
-        pool = candidates[candidates["dataflow"] == "triton_splitk"] if split else \
-            candidates.iloc[:0]
-        if pool.empty:
+        pool = candidates[candidates["dataflow"] == ("triton_splitk" if split else "triton")]
+        if pool.empty and split:
             pool = candidates[candidates["dataflow"] == "triton"]
         if pool.empty:
             continue

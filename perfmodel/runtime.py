@@ -22,6 +22,7 @@ from perfmodel.features import (
     gemm_feature_arrays,
     gemm_features,
     load_measurements,
+    shared_memory_bytes,
 )
 from perfmodel.forest import PowerForest, RuntimeForest
 from perfmodel.persist import load_model, save_model
@@ -181,12 +182,11 @@ class Predictor:
     def predicts_energy(self) -> bool:
         return all(target in self.energy_models for target in ENERGY_TARGETS)
 
-    def energy_columns(self, frame: Columns) -> dict[str, np.ndarray]:
-        """Predicted average power (W) and energy per call (J, with its interval) per row, from
-        the models there are (none: no columns)."""
+    def energy_columns(self, features: Columns) -> dict[str, np.ndarray]:
+        """Predicted average power (W) and energy per call (J, with its interval) per row of
+        ``features`` (:func:`gemm_feature_arrays`), from the models there are (none: none)."""
         if not self.energy_models:
             return {}
-        features = gemm_feature_arrays(frame)
         columns: dict[str, np.ndarray] = {}
         if "power" in self.energy_models:
             columns["predicted_power_w"] = self.energy_models["power"][0].predict(features)
@@ -202,10 +202,11 @@ class Predictor:
         devices = catalog.device_rows(rows["device_id"].unique())
         frame = rows.drop(columns=[c for c in DEVICE_COLUMNS if c in rows.columns]).merge(
             devices, on="device_id", how="left")
-        return frame.assign(**self._predicted_columns(frame), **self.energy_columns(frame))
-
-    def _predicted_columns(self, frame: Columns) -> dict[str, np.ndarray]:
         features = gemm_feature_arrays(frame)
+        return frame.assign(**self._predicted_columns(frame, features),
+                            **self.energy_columns(features))
+
+    def _predicted_columns(self, frame: Columns, features: Columns) -> dict[str, np.ndarray]:
         columns: dict[str, np.ndarray] = {}
         if isinstance(self.model, RuntimeForest):
             columns["predicted_ms"], columns["low_ms"], columns["high_ms"] = \
@@ -245,14 +246,15 @@ class Predictor:
         size = len(known)
         columns.update(m=np.full(size, m), n=np.full(size, n), k=np.full(size, k),
                        dtype=np.full(size, dtype))
-        columns.update(self._predicted_columns(columns))
+        features = gemm_feature_arrays(columns)
+        columns.update(self._predicted_columns(columns, features))
         if objective == "energy":
-            columns.update(self.energy_columns(columns))
+            columns.update(self.energy_columns(features))
         key = "predicted_energy_j" if objective == "energy" else "predicted_ms"
         order = np.argsort(columns[key], kind="stable")
         ranked = {name: values[order] for name, values in columns.items()}
         if objective == "time" and energy_top > 0 and self.energy_models:
-            top = {name: values[:energy_top] for name, values in ranked.items()}
+            top = {name: values[order][:energy_top] for name, values in features.items()}
             for name, values in self.energy_columns(top).items():
                 ranked[name] = np.concatenate([values, np.full(size - len(values), np.nan)])
         return pd.DataFrame(ranked)
@@ -277,7 +279,7 @@ def _fits(candidates: pd.DataFrame, *, k: int, dtype: str) -> np.ndarray:
     block_m, block_n, block_k, stages, split = (
         candidates[c].to_numpy(float) for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages",
                                                  "SPLIT_K"))
-    smem = stages * (block_m + block_n) * block_k * ELEMENT_BYTES[dtype]
+    smem = shared_memory_bytes(stages, block_m, block_n, block_k, ELEMENT_BYTES[dtype])
     split = np.nan_to_num(split, nan=1.0)
     library = candidates["config"].eq("{}").to_numpy()
     fits = library | (smem <= candidates["shared_memory_per_block"].to_numpy(float))
