@@ -2,6 +2,7 @@
 
     python scripts/build_dataset.py data/runs/h100_dataset.duckdb data/runs/h200_dataset.duckdb \
         data/runs/h100_fullspace.duckdb
+    python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb DELTA.duckdb
 
 Merges the stores (GPU devices only: interpreter rows never ship), marks campaigns that a time
 limit ended without a clean finish as interrupted, counts what each campaign wrote, and writes
@@ -70,7 +71,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stores", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=DATASET_DIR)
+    parser.add_argument("--merge-into", type=Path, metavar="STORE",
+                        help="only merge the stores into STORE (a device call's delta into the "
+                             "running store), export nothing")
     args = parser.parse_args()
+    if args.merge_into:
+        merge(args.stores, args.merge_into)
+        print(f"merged {', '.join(map(str, args.stores))} into {args.merge_into}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         merged = Path(tmp) / "merged.duckdb"
         merge(args.stores, merged)

@@ -112,6 +112,20 @@ def main() -> None:
     heldout = ([dict(r, family="gemm") for r in rng.sample(whole, 8) + rng.sample(sampled, 16)]
                + [dict(r, family="rmsnorm", k="") for r in rng.sample(rmsnorm, 8)])
     write("heldout.csv", heldout, "Held-out problems (whole problems, not rows): never trained on")
+    write("gemm_whole_large.csv", large_whole_space(sampled, heldout),
+          "Large sampled GEMM problems (M >= 512) re-swept over the whole config space")
+
+
+def large_whole_space(sampled: list[dict[str, object]],
+                     heldout: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Compute-bound training problems for a whole-space sweep: the first whole-space list
+    drew only M <= 1024, so no model saw the best tiles of a large GEMM. Smallest first (a
+    time-limited sweep finishes the cheap ones), held-out problems left out."""
+    held = {(r["m"], r["n"], r["k"], r["dtype"]) for r in heldout}
+    large = [r for r in sampled if int(r["m"]) >= 512  # type: ignore[call-overload]
+             and int(r["m"]) * int(r["n"]) * int(r["k"]) <= 2**38  # type: ignore[call-overload]
+             and (r["m"], r["n"], r["k"], r["dtype"]) not in held]
+    return sorted(large, key=lambda r: int(r["m"]) * int(r["n"]) * int(r["k"]))  # type: ignore[call-overload]
 
 
 if __name__ == "__main__":
