@@ -1,7 +1,7 @@
 """Runtime-model accuracy on the held-out problems (never random rows of seen problems),
 side by side with the baselines, in one run; saves benchmarks/results/model_accuracy.json.
 
-    python benchmarks/model_accuracy.py [--db STORE] [--trees 100]
+    python benchmarks/model_accuracy.py [--db STORE] [--trees 60]
 
 Compared on the H100's held-out GEMM problems: our forest and the fitted roofline (trained on
 the other H100 problems); a GPPerf-style forest (m, n, k, block sizes, FLOPs, bytes,
@@ -98,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", type=Path, help="store (default: a fresh one from data/dataset)")
-    parser.add_argument("--trees", type=int, default=100)
+    parser.add_argument("--trees", type=int, default=60)
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "model_accuracy.json")
     args = parser.parse_args()
@@ -121,6 +121,7 @@ def main() -> None:
     ours["interval_coverage"] = float(np.mean((test["runtime_ms"] >= low)
                                               & (test["runtime_ms"] <= high)))
     ours["interval_stated"] = forest.coverage
+    ours["error_by_kind"] = _error_by_kind(test, test_features, forest.predict(test_features))
     power = _power_and_energy(train, test, train_features, test_features, forest)
     ours.update(power_median_error=power["forest"]["power_median_error"],
                 energy_mape=power["forest"]["energy_mape"])
@@ -153,6 +154,21 @@ def main() -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2) + "\n")
     _print(result)
+
+
+def _error_by_kind(test: pd.DataFrame, features: pd.DataFrame,
+                   predicted: np.ndarray) -> dict[str, dict[str, float | int]]:
+    """Where the error is: MAPE and median error by measured runtime, and for rows whose
+    operands' row strides are or are not 16-byte aligned."""
+    ape = pd.Series(np.abs(predicted / test["runtime_ms"].to_numpy() - 1), index=test.index)
+    runtime = test["runtime_ms"]
+    aligned = (features["a_align"] == 16) & (features["b_align"] == 16)
+    kinds = {"under_20us": runtime < 0.02, "20_to_100us": (runtime >= 0.02) & (runtime < 0.1),
+             "100us_to_1ms": (runtime >= 0.1) & (runtime < 1), "over_1ms": runtime >= 1,
+             "aligned_16B": aligned, "not_aligned_16B": ~aligned}
+    return {name: {"rows": int(mask.sum()), "mape": float(ape[mask].mean()),
+                   "median_ape": float(ape[mask].median())}
+            for name, mask in kinds.items() if mask.any()}
 
 
 def _cross_device(everything: pd.DataFrame, forest: RuntimeForest) -> dict[str, object]:

@@ -27,7 +27,12 @@ FEATURES = (
     "tiles", "log_tiles", "waves", "wave_efficiency", "padding", "k_iters", "smem_bytes",
     "blocks_per_sm", "log_bytes_moved", "log_tile_intensity", "m_mod16", "n_mod16", "k_mod16",
     "sm_count", "peak_tflops", "bandwidth_gbs", "l2_bytes", "log_roofline_ms",
+    "acc_per_thread", "m_fill", "n_fill", "k_fill", "stage_ratio", "log_tile_flops",
+    "occupancy", "waves_occupied", "wave_efficiency_occupied", "wgmma", "log_sm_work",
+    "a_align", "b_align",
 )
+REGISTERS_PER_SM = 65536
+VECTOR_BYTES = 16  # the widest global load: a row stride that is a multiple of it vectorizes
 
 
 def load_measurements(store: Store, *, family: str = "gemm", device: str | None = None,
@@ -109,6 +114,15 @@ def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
     bytes_moved = np.where(fits_l2, min_bytes, tile_bytes)
     bytes_moved = bytes_moved + np.where(split > 1, 2 * 4 * split * m * n, 0.0)
     peak = np.where(dtype == "bf16", column("peak_tflops_bf16"), column("peak_tflops_fp16"))
+    threads = params["num_warps"] * 32
+    acc_per_thread = bm * bn / threads
+    # A rough register estimate (fp32 accumulator, A/B fragments two per register, ~40 for
+    # addresses): with shared memory it bounds the tiles resident on an SM.
+    registers = np.minimum(255, acc_per_thread + (bm + bn) * bk / threads / 2 + 40)
+    occupancy = np.maximum(1.0, np.minimum(
+        blocks_per_sm, np.floor(REGISTERS_PER_SM / (registers * threads))))
+    waves_occupied = tiles / (sms * occupancy)
+    k_iters = np.ceil(k / split / bk)
     features = {
         "log_m": np.log2(m), "log_n": np.log2(n), "log_k": np.log2(k), "element_bytes": eb,
         "log_flops": np.log2(flops), "log_min_bytes": np.log2(min_bytes),
@@ -118,12 +132,23 @@ def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
         "tiles": tiles, "log_tiles": np.log2(tiles), "waves": waves,
         "wave_efficiency": waves / np.ceil(waves),
         "padding": tiles_m * bm * tiles_n * bn / (m * n),
-        "k_iters": np.ceil(k / split / bk), "smem_bytes": smem, "blocks_per_sm": blocks_per_sm,
+        "k_iters": k_iters, "smem_bytes": smem, "blocks_per_sm": blocks_per_sm,
         "log_bytes_moved": np.log2(bytes_moved), "log_tile_intensity": np.log2(flops / bytes_moved),
         "m_mod16": (m % 16 == 0).astype(float), "n_mod16": (n % 16 == 0).astype(float),
         "k_mod16": (k % 16 == 0).astype(float),
         "sm_count": sms, "peak_tflops": peak, "bandwidth_gbs": column("copy_bandwidth_gbs"),
         "l2_bytes": l2_bytes,
+        "acc_per_thread": acc_per_thread, "m_fill": np.minimum(1.0, m / bm),
+        "n_fill": np.minimum(1.0, n / bn), "k_fill": np.minimum(1.0, k / (bk * split)),
+        "stage_ratio": k_iters / params["num_stages"],
+        "log_tile_flops": np.log2(bm * bn * bk * k_iters), "occupancy": occupancy,
+        "waves_occupied": waves_occupied,
+        "wave_efficiency_occupied": waves_occupied / np.ceil(waves_occupied),
+        # Hopper's warpgroup MMA needs 64-row tiles and whole warpgroups.
+        "wgmma": ((bm >= 64) & (params["num_warps"] % 4 == 0)).astype(float),
+        "log_sm_work": np.log2(np.ceil(tiles / sms) * bm * bn * bk * k_iters),
+        "a_align": np.gcd((k * eb).astype(np.int64), VECTOR_BYTES).astype(float),
+        "b_align": np.gcd((n * eb).astype(np.int64), VECTOR_BYTES).astype(float),
     }
     from perfmodel.roofline import roofline_arrays
 

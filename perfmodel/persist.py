@@ -16,7 +16,7 @@ import skops.io as sio
 from store.errors import PerftuneInputError
 
 FORMAT = "perftune-model"
-FORMAT_VERSION = 2  # 2: the forest learns the log ratio to the roofline
+FORMAT_VERSION = 3  # 2: log ratio to the roofline; 3: a forest per part, new features
 _ALLOWED_PREFIXES = ("sklearn.", "numpy.", "perfmodel.", "builtins.", "collections.")
 
 

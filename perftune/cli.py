@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "runtime model as gemm_power.skops / gemm_energy.skops)")
     fit.add_argument("--device", action="append", help="train on this device only "
                      "(repeatable; default: every GPU in the store)")
-    fit.add_argument("--trees", type=int, default=100, help="forest size (default 100)")
+    fit.add_argument("--trees", type=int, help="forest size (default: 60 for runtime, 100 for "
+                     "power and energy)")
     fit.add_argument("--out", type=Path, default=None,
                      help="model file (default data/models/gemm_runtime.skops)")
     _db_option(fit)
@@ -464,8 +465,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from perfmodel.runtime import fit_model, model_path, save_model
     from store.db import Store
 
-    params = {"n_estimators": args.trees} if args.model == "forest" else {}
-    if args.trees < 1:
+    params = {"n_estimators": args.trees} if args.model == "forest" and args.trees else {}
+    if args.trees is not None and args.trees < 1:
         raise PerftuneInputError("--trees must be at least 1")
     with Store(args.db, read_only=True) as store:
         model, meta = fit_model(store, kind=args.model, devices=args.device,

@@ -78,6 +78,31 @@ def test_forest_intervals_are_calibrated(rows: pd.DataFrame) -> None:
     assert 0.7 < coverage <= 1.0  # stated 90%; on unseen problems
 
 
+def test_cublas_gets_a_forest_of_its_own(rows: pd.DataFrame) -> None:
+    """cuBLAS rows (one per problem) are predicted by their own forest, which on unseen
+    problems is closer than a forest shared with the hundreds of tiled configs per problem;
+    a dataflow no training row had falls back to the larger forest."""
+    problems = rows["shape"] + rows["dtype"]
+    test = problems.isin(problems.unique()[::4])
+    fit_x, test_x = gemm_features(rows[~test]), gemm_features(rows[test])
+    truth = rows.loc[test, "runtime_ms"].to_numpy()
+    cublas = (rows.loc[test, "dataflow"] == "cublas").to_numpy()
+
+    def cublas_error(forest: RuntimeForest) -> float:
+        forest.fit(fit_x, rows.loc[~test, "runtime_ms"], groups=problems[~test])
+        return float(np.median(np.abs(forest.predict(test_x)[cublas] / truth[cublas] - 1)))
+
+    separate = RuntimeForest(n_estimators=30, n_jobs=1)
+    assert cublas_error(separate) < cublas_error(RuntimeForest(n_estimators=30, n_jobs=1,
+                                                               separate=None))
+    assert set(separate.forests_) == {0.0, 1.0}
+    assert separate.part_rows_[1.0] == int((rows.loc[~test, "dataflow"] == "cublas").sum())
+    tiled_only = RuntimeForest(n_estimators=5, n_jobs=1).fit(
+        fit_x[fit_x["is_cublas"] == 0], rows.loc[~test & (rows["dataflow"] != "cublas"),
+                                                 "runtime_ms"])
+    assert np.isfinite(tiled_only.predict(test_x[cublas])).all()
+
+
 def test_power_and_energy_forests_beat_the_constant(rows: pd.DataFrame) -> None:
     """On problems it never saw, the power forest is closer than each device's median power,
     and the energy forest closer than that power x the measured runtime."""
