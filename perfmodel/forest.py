@@ -87,12 +87,18 @@ class RuntimeForest:
 
     def predict_log(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread (std across trees) of the predicted log runtime."""
+        mean, spread, _ = self._predict(features)
+        return mean, spread
+
+    def _predict(self, features: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Log mean, spread and interval scale per row, each row from its part's forest."""
         x = np.column_stack([np.asarray(features[name], dtype=float)
                              for name in self.feature_names_in_])
-        mean, spread = np.zeros(len(x)), np.zeros(len(x))
+        mean, spread, scale = np.zeros(len(x)), np.zeros(len(x)), np.zeros(len(x))
         for part, rows in self._rows_by_forest(features):
             mean[rows], spread[rows] = _mean_and_spread(self.forests_[part], x[rows])
-        return mean + self._baseline(features), spread
+            scale[rows] = self.interval_scales_[part]
+        return mean + self._baseline(features), spread, scale
 
     def _rows_by_forest(self, features: Features) -> list[tuple[float, np.ndarray]]:
         """Each forest's rows; a part no training row had goes to the largest forest."""
@@ -111,10 +117,7 @@ class RuntimeForest:
     def predict_with_interval(self, features: pd.DataFrame
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runtime (ms) and the interval's bounds, from one pass over the trees."""
-        mean, spread = self.predict_log(features)
-        scale = np.zeros(len(mean))
-        for part, rows in self._rows_by_forest(features):
-            scale[rows] = self.interval_scales_[part]
+        mean, spread, scale = self._predict(features)
         half = scale * np.maximum(spread, 1e-3)
         return np.exp(mean), np.exp(mean - half), np.exp(mean + half)
 
