@@ -123,6 +123,7 @@ def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
         blocks_per_sm, np.floor(REGISTERS_PER_SM / (registers * threads))))
     waves_occupied = tiles / (sms * occupancy)
     k_iters = np.ceil(k / split / bk)
+    tile_work = bm * bn * bk * k_iters
     features = {
         "log_m": np.log2(m), "log_n": np.log2(n), "log_k": np.log2(k), "element_bytes": eb,
         "log_flops": np.log2(flops), "log_min_bytes": np.log2(min_bytes),
@@ -141,12 +142,12 @@ def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
         "acc_per_thread": acc_per_thread, "m_fill": np.minimum(1.0, m / bm),
         "n_fill": np.minimum(1.0, n / bn), "k_fill": np.minimum(1.0, k / (bk * split)),
         "stage_ratio": k_iters / params["num_stages"],
-        "log_tile_flops": np.log2(bm * bn * bk * k_iters), "occupancy": occupancy,
+        "log_tile_flops": np.log2(tile_work), "occupancy": occupancy,
         "waves_occupied": waves_occupied,
         "wave_efficiency_occupied": waves_occupied / np.ceil(waves_occupied),
         # Hopper's warpgroup MMA needs 64-row tiles and whole warpgroups.
         "wgmma": ((bm >= 64) & (params["num_warps"] % 4 == 0)).astype(float),
-        "log_sm_work": np.log2(np.ceil(tiles / sms) * bm * bn * bk * k_iters),
+        "log_sm_work": np.log2(np.ceil(tiles / sms) * tile_work),
         "a_align": np.gcd((k * eb).astype(np.int64), VECTOR_BYTES).astype(float),
         "b_align": np.gcd((n * eb).astype(np.int64), VECTOR_BYTES).astype(float),
     }

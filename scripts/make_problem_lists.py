@@ -62,7 +62,7 @@ def random_problems(count: int) -> list[dict[str, object]]:
 def whole_space(rows: list[dict[str, object]], count: int) -> list[dict[str, object]]:
     """A spread of moderate problems (decode, mid, prefill) whose whole space is swept."""
     rng = random.Random(30)
-    moderate = [r for r in rows if int(r["m"]) * int(r["n"]) * int(r["k"]) <= 4096**3]  # type: ignore[call-overload]
+    moderate = [r for r in rows if _volume(r) <= 4096**3]
     return sorted(rng.sample(moderate, count), key=lambda r: (r["source"] == "random", r["m"]))
 
 
@@ -95,8 +95,8 @@ def main() -> None:
     rng = random.Random(16)
     everything = [dict(r, dtype=rng.choice(["fp16", "bf16"])) for r in llm + rand]
     whole = whole_space(everything, 30)
-    whole_keys = {(r["m"], r["n"], r["k"], r["dtype"]) for r in whole}
-    sampled = [r for r in everything if (r["m"], r["n"], r["k"], r["dtype"]) not in whole_keys]
+    whole_keys = {_key(r) for r in whole}
+    sampled = [r for r in everything if _key(r) not in whole_keys]
     write("gemm_sampled.csv", sampled, "GEMM problems swept over a seeded sample of the space")
     write("gemm_whole.csv", whole, "GEMM problems swept over the whole config space")
     # H200: a subset of the H100 problems, half of them from the whole-space list.
@@ -121,11 +121,18 @@ def large_whole_space(sampled: list[dict[str, object]],
     """Compute-bound training problems for a whole-space sweep: the first whole-space list
     drew only M <= 1024, so no model saw the best tiles of a large GEMM. Smallest first (a
     time-limited sweep finishes the cheap ones), held-out problems left out."""
-    held = {(r["m"], r["n"], r["k"], r["dtype"]) for r in heldout}
+    held = {_key(r) for r in heldout}
     large = [r for r in sampled if int(r["m"]) >= 512  # type: ignore[call-overload]
-             and int(r["m"]) * int(r["n"]) * int(r["k"]) <= 2**38  # type: ignore[call-overload]
-             and (r["m"], r["n"], r["k"], r["dtype"]) not in held]
-    return sorted(large, key=lambda r: int(r["m"]) * int(r["n"]) * int(r["k"]))  # type: ignore[call-overload]
+             and _volume(r) <= 2**38 and _key(r) not in held]
+    return sorted(large, key=_volume)
+
+
+def _key(problem: dict[str, object]) -> tuple[object, ...]:
+    return problem["m"], problem["n"], problem["k"], problem["dtype"]
+
+
+def _volume(problem: dict[str, object]) -> int:
+    return int(problem["m"]) * int(problem["n"]) * int(problem["k"])  # type: ignore[call-overload]
 
 
 if __name__ == "__main__":
