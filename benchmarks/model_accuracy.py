@@ -12,7 +12,7 @@ only, where all 8 are measured); NVIDIA's nvMatmulHeuristics (TRITON target, pre
 H100_SXM, on CPU), its top-1 kernel mapped to the nearest measured config of each held-out
 problem (perfmodel/nvmmh.py). Cross-device: the H100-trained forest on the H200's held-out
 problems with 0 and with 10 calibration measurements. Power and energy per call: forests
-trained on the busy-queue energy rows of the training problems, scored on those of the held-out
+trained on the busy-GPU energy rows of the training problems, scored on those of the held-out
 problems, beside the constant baseline (median power; energy = it x predicted time).
 """
 
@@ -32,7 +32,7 @@ from sklearn.ensemble import RandomForestRegressor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collectors.power.nvml import ENERGY_METHOD  # noqa: E402
+from collectors.power.nvml import BUSY_METHODS  # noqa: E402
 from perfmodel.features import gemm_features, load_measurements  # noqa: E402
 from perfmodel.forest import PowerForest, RuntimeForest  # noqa: E402
 from perfmodel.metrics import PROBLEM, geomean, regret, runtime_metrics  # noqa: E402
@@ -188,11 +188,11 @@ def _cross_device(everything: pd.DataFrame, forest: RuntimeForest) -> dict[str, 
 
 def _power_and_energy(train: pd.DataFrame, test: pd.DataFrame, train_features: pd.DataFrame,
                       test_features: pd.DataFrame, runtime: RuntimeForest) -> dict[str, Any]:
-    """Power and energy per call on the held-out problems' busy-queue energy rows: forests on
+    """Power and energy per call on the held-out problems' busy-GPU energy rows: forests on
     power and on energy against the constant baseline (the device's median training power;
     energy = that power x the runtime forest's predicted time)."""
-    fit_rows = (train["energy_method"] == ENERGY_METHOD).to_numpy()
-    test_rows = (test["energy_method"] == ENERGY_METHOD).to_numpy()
+    fit_rows = train["energy_method"].isin(BUSY_METHODS).to_numpy()
+    test_rows = test["energy_method"].isin(BUSY_METHODS).to_numpy()
     fit_x, test_x = train_features[fit_rows], test_features[test_rows]
     truth = test[test_rows]
     groups = (train["shape"] + train["dtype"])[fit_rows]

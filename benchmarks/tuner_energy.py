@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from collectors.power.nvml import BUSY_SQL  # noqa: E402
 from perfmodel.runtime import Predictor, fit_model  # noqa: E402
 from store.dataset import build_store  # noqa: E402
 from store.db import Store  # noqa: E402
@@ -140,7 +141,7 @@ def analyze(store: Store, problem: str, max_time_loss: float) -> dict[str, Any]:
     shape, dtype = problem.split()
     rows = store.query("SELECT dataflow, config, runtime_ms, energy_per_call_j, avg_power_w "
                        "FROM measurements WHERE device_id = ? AND shape = ? AND dtype = ? AND "
-                       "energy_method = 'busy-queue' AND status = 'ok'", [H100, shape, dtype])
+                       f"{BUSY_SQL} AND status = 'ok'", [H100, shape, dtype])
     out: dict[str, Any] = {"problem": problem, "energy_rows": len(rows)}
     for scope, chosen in (("across_dataflows", rows),
                           ("within_triton", rows[rows["dataflow"] == "triton"])):

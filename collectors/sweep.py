@@ -51,6 +51,7 @@ class SweepSpec:
     chunk_size: int = 32
     interpret: bool | None = None
     energy_only: bool = False
+    retime_below_ms: float | None = None
 
 
 @dataclass
@@ -164,6 +165,8 @@ class Collector:
         planned = plan(self.family, self.spec, device)
         if self.spec.energy_only:
             return self._remeasure_energy(planned, started)
+        if self.spec.retime_below_ms is not None:
+            return self._retime(planned, started, self.spec.retime_below_ms)
         stored = self.store.existing_keys(p.key for p in planned)
         pending = [p for p in planned if p.key not in stored]
         summary = SweepSummary(device["device_id"], device["kind"], self.worker_timer_name(),
@@ -212,6 +215,31 @@ class Collector:
                     if result["status"] == OK:
                         updates[item.key] = {k: result.get(k) for k in ENERGY_FIELDS}
                 summary.written += self.store.update_measurements(updates)
+                self._report(summary)
+        return summary
+
+    def _retime(self, planned: list[Planned], started: float, below_ms: float) -> SweepSummary:
+        """Time again the stored ok measurements under ``below_ms`` that an older timer took
+        (with ``energy``, measure their energy again where they had some), updating them in
+        place. Keys
+        hold the device, so the interpreter never re-times a GPU's rows."""
+        had_energy = self.store.retime_targets([p.key for p in planned],
+                                               timer=self.worker_timer_name(),
+                                               below_ms=below_ms)
+        targets = [p for p in planned if p.key in had_energy]
+        summary = SweepSummary(self.device["device_id"], self.device["kind"],
+                               self.worker_timer_name(), planned=len(targets))
+        with self._campaign(summary, len(targets), started) as campaign_id:
+            self._precompile(targets)
+            self._report(summary)
+            for chunk in _chunks(targets, self.spec.chunk_size):
+                energy = {p.key for p in chunk if had_energy[p.key] and self.spec.energy}
+                rows = self._measure_chunk(chunk, campaign_id, energy_keys=energy)
+                summary.statuses.update(r["status"] for r in rows)
+                summary.written += self.store.update_measurements(
+                    {r["key"]: _retimed(r, r["key"] in energy) for r in rows
+                     if r["status"] == OK})
+                _track_best(summary, rows)
                 self._report(summary)
         return summary
 
@@ -285,7 +313,10 @@ class Collector:
         return {**row, "reused": True}
 
     def worker_timer_name(self) -> str:
-        return "cuda_event" if self.mode == GPU else "interpreter_wall_clock"
+        from collectors.timers.cuda_events import CudaEventTimer
+        from collectors.timers.wall_clock import WallClockTimer
+
+        return CudaEventTimer.name if self.mode == GPU else WallClockTimer.name
 
     def _memory(self, problem: Problem) -> tuple[float, int | None, int]:
         bytes_needed, largest = self.family.memory_needed(problem)
@@ -303,7 +334,10 @@ class Collector:
         except WorkerFailed as exc:
             return {"status": exc.status, "error": str(exc)}
 
-    def _measure_chunk(self, chunk: Sequence[Planned], campaign_id: str) -> list[dict[str, Any]]:
+    def _measure_chunk(self, chunk: Sequence[Planned], campaign_id: str, *,
+                       energy_keys: set[str] | None = None) -> list[dict[str, Any]]:
+        """Check and time a chunk in rounds; energy for every config when the spec asks for
+        it, or for ``energy_keys`` where given."""
         spec = self.spec
         results: dict[str, dict[str, Any]] = {}
         rounds: dict[str, list[Any]] = {}
@@ -327,9 +361,9 @@ class Collector:
                 else:  # failed on a later round: record that, not the earlier timing
                     results[item.key] = result
                     rounds.pop(item.key)
-        if spec.energy and self.mode == GPU:
+        if self.mode == GPU and (spec.energy or energy_keys):
             for item in chunk:
-                if item.key in rounds:
+                if item.key in rounds and (energy_keys is None or item.key in energy_keys):
                     median = statistics.median(statistics.median(r) for r in rounds[item.key])
                     energy = self._energy_of(item, median)
                     if energy["status"] == OK:
@@ -370,6 +404,16 @@ class Collector:
 
 ENERGY_FIELDS = ("avg_power_w", "energy_per_call_j", "energy_window_s", "sm_clock_mhz",
                  "temperature_c", "throttle_reasons", "energy_method")
+TIMING_FIELDS = ("campaign_id", "rel_error", "timer", "measured_at", "runtime_ms",
+                 "runtime_min_ms", "runtime_max_ms", "reps", "rounds", "runtime_spread",
+                 "tflops", "gbps")
+
+
+def _retimed(row: dict[str, Any], with_energy: bool) -> dict[str, Any]:
+    """The columns a re-timing replaces; energy too where the row had some (left empty if
+    measuring it failed this time: the older number is the one in doubt)."""
+    fields = TIMING_FIELDS + (ENERGY_FIELDS if with_energy else ())
+    return {name: row.get(name) for name in fields}
 
 
 def _needs_round(timings: list[list[float]], round_index: int, rounds: int,

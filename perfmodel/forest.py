@@ -133,7 +133,8 @@ def _mean_and_spread(forest: RandomForestRegressor, x: np.ndarray) -> tuple[np.n
 class PowerForest(RuntimeForest):
     """The same forest on a device's average power (W) or energy per call (J) of a config:
     log target, no baseline (``residual_of=None``), the calibrated spread as its uncertainty.
-    Train it only on rows whose energy was measured with the busy-queue loop."""
+    Train it only on rows whose energy was measured with the GPU kept busy (busy-queue or
+    busy-graph)."""
 
     def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 2,
                  max_features: float = 0.5, coverage: float = 0.9,

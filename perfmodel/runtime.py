@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from collectors.power.nvml import ENERGY_METHOD
+from collectors.power.nvml import BUSY_METHODS, BUSY_SQL
 from perfmodel.features import (
     DEVICE_COLUMNS,
     ELEMENT_BYTES,
@@ -58,7 +58,7 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
               devices: list[str] | None = None, target: str = "runtime",
               **params: Any) -> tuple[Any, dict[str, Any]]:
     """Train a model of ``target`` (runtime, or the average power / energy per call of the
-    busy-queue energy rows) on the store, held-out problems left out."""
+    busy-GPU energy rows) on the store, held-out problems left out."""
     if target not in TARGETS:
         raise PerftuneInputError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if kind not in MODELS:
@@ -68,9 +68,9 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
                                  f"only")
     rows = training_rows(store, family=family, devices=devices)
     if target != "runtime":
-        rows = rows[rows["energy_method"] == ENERGY_METHOD]
+        rows = rows[rows["energy_method"].isin(BUSY_METHODS)]
     if rows.empty:
-        what = "" if target == "runtime" else " with busy-queue energy (collect --energy)"
+        what = "" if target == "runtime" else " with busy-GPU energy (collect --energy)"
         raise PerftuneInputError(f"no ok {family} measurements{what} to train on in "
                                  f"{store.path}")
     features = gemm_features(rows)
@@ -166,12 +166,12 @@ class Predictor:
                       announce: Callable[[str], object] = print) -> Predictor:
         """Load the models at ``path`` (and beside it); train the missing ones on ``store``
         first (saying so through ``announce``: it takes a while, once) and save them. Power
-        and energy models are trained only where the store has busy-queue energy rows."""
+        and energy models are trained only where the store has busy-GPU energy rows."""
         if not Path(path).exists():
             announce(f"no model at {path}: training one on {store.path.name} (once, ~20 s)")
             save_model(path, *fit_model(store))
-        has_energy = store.query("SELECT count(*) AS n FROM measurements WHERE energy_method "
-                                 "= ?", [ENERGY_METHOD])["n"][0] > 0
+        has_energy = store.query(
+            f"SELECT count(*) AS n FROM measurements WHERE {BUSY_SQL}")["n"][0] > 0
         for target in ENERGY_TARGETS:
             if has_energy and not model_path(target, path).exists():
                 announce(f"training the {target} model on {store.path.name} (once)")
@@ -233,7 +233,7 @@ class Predictor:
         if objective == "energy" and not self.predicts_energy:
             raise PerftuneInputError("no power and energy models beside the runtime model; "
                                      "train them with `perftune fit --target power` and "
-                                     "`--target energy` (needs busy-queue energy rows)")
+                                     "`--target energy` (needs busy-GPU energy rows)")
         catalog = source if isinstance(source, Catalog) else Catalog.of(source)
         known = catalog.on_device(device)
         if dataflows:

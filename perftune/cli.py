@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--energy-only", action="store_true",
                          help="measure NVML energy of the sweep's stored ok configs that lack "
                          "it (or have it from the first, idle-gap loop); timings are kept")
+    collect.add_argument("--retime-below", type=float, metavar="MS",
+                         help="time again, with the current timer, the sweep's stored ok "
+                         "configs faster than MS that an older timer measured (with --energy, "
+                         "their energy too where they had some); rows are updated in place, "
+                         "and a rerun resumes where it stopped")
     collect.add_argument("--no-progress", action="store_true", help="no progress bar")
     _db_option(collect)
 
@@ -144,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--model", choices=["forest", "roofline"], default="forest")
     fit.add_argument("--target", choices=["runtime", "power", "energy"], default="runtime",
                      help="what the model predicts: runtime (default), or the average power / "
-                     "energy per call (forests on the busy-queue energy rows; saved beside the "
+                     "energy per call (forests on the busy-GPU energy rows; saved beside the "
                      "runtime model as gemm_power.skops / gemm_energy.skops)")
     fit.add_argument("--device", action="append", help="train on this device only "
                      "(repeatable; default: every GPU in the store)")
@@ -377,12 +382,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
     dataflows = [d.strip() for d in args.dataflows.split(",")] if args.dataflows else None
     if args.energy_only and mode != GPU:
         raise PerftuneInputError("--energy-only measures NVML energy and needs a GPU")
+    if args.retime_below is not None and args.retime_below <= 0:
+        raise PerftuneInputError("--retime-below needs a positive time in ms, e.g. 0.1")
     spec = SweepSpec(family=args.family, problems=problems, dataflows=dataflows,
                      sample=sample, seed=args.seed, energy=args.energy or args.energy_only,
                      energy_window_s=args.energy_window, rounds=args.rounds,
                      max_rounds=max(4, args.rounds), timeout_s=args.timeout,
                      compile_workers=args.compile_workers, interpret=mode != GPU,
-                     energy_only=args.energy_only)
+                     energy_only=args.energy_only, retime_below_ms=args.retime_below)
     validate(spec)
     console = _console()
     where = "GPU" if mode == GPU else ("Triton interpreter on CPU: timings are NOT GPU "

@@ -3,6 +3,14 @@
     python scripts/build_dataset.py data/runs/h100_dataset.duckdb data/runs/h200_dataset.duckdb \
         data/runs/h100_fullspace.duckdb
     python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb DELTA.duckdb
+    python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb --replace DELTA
+
+    python scripts/build_dataset.py --export-delta "2026-11-24 10:00:00" STORE DELTA.duckdb
+
+(``--replace``: the delta's measurements replace stored ones of the same key, as after
+``perftune collect --retime-below``. ``--export-delta SINCE``, on the GPU machine: the campaigns
+started since SINCE (UTC) and their rows, as a small store to bring back: a whole store can be
+over what a device call may return.)
 
 Merges the stores (GPU devices only: interpreter rows never ship), marks campaigns that a time
 limit ended without a clean finish as interrupted, counts what each campaign wrote, and writes
@@ -25,15 +33,16 @@ from store.dataset import DATASET_DIR, HELDOUT_FILE, heldout_problems  # noqa: E
 from store.db import Store  # noqa: E402
 
 
-def merge(sources: list[Path], target: Path) -> None:
+def merge(sources: list[Path], target: Path, *, replace: bool = False) -> None:
     with Store(target) as store:
         for source in sources:
             store.con.execute(f"ATTACH '{source}' AS src (READ_ONLY)")
             for table in ("devices", "campaigns", "measurements"):
                 where = "" if table == "campaigns" else (
                     " WHERE device_id IN (SELECT device_id FROM src.devices WHERE kind = 'gpu')")
-                store.con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM src.{table}"
-                                  + where)
+                verb = "REPLACE" if replace and table == "measurements" else "IGNORE"
+                store.con.execute(f"INSERT OR {verb} INTO {table} BY NAME SELECT * FROM "
+                                  f"src.{table}" + where)
             store.con.execute("DETACH src")
         store.con.execute("""
             UPDATE campaigns c SET
@@ -41,6 +50,23 @@ def merge(sources: list[Path], target: Path) -> None:
               status = CASE WHEN status = 'running' THEN 'interrupted' ELSE status END""")
         store.con.execute("DELETE FROM campaigns WHERE device_id NOT IN "
                           "(SELECT device_id FROM devices WHERE kind = 'gpu')")
+
+
+def export_delta(store: Path, delta: Path, since: str) -> int:
+    """Copy the campaigns started since ``since`` and their measurements into ``delta``."""
+    import duckdb
+
+    con = duckdb.connect(str(delta))
+    con.execute(f"ATTACH '{store}' AS src (READ_ONLY)")
+    con.execute("CREATE TABLE devices AS SELECT * FROM src.devices")
+    con.execute("CREATE TABLE campaigns AS SELECT * FROM src.campaigns WHERE started_at >= ?",
+                [since])
+    con.execute("CREATE TABLE measurements AS SELECT * FROM src.measurements WHERE campaign_id "
+                "IN (SELECT campaign_id FROM campaigns)")
+    rows = con.execute("SELECT count(*) FROM measurements").fetchone()
+    con.execute("CHECKPOINT")
+    con.close()
+    return int(rows[0]) if rows else 0
 
 
 def manifest_extra(store: Store) -> dict[str, object]:
@@ -74,9 +100,21 @@ def main() -> None:
     parser.add_argument("--merge-into", type=Path, metavar="STORE",
                         help="only merge the stores into STORE (a device call's delta into the "
                              "running store), export nothing")
+    parser.add_argument("--replace", action="store_true",
+                        help="with --merge-into: measurements of a key already in STORE are "
+                             "replaced by the delta's (re-timed rows)")
+    parser.add_argument("--export-delta", metavar="SINCE",
+                        help="copy the campaigns started since SINCE from the first store into "
+                             "the second (a new file), with their rows")
     args = parser.parse_args()
+    if args.export_delta:
+        if len(args.stores) != 2:
+            parser.error("--export-delta SINCE takes STORE DELTA")
+        rows = export_delta(args.stores[0], args.stores[1], args.export_delta)
+        print(f"delta rows {rows}")
+        return
     if args.merge_into:
-        merge(args.stores, args.merge_into)
+        merge(args.stores, args.merge_into, replace=args.replace)
         print(f"merged {', '.join(map(str, args.stores))} into {args.merge_into}")
         return
     with tempfile.TemporaryDirectory() as tmp:

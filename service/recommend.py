@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from collectors.power.nvml import BUSY_SQL
 from perfmodel.runtime import Catalog, Predictor
 from service.schemas import Choice, MeasurementCreate, ProblemQuery, RecommendationPublic
 from store.db import Store
@@ -89,8 +90,8 @@ def _measured_rows(store: Store, where: str = "", params: list[Any] | None = Non
                    ) -> pd.DataFrame:
     return store.query(
         "SELECT device_id, dtype, m, n, k, dataflow, config, runtime_ms, "
-        "CASE WHEN energy_method = 'busy-queue' THEN avg_power_w END AS avg_power_w, "
-        "CASE WHEN energy_method = 'busy-queue' THEN energy_per_call_j END "
+        f"CASE WHEN {BUSY_SQL} THEN avg_power_w END AS avg_power_w, "
+        f"CASE WHEN {BUSY_SQL} THEN energy_per_call_j END "
         "AS energy_per_call_j FROM measurements WHERE family = 'gemm' AND status = 'ok' "
         f"AND runtime_ms > 0 {where}", params)
 

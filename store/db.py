@@ -186,20 +186,32 @@ class Store:
         return updated
 
     def energy_targets(self, keys: Iterable[str]) -> dict[str, float]:
-        """Of these keys, the ok measurements without energy from the current method, with
-        their runtime (ms)."""
+        """Of these keys, the ok measurements without energy, with their runtime (ms)."""
+        rows = self._of_keys(keys, "SELECT m.key, m.runtime_ms FROM measurements m JOIN _wanted "
+                             "w USING (key) WHERE m.status = 'ok' AND m.runtime_ms > 0 AND "
+                             "m.energy_method IS NULL")
+        return {key: float(runtime) for key, runtime in rows}
+
+    def retime_targets(self, keys: Iterable[str], *, timer: str,
+                       below_ms: float) -> dict[str, bool]:
+        """Of these keys, the ok measurements faster than ``below_ms`` that another timer than
+        ``timer`` took, with whether they have energy."""
+        rows = self._of_keys(keys, "SELECT m.key, m.energy_method IS NOT NULL FROM measurements "
+                             "m JOIN _wanted w USING (key) WHERE m.status = 'ok' AND "
+                             "m.timer <> ? AND m.runtime_ms < ?", [timer, below_ms])
+        return {key: bool(energy) for key, energy in rows}
+
+    def _of_keys(self, keys: Iterable[str], sql: str,
+                 params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of ``sql``, which joins the given keys as the table ``_wanted``."""
         frame = pd.DataFrame({"key": list(keys)})
         if frame.empty:
-            return {}
+            return []
         self._con.register("_wanted", frame)
         try:
-            rows = self._con.execute(
-                "SELECT m.key, m.runtime_ms FROM measurements m JOIN _wanted w USING (key) "
-                "WHERE m.status = 'ok' AND m.runtime_ms > 0 AND m.energy_method IS NULL"
-            ).fetchall()
+            return self._con.execute(sql, list(params)).fetchall()
         finally:
             self._con.unregister("_wanted")
-        return {key: float(runtime) for key, runtime in rows}
 
     def upsert_device(self, device: Mapping[str, Any]) -> None:
         """Store a device; a later identity of the same device updates it, keeping ceilings."""
@@ -234,15 +246,7 @@ class Store:
 
     def existing_keys(self, keys: Iterable[str]) -> set[str]:
         """Which of these measurement keys are already stored."""
-        frame = pd.DataFrame({"key": list(keys)})
-        if frame.empty:
-            return set()
-        self._con.register("_wanted", frame)
-        try:
-            rows = self._con.execute(
-                "SELECT m.key FROM measurements m JOIN _wanted w ON m.key = w.key").fetchall()
-        finally:
-            self._con.unregister("_wanted")
+        rows = self._of_keys(keys, "SELECT m.key FROM measurements m JOIN _wanted w USING (key)")
         return {r[0] for r in rows}
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,29 @@ def test_sweep_writes_expected_rows_then_resumes(db: Path) -> None:
     assert again.written == 0 and again.already_stored == len(rows)
     assert list(campaigns["status"]) == ["finished", "finished"]
     assert list(campaigns["written"]) == [len(rows), 0]
+
+
+def test_retime_replaces_an_older_timers_short_rows_in_place(db: Path) -> None:
+    spec = _spec("gemm", "16x32x32", sample=2, seed=1)
+    with Store(db) as store:
+        Collector(store, spec).run()
+        store.con.execute("UPDATE measurements SET timer = 'older', runtime_ms = 1e-4 "
+                          "WHERE dataflow <> 'cublas'")
+        store.con.execute("UPDATE measurements SET timer = 'older', runtime_ms = 1e6 "
+                          "WHERE dataflow = 'cublas'")  # too slow for the threshold
+        summary = Collector(store, replace(spec, retime_below_ms=1e5)).run()
+        again = Collector(store, replace(spec, retime_below_ms=1e5)).run()
+    rows = _rows(db)
+    short = [r for r in rows if r["dataflow"] != "cublas"]
+    assert summary.planned == summary.written == len(short) == len(rows) - 1
+    assert again.planned == 0  # re-timed rows carry the current timer: a rerun resumes
+    for row in short:
+        assert row["timer"] == "interpreter_wall_clock"
+        assert row["runtime_ms"] > 1e-3 and row["rounds"] >= 2  # type: ignore[operator]
+    cublas = next(r for r in rows if r["dataflow"] == "cublas")
+    assert cublas["timer"] == "older" and cublas["runtime_ms"] == 1e6
+    assert len({r["campaign_id"] for r in short}) == 1
+    assert {r["campaign_id"] for r in short} != {cublas["campaign_id"]}
 
 
 def test_wrong_config_is_recorded_and_not_timed(db: Path) -> None:

@@ -27,7 +27,7 @@ def test_gpu_sweep_checks_times_and_measures_energy(tmp_path):
     assert len(rows) == 5  # cublas + 2 triton + 2 split-K
     ok = rows[rows.status == "ok"]
     assert len(ok) == 5, rows[["dataflow", "config", "status", "error"]]
-    assert (ok.timer == "cuda_event").all()
+    assert (ok.timer == "cuda_event_queued").all()
     assert (ok.rel_error < 5e-3).all()
     assert (ok.runtime_ms > 0).all() and (ok.rounds >= 2).all()
     assert (ok.energy_per_call_j > 0).all()

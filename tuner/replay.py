@@ -1,12 +1,12 @@
 """The replay backend: answers from recorded measurements, so search strategies can be run
 and compared on CPU with real data. Only recorded configs can be proposed (with energy on,
-only those whose energy per call was recorded with the current, busy-queue method)."""
+only those whose energy per call was recorded with the GPU kept busy: busy-queue or busy-graph)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from collectors.power.nvml import ENERGY_METHOD
+from collectors.power.nvml import BUSY_METHODS
 from store.db import Store
 from store.errors import PerftuneInputError
 from tuner._base import Backend, Measurement, Problem
@@ -29,7 +29,7 @@ class ReplayBackend(Backend):
                 "AND shape = ? AND dtype = ?", [problem.device, problem.shape, problem.dtype])
             what = "measurements"
             if self.energy:
-                rows = rows[(rows["status"] != "ok") | (rows["energy_method"] == ENERGY_METHOD)]
+                rows = rows[(rows["status"] != "ok") | rows["energy_method"].isin(BUSY_METHODS)]
                 what = "energy measurements"
             if rows.empty:
                 raise PerftuneInputError(

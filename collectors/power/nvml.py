@@ -10,7 +10,16 @@ from typing import Any
 
 from collectors.power._base import PowerObserver
 
-ENERGY_METHOD = "busy-queue"  # stored with each energy row (schema v2)
+# Stored with each energy row. "busy-queue" calls the kernel from Python back to back; a kernel
+# shorter than its Python launch then leaves the GPU idle between calls, which lowers the power
+# and dilutes the energy per call. "busy-graph" replays a CUDA graph of a batch of calls (one
+# host launch per batch): the GPU never waits for the host. Both keep the GPU busy for kernels
+# longer than their launch; the busy-queue rows of short kernels were measured again.
+ENERGY_METHOD = "busy-graph"
+EAGER_METHOD = "busy-queue"
+BUSY_METHODS = (EAGER_METHOD, ENERGY_METHOD)
+BUSY_SQL = f"energy_method IN {BUSY_METHODS}"  # a WHERE condition on measurements
+_MAX_GRAPH_CALLS = 1000
 
 
 class NVMLObserver(PowerObserver):
@@ -60,7 +69,7 @@ class NVMLObserver(PowerObserver):
 
 def measure_energy(fn: Callable[[], None], observer: NVMLObserver, *, call_ms: float,
                    window_s: float = 1.0, warm_s: float = 0.05, batch_ms: float = 10.0,
-                   ahead: int = 2) -> dict[str, Any]:
+                   ahead: int = 2, graph: bool = True) -> dict[str, Any]:
     """Run ``fn`` back to back, the GPU never idle, for at least ``window_s`` between two
     energy-counter ticks (NVML updates it about every 100 ms on an H100).
 
@@ -68,16 +77,23 @@ def measure_energy(fn: Callable[[], None], observer: NVMLObserver, *, call_ms: f
     counter is read while the GPU works on queued batches, and a tick is attributed to the
     calls of the batches finished by then (an error of about one batch at each end of the
     window, in the same direction). Returns average power, energy per call, the window,
-    clocks and temperature.
+    clocks, temperature and the method: a batch is one CUDA graph replay (``graph``, the
+    default) or, where the call cannot be captured, Python calls.
     """
     import torch
 
     batch = max(1, int(batch_ms / max(call_ms, 1e-4)))
+    replay = _captured(fn, min(batch, _MAX_GRAPH_CALLS)) if graph else None
+    if replay is not None:
+        batch = min(batch, _MAX_GRAPH_CALLS)
     in_flight: deque[Any] = deque()
 
     def enqueue() -> None:
-        for _ in range(batch):
-            fn()
+        if replay is not None:
+            replay()
+        else:
+            for _ in range(batch):
+                fn()
         event = torch.cuda.Event()
         event.record()
         in_flight.append(event)
@@ -123,8 +139,29 @@ def measure_energy(fn: Callable[[], None], observer: NVMLObserver, *, call_ms: f
         "sm_clock_mhz": results["sm_clock_mhz"],
         "temperature_c": results["temperature_c"],
         "throttle_reasons": results["throttle_reasons"],
-        "energy_method": ENERGY_METHOD,
+        "energy_method": EAGER_METHOD if replay is None else ENERGY_METHOD,
     }
+
+
+def _captured(fn: Callable[[], None], calls: int) -> Callable[[], None] | None:
+    """A replay of ``calls`` back-to-back calls of ``fn`` captured in one CUDA graph, or None
+    where capture fails (the caller then calls ``fn`` from Python)."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(side):  # warm-up off the capture, as torch's graph docs ask
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except RuntimeError:
+        torch.cuda.synchronize()
+        return None
+    return graph.replay
 
 
 def _throttle_names(nvml: Any, mask: int) -> str | None:
