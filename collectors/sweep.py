@@ -163,10 +163,10 @@ class Collector:
         for problem in self.spec.problems:
             check_fits(problem, *self._memory(problem))
         planned = plan(self.family, self.spec, device)
-        if self.spec.energy_only:
-            return self._remeasure_energy(planned, started)
         if self.spec.retime_below_ms is not None:
             return self._retime(planned, started, self.spec.retime_below_ms)
+        if self.spec.energy_only:
+            return self._remeasure_energy(planned, started)
         stored = self.store.existing_keys(p.key for p in planned)
         pending = [p for p in planned if p.key not in stored]
         summary = SweepSummary(device["device_id"], device["kind"], self.worker_timer_name(),
@@ -219,29 +219,46 @@ class Collector:
         return summary
 
     def _retime(self, planned: list[Planned], started: float, below_ms: float) -> SweepSummary:
-        """Time again the stored ok measurements under ``below_ms`` that an older timer took
-        (with ``energy``, measure their energy again where they had some), updating them in
-        place. Keys
-        hold the device, so the interpreter never re-times a GPU's rows."""
-        had_energy = self.store.retime_targets([p.key for p in planned],
-                                               timer=self.worker_timer_name(),
-                                               below_ms=below_ms)
-        targets = [p for p in planned if p.key in had_energy]
+        """Measure again the stored ok measurements under ``below_ms`` that an older timer
+        took, and with ``energy``, the energy of those that have some from an older method
+        (the Python loop that short kernels left idle): updated in place, each row moved to
+        this campaign; with ``energy_only``, only the energy. Keys hold the device, so the
+        interpreter never re-times a GPU's rows."""
+        from collectors.power.nvml import EAGER_METHOD
+
+        stale = self.store.retime_targets(
+            [p.key for p in planned], timer=self.worker_timer_name(), below_ms=below_ms,
+            energy_method=EAGER_METHOD if self.spec.energy else None,
+            timing=not self.spec.energy_only)
+        targets = [p for p in planned if p.key in stale]
         summary = SweepSummary(self.device["device_id"], self.device["kind"],
                                self.worker_timer_name(), planned=len(targets))
         with self._campaign(summary, len(targets), started) as campaign_id:
             self._precompile(targets)
             self._report(summary)
             for chunk in _chunks(targets, self.spec.chunk_size):
-                energy = {p.key for p in chunk if had_energy[p.key] and self.spec.energy}
-                rows = self._measure_chunk(chunk, campaign_id, energy_keys=energy)
-                summary.statuses.update(r["status"] for r in rows)
-                summary.written += self.store.update_measurements(
-                    {r["key"]: _retimed(r, r["key"] in energy) for r in rows
-                     if r["status"] == OK})
-                _track_best(summary, rows)
+                updates = self._retime_chunk(chunk, stale, campaign_id, summary)
+                summary.written += self.store.update_measurements(updates)
                 self._report(summary)
         return summary
+
+    def _retime_chunk(self, chunk: Sequence[Planned], stale: dict[str, tuple[bool, bool, float]],
+                      campaign_id: str, summary: SweepSummary) -> dict[str, dict[str, Any]]:
+        """The new values of a chunk's stale rows: (timing stale, has energy, runtime) each."""
+        timed = [p for p in chunk if stale[p.key][0]]
+        energy = {p.key for p in timed if stale[p.key][1] and self.spec.energy}
+        rows = self._measure_chunk(timed, campaign_id, energy_keys=energy)
+        summary.statuses.update(r["status"] for r in rows)
+        _track_best(summary, rows)
+        updates = {r["key"]: _retimed(r, r["key"] in energy) for r in rows if r["status"] == OK}
+        for item in chunk:
+            if not stale[item.key][0]:  # timed by the current timer; only the energy is stale
+                result = self._energy_of(item, stale[item.key][2])
+                summary.statuses[result["status"]] += 1
+                if result["status"] == OK:
+                    updates[item.key] = {"campaign_id": campaign_id,
+                                         **{k: result.get(k) for k in ENERGY_FIELDS}}
+        return updates
 
     def _precompile(self, items: Sequence[Planned]) -> None:
         """Compile the items' kernels in a process pool ahead of the worker (GPU only)."""

@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--retime-below", type=float, metavar="MS",
                          help="time again, with the current timer, the sweep's stored ok "
                          "configs faster than MS that an older timer measured (with --energy, "
-                         "their energy too where they had some); rows are updated in place, "
-                         "and a rerun resumes where it stopped")
+                         "also the energy of those whose energy came from the Python loop; "
+                         "with --energy-only, only that); rows are updated in place, and a "
+                         "rerun resumes where it stopped")
     collect.add_argument("--no-progress", action="store_true", help="no progress bar")
     _db_option(collect)
 

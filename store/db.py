@@ -192,14 +192,19 @@ class Store:
                              "m.energy_method IS NULL")
         return {key: float(runtime) for key, runtime in rows}
 
-    def retime_targets(self, keys: Iterable[str], *, timer: str,
-                       below_ms: float) -> dict[str, bool]:
+    def retime_targets(self, keys: Iterable[str], *, timer: str, below_ms: float,
+                       energy_method: str | None = None,
+                       timing: bool = True) -> dict[str, tuple[bool, bool, float]]:
         """Of these keys, the ok measurements faster than ``below_ms`` that another timer than
-        ``timer`` took, with whether they have energy."""
-        rows = self._of_keys(keys, "SELECT m.key, m.energy_method IS NOT NULL FROM measurements "
-                             "m JOIN _wanted w USING (key) WHERE m.status = 'ok' AND "
-                             "m.timer <> ? AND m.runtime_ms < ?", [timer, below_ms])
-        return {key: bool(energy) for key, energy in rows}
+        ``timer`` took (unless not ``timing``) or whose energy came from ``energy_method``
+        (where given), as (timing stale, has energy, runtime in ms)."""
+        rows = self._of_keys(
+            keys, "SELECT m.key, ? AND m.timer <> ?, m.energy_method IS NOT NULL, m.runtime_ms "
+            "FROM measurements m JOIN _wanted w USING (key) WHERE m.status = 'ok' AND "
+            "m.runtime_ms < ? AND ((? AND m.timer <> ?) OR m.energy_method = ?)",
+            [timing, timer, below_ms, timing, timer, energy_method])
+        return {key: (bool(time), bool(energy), float(runtime))
+                for key, time, energy, runtime in rows}
 
     def _of_keys(self, keys: Iterable[str], sql: str,
                  params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -19,7 +19,10 @@ from collections.abc import Callable
 from collectors.timers._base import Timer
 
 _FLUSH_BYTES = 256 * 2**20  # larger than any Hopper L2 (50-60 MB)
-_LEAD_FACTOR = 2.0  # spin this many times the host's launch time of one repetition
+# Spin a quarter longer than the host takes to launch one repetition: the queue then gains on
+# the host with every repetition, and the slack absorbs the host's hiccups (more only slows a
+# sweep, which is launch-bound on these kernels either way).
+_LEAD_FACTOR = 1.25
 _MIN_LEAD_MS, _MAX_LEAD_MS = 0.05, 2.0
 _LAUNCH_PROBE_REPS = 16  # host time of the first repetitions only: a full queue blocks later
 
