@@ -4,7 +4,7 @@
 # problems' split-K rows under 0.1 ms. STAGE=heldout2: the held-out rows under 0.1 ms whose
 # energy came from the Python loop (CUDA-graph loop now), then the rest of the split-K rows.
 # STAGE=energy: the same energy for the training problems. STAGE=train: the training problems'
-# split-K rows under 0.05 ms.
+# split-K rows under 0.05 ms. STAGE=rest: what energy and train left, in that order.
 # Carry .whl_gpu and data/runs/h100_dataset.duckdb. Only this call's rows come back, as
 # $OUT/delta.duckdb; merge it here with
 #   python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb --replace DELTA
@@ -28,6 +28,8 @@ case "${STAGE:-heldout}" in
                   "$HELD|triton_splitk|0.1|") ;;
   energy) RUNS=(); for F in $TRAIN; do RUNS+=("$F|cublas,triton,triton_splitk|0.1|--energy-only"); done ;;
   train) RUNS=(); for F in $TRAIN; do RUNS+=("$F|triton_splitk|0.05|"); done ;;
+  rest) RUNS=(); for F in $TRAIN; do RUNS+=("$F|cublas,triton,triton_splitk|0.1|--energy-only"); done
+        for F in $TRAIN; do RUNS+=("$F|triton_splitk|0.05|"); done ;;
 esac
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r FILES DATAFLOWS BELOW EXTRA <<< "$RUN"
