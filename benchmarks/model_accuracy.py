@@ -32,9 +32,9 @@ from sklearn.ensemble import RandomForestRegressor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collectors.power.nvml import BUSY_METHODS  # noqa: E402
+from collectors.power.nvml import busy_energy  # noqa: E402
 from perfmodel.features import gemm_features, load_measurements  # noqa: E402
-from perfmodel.forest import PowerForest, RuntimeForest  # noqa: E402
+from perfmodel.forest import EnergyForest, PowerForest, RuntimeForest  # noqa: E402
 from perfmodel.metrics import PROBLEM, geomean, regret, runtime_metrics  # noqa: E402
 from perfmodel.roofline import RooflineModel  # noqa: E402
 from store.dataset import build_store, heldout_mask  # noqa: E402
@@ -191,13 +191,13 @@ def _power_and_energy(train: pd.DataFrame, test: pd.DataFrame, train_features: p
     """Power and energy per call on the held-out problems' busy-GPU energy rows: forests on
     power and on energy against the constant baseline (the device's median training power;
     energy = that power x the runtime forest's predicted time)."""
-    fit_rows = train["energy_method"].isin(BUSY_METHODS).to_numpy()
-    test_rows = test["energy_method"].isin(BUSY_METHODS).to_numpy()
+    fit_rows = busy_energy(train).to_numpy()
+    test_rows = busy_energy(test).to_numpy()
     fit_x, test_x = train_features[fit_rows], test_features[test_rows]
     truth = test[test_rows]
     groups = (train["shape"] + train["dtype"])[fit_rows]
     power = PowerForest().fit(fit_x, train["avg_power_w"][fit_rows], groups=groups)
-    energy = PowerForest().fit(fit_x, train["energy_per_call_j"][fit_rows], groups=groups)
+    energy = EnergyForest().fit(fit_x, train["energy_per_call_j"][fit_rows], groups=groups)
     predicted_power = power.predict(test_x)
     predicted_energy = energy.predict(test_x)
     low, high = energy.predict_interval(test_x)

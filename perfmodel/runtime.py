@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from collectors.power.nvml import BUSY_METHODS, BUSY_SQL
+from collectors.power.nvml import BUSY_SQL, busy_energy
 from perfmodel.features import (
     DEVICE_COLUMNS,
     ELEMENT_BYTES,
@@ -24,7 +24,7 @@ from perfmodel.features import (
     load_measurements,
     shared_memory_bytes,
 )
-from perfmodel.forest import PowerForest, RuntimeForest
+from perfmodel.forest import EnergyForest, PowerForest, RuntimeForest
 from perfmodel.persist import load_model, save_model
 from perfmodel.roofline import RooflineModel, roofline_arrays
 from store.dataset import DATA_DIR, heldout_mask
@@ -68,13 +68,14 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
                                  f"only")
     rows = training_rows(store, family=family, devices=devices)
     if target != "runtime":
-        rows = rows[rows["energy_method"].isin(BUSY_METHODS)]
+        rows = rows[busy_energy(rows)]
     if rows.empty:
         what = "" if target == "runtime" else " with busy-GPU energy (collect --energy)"
         raise PerftuneInputError(f"no ok {family} measurements{what} to train on in "
                                  f"{store.path}")
     features = gemm_features(rows)
-    model = (PowerForest if target != "runtime" else MODELS[kind])(**params)
+    forest = {"runtime": MODELS[kind], "power": PowerForest, "energy": EnergyForest}[target]
+    model = forest(**params)
     if isinstance(model, RuntimeForest):
         model.fit(features, rows[TARGETS[target]], groups=rows["device_id"] + rows["shape"]
                   + rows["dtype"])

