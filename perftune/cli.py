@@ -662,7 +662,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         from store.dataset import build_store
 
         counts = build_store(args.db)
-        print("loaded the shipped dataset (new rows): "
+        print("loaded the shipped dataset (new rows; refreshed: stored rows it measured "
+              "later): "
               + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
     if args.db_command == "import":
@@ -671,7 +672,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         read_export(args.directory)  # check before the store is opened for writing
         with Store(args.db) as store:
             counts = store.import_parquet(args.directory)
-        print("imported (new rows): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        print("imported (new rows; refreshed: stored rows the export measured later): "
+              + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
     with Store(args.db, read_only=True) as store:
         if args.db_command == "export":

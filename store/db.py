@@ -304,10 +304,29 @@ class Store:
         return counts
 
     def import_parquet(self, directory: str | os.PathLike[str]) -> dict[str, int]:
-        """Load an export made by :meth:`export_parquet`; rows already stored are skipped."""
+        """Load an export made by :meth:`export_parquet`: new rows are added, and stored
+        measurements that the export holds a later measurement of (re-timed rows) are
+        replaced by it (``refreshed``)."""
         source = Path(directory)
         frames = read_export(source)
-        return {table: self.insert(table, frame) for table, frame in frames.items()}
+        counts = {table: self.insert(table, frame) for table, frame in frames.items()}
+        if "measurements" in frames:
+            counts["refreshed"] = self._refresh_measurements(frames["measurements"])
+        return counts
+
+    def _refresh_measurements(self, frame: pd.DataFrame) -> int:
+        """Replace stored measurements by the frame's rows of the same key measured later."""
+        columns = [c for c in TABLES["measurements"] if c in frame.columns and c != "key"]
+        assignments = ", ".join(f"{c} = i.{c}" for c in columns)
+        con = self._con
+        con.register("_incoming", frame)
+        try:
+            rows = con.execute(
+                f"UPDATE measurements AS m SET {assignments} FROM _incoming AS i WHERE "
+                f"m.key = i.key AND i.measured_at > m.measured_at RETURNING m.key").fetchall()
+        finally:
+            con.unregister("_incoming")
+        return len(rows)
 
 
 def read_export(source: Path) -> dict[str, pd.DataFrame]:

@@ -93,6 +93,23 @@ def test_export_import_round_trip(db: Path, tmp_path: Path) -> None:
     assert restored.equals(original)
 
 
+def test_import_refreshes_rows_measured_again_later(db: Path, tmp_path: Path) -> None:
+    with Store(db) as store:
+        store.insert("measurements", [_row("a"), _row("b")])
+        store.export_parquet(tmp_path / "first")
+        store.update_measurements({"a": {"runtime_ms": 0.5, "timer": "newer",
+                                         "measured_at": "2026-11-24 10:00:00"}})
+        store.export_parquet(tmp_path / "second")
+    copy = tmp_path / "copy.duckdb"
+    with Store(copy) as store:
+        store.import_parquet(tmp_path / "first")
+        counts = store.import_parquet(tmp_path / "second")
+        assert counts["measurements"] == 0 and counts["refreshed"] == 1
+        assert store.import_parquet(tmp_path / "first")["refreshed"] == 0  # older: kept
+        rows = store.query("SELECT key, runtime_ms, timer FROM measurements ORDER BY key")
+    assert rows["runtime_ms"].tolist() == [0.5, 1.0] and rows["timer"][0] == "newer"
+
+
 def test_filtered_export(db: Path, tmp_path: Path) -> None:
     with Store(db) as store:
         store.insert("measurements", [_row("a"), _row("b", status="timeout", runtime_ms=None)])
