@@ -315,7 +315,9 @@ class Store:
         return counts
 
     def _refresh_measurements(self, frame: pd.DataFrame) -> int:
-        """Replace stored measurements by the frame's rows of the same key measured later."""
+        """Replace stored measurements by the frame's rows of the same key measured later: a
+        later timing, or a later campaign (an energy-only re-measure keeps the timing's date
+        but moves the row to its campaign)."""
         columns = [c for c in TABLES["measurements"] if c in frame.columns and c != "key"]
         assignments = ", ".join(f"{c} = i.{c}" for c in columns)
         con = self._con
@@ -323,10 +325,15 @@ class Store:
         try:
             rows = con.execute(
                 f"UPDATE measurements AS m SET {assignments} FROM _incoming AS i WHERE "
-                f"m.key = i.key AND i.measured_at > m.measured_at RETURNING m.key").fetchall()
+                f"m.key = i.key AND (i.measured_at > m.measured_at OR coalesce("
+                f"{_STARTED.format('i')} > {_STARTED.format('m')}, false)) RETURNING m.key"
+            ).fetchall()
         finally:
             con.unregister("_incoming")
         return len(rows)
+
+
+_STARTED = "(SELECT started_at FROM campaigns c WHERE c.campaign_id = {}.campaign_id)"
 
 
 def read_export(source: Path) -> dict[str, pd.DataFrame]:
