@@ -218,7 +218,10 @@ def _power_and_energy(train: pd.DataFrame, test: pd.DataFrame, train_features: p
                        "energy_interval_coverage": float(np.mean(
                            (truth["energy_per_call_j"] >= low)
                            & (truth["energy_per_call_j"] <= high)))},
-            "constant_power": {**errors(constant, constant_energy), "power_w": constant}}
+            "constant_power": {**errors(constant, constant_energy), "power_w": constant},
+            # EnergyForest against the power forest's setup on energy (no roofline baseline)
+            "energy_without_roofline_baseline": errors(predicted_power, PowerForest().fit(
+                fit_x, train["energy_per_call_j"][fit_rows], groups=groups).predict(test_x))}
 
 
 def _print(result: dict[str, object]) -> None:
