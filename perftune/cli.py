@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sweep a kernel family over problems x configs. Every config is checked "
         "against a reference\n(wrong ones are stored as wrong_result, untimed), then timed in "
-        "two or more rounds\n(CUDA events, L2 flushed). Launches run in a worker process that "
-        "is restarted after a crash\nor a timeout. Re-running the same sweep resumes it: "
-        "stored measurements are skipped.",
+        "two or more rounds\n(CUDA events, L2 flushed, the stream held ahead of the host). "
+        "Launches run in a worker\nprocess that is restarted after a crash or a timeout. "
+        "Re-running the same sweep resumes it:\nstored measurements are skipped.",
         epilog="examples:\n"
         "  perftune collect                                   # the embedded default sweep\n"
         "  perftune collect --problem 16x4096x4096 --problem 4096x4096x4096 --sample 50\n"
