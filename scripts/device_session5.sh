@@ -13,15 +13,4 @@ echo "== large whole space ($((540 - SECONDS)) s)"
 timeout -s TERM $((540 - SECONDS)) python3 -m perftune collect \
   --problems-file data/problems/gemm_whole_large.csv --all --db $STORE \
   --no-progress 2>&1 | grep -E "^(device|statuses|perftune)"
-python3 - "$STORE" "$OUT/delta.duckdb" "$BEFORE" <<'PY'
-import duckdb, sys
-store, delta, before = sys.argv[1:]
-con = duckdb.connect(delta)
-con.execute(f"ATTACH '{store}' AS src (READ_ONLY)")
-con.execute("CREATE TABLE devices AS SELECT * FROM src.devices")
-con.execute("CREATE TABLE campaigns AS SELECT * FROM src.campaigns WHERE started_at >= ?", [before])
-con.execute("CREATE TABLE measurements AS SELECT * FROM src.measurements WHERE campaign_id IN "
-            "(SELECT campaign_id FROM campaigns)")
-print("delta rows", con.execute("SELECT count(*) FROM measurements").fetchone()[0])
-con.execute("CHECKPOINT")
-PY
+python3 scripts/build_dataset.py --export-delta "$BEFORE" $STORE $OUT/delta.duckdb

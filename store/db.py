@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -148,20 +149,28 @@ class Store:
         frame = frame.reindex(columns=list(columns))
         frame = frame.drop_duplicates(subset=[_KEYS[table]])
         con = self._con
-        con.register("_incoming", frame)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            before = _count(con, table)
-            casts = ", ".join(f"CAST({c} AS {columns[c].split()[0]}) AS {c}" for c in columns)
-            con.execute(f"INSERT OR IGNORE INTO {table} SELECT {casts} FROM _incoming")
-            inserted = _count(con, table) - before
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("_incoming")
+        with self._registered("_incoming", frame):
+            try:
+                con.execute("BEGIN TRANSACTION")
+                before = _count(con, table)
+                casts = ", ".join(f"CAST({c} AS {columns[c].split()[0]}) AS {c}"
+                                  for c in columns)
+                con.execute(f"INSERT OR IGNORE INTO {table} SELECT {casts} FROM _incoming")
+                inserted = _count(con, table) - before
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
         return inserted
+
+    @contextlib.contextmanager
+    def _registered(self, name: str, frame: pd.DataFrame) -> Iterator[None]:
+        """``frame`` visible to SQL as the table ``name`` for the block."""
+        self._con.register(name, frame)
+        try:
+            yield
+        finally:
+            self._con.unregister(name)
 
     def update_measurements(self, updates: Mapping[str, Mapping[str, Any]]) -> int:
         """Set columns of stored measurements by key, in one transaction. Returns how many
@@ -212,11 +221,8 @@ class Store:
         frame = pd.DataFrame({"key": list(keys)})
         if frame.empty:
             return []
-        self._con.register("_wanted", frame)
-        try:
+        with self._registered("_wanted", frame):
             return self._con.execute(sql, list(params)).fetchall()
-        finally:
-            self._con.unregister("_wanted")
 
     def upsert_device(self, device: Mapping[str, Any]) -> None:
         """Store a device; a later identity of the same device updates it, keeping ceilings."""
@@ -320,16 +326,12 @@ class Store:
         but moves the row to its campaign)."""
         columns = [c for c in TABLES["measurements"] if c in frame.columns and c != "key"]
         assignments = ", ".join(f"{c} = i.{c}" for c in columns)
-        con = self._con
-        con.register("_incoming", frame)
-        try:
-            rows = con.execute(
+        with self._registered("_incoming", frame):
+            rows = self._con.execute(
                 f"UPDATE measurements AS m SET {assignments} FROM _incoming AS i WHERE "
                 f"m.key = i.key AND (i.measured_at > m.measured_at OR coalesce("
                 f"{_STARTED.format('i')} > {_STARTED.format('m')}, false)) RETURNING m.key"
             ).fetchall()
-        finally:
-            con.unregister("_incoming")
         return len(rows)
 
 

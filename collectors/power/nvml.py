@@ -19,6 +19,7 @@ from collectors.power._base import PowerObserver
 ENERGY_METHOD = "busy-graph"
 EAGER_METHOD = "busy-queue"
 EAGER_TRUSTED_FROM_MS = 0.1
+_MAX_GRAPH_CALLS = 1000  # calls captured in one graph (a batch of ~10 ms for a 10 us kernel)
 # The rows whose energy was measured with the GPU kept busy, as a WHERE condition.
 BUSY_SQL = (f"(energy_method = '{ENERGY_METHOD}' OR (energy_method = '{EAGER_METHOD}' AND "
             f"runtime_ms >= {EAGER_TRUSTED_FROM_MS}))")
@@ -29,7 +30,6 @@ def busy_energy(rows: Any) -> Any:
     method = rows["energy_method"]
     return (method == ENERGY_METHOD) | ((method == EAGER_METHOD)
                                          & (rows["runtime_ms"] >= EAGER_TRUSTED_FROM_MS))
-_MAX_GRAPH_CALLS = 1000
 
 
 class NVMLObserver(PowerObserver):
