@@ -114,6 +114,8 @@ def main() -> None:
     write("heldout.csv", heldout, "Held-out problems (whole problems, not rows): never trained on")
     write("gemm_whole_large.csv", large_whole_space(sampled, heldout),
           "Large sampled GEMM problems (M >= 512) re-swept over the whole config space")
+    write("gemm_whole_narrow.csv", narrow_whole_space(sampled, heldout),
+          "Narrow sampled GEMM problems (M <= 128, N <= 1024, K >= 1024) re-swept whole")
 
 
 def large_whole_space(sampled: list[dict[str, object]],
@@ -125,6 +127,18 @@ def large_whole_space(sampled: list[dict[str, object]],
     large = [r for r in sampled if int(r["m"]) >= 512  # type: ignore[call-overload]
              and _volume(r) <= 2**38 and _key(r) not in held]
     return sorted(large, key=_volume)
+
+
+def narrow_whole_space(sampled: list[dict[str, object]],
+                       heldout: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Narrow training problems with a long K for a whole-space sweep: their output has few
+    tiles, fewer CTAs than SMs, so how fast one CTA streams its K (tile shape, stages), not
+    the SM count, sets the time; the whole-space lists held two such problems. LLM layers
+    first (a time-limited sweep finishes them), held-out problems left out."""
+    held = {_key(r) for r in heldout}
+    narrow = [r for r in sampled if int(r["m"]) <= 128 and int(r["n"]) <= 1024  # type: ignore[call-overload]
+              and int(r["k"]) >= 1024 and _key(r) not in held]  # type: ignore[call-overload]
+    return sorted(narrow, key=lambda r: (r["source"] == "random", _volume(r)))
 
 
 def _key(problem: dict[str, object]) -> tuple[object, ...]:

@@ -1,0 +1,34 @@
+# H100 session 7 (issue 5), resuming the shipped H100 store in place.
+# STAGE=narrow: the whole config space of the narrow training problems
+# (data/problems/gemm_whole_narrow.csv: few output tiles, so per-CTA streaming sets the time),
+# then, with the time left, the training split-K rows under 0.05 ms still timed by the first
+# timer. STAGE=energy: CUDA-graph energy of a seeded sample of the whole-space training
+# problems' Triton and split-K configs (more rows for the power and energy forests), then
+# what narrow left.
+# Carry .whl_gpu and data/runs/h100_dataset.duckdb. Only this call's rows come back, as
+# $OUT/delta.duckdb; merge it here with
+#   python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb --replace DELTA
+set -o pipefail
+. scripts/device_setup.sh || exit 1
+STORE=/tmp/h100_dataset.duckdb
+cp data/runs/h100_dataset.duckdb $STORE
+BEFORE=$(date -u +"%Y-%m-%d %H:%M:%S")
+NARROW=data/problems/gemm_whole_narrow.csv
+WHOLE="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv"
+TRAIN="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv data/problems/gemm_sampled.csv data/problems/h100_fullspace_issue3.csv"
+# Each run: "problem files|dataflows|extra flags", in order, while time is left.
+case "${STAGE:-narrow}" in
+  narrow) RUNS=("$NARROW|cublas,triton,triton_splitk|--all")
+          for F in $TRAIN; do RUNS+=("$F|triton_splitk|--all --retime-below 0.05"); done ;;
+  energy) RUNS=("$WHOLE|triton,triton_splitk|--sample 10 --seed 21 --energy-only"
+                "$NARROW|cublas,triton,triton_splitk|--all") ;;
+esac
+for RUN in "${RUNS[@]}"; do
+  IFS='|' read -r FILES DATAFLOWS EXTRA <<< "$RUN"
+  LEFT=$((545 - SECONDS)); [ $LEFT -gt 20 ] || break
+  echo "== $FILES $DATAFLOWS $EXTRA ($LEFT s left)"
+  timeout -s TERM $LEFT python3 -m perftune collect --problems-file $FILES \
+    --dataflows $DATAFLOWS $EXTRA --db $STORE --no-progress 2>&1 \
+    | grep -E "^(device|statuses|perftune|Error|error)" | head -20
+done
+python3 scripts/build_dataset.py --export-delta "$BEFORE" $STORE $OUT/delta.duckdb
