@@ -20,8 +20,8 @@ TRAIN="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv data/prob
 case "${STAGE:-narrow}" in
   narrow) RUNS=("$NARROW|cublas,triton,triton_splitk|--all")
           for F in $TRAIN; do RUNS+=("$F|triton_splitk|--all --retime-below 0.05"); done ;;
-  energy) RUNS=("$WHOLE|triton,triton_splitk|--sample 10 --seed 21 --energy-only"
-                "$NARROW|cublas,triton,triton_splitk|--all") ;;
+  energy) RUNS=(); for F in $WHOLE; do RUNS+=("$F|triton,triton_splitk|--sample 10 --seed 21 --energy-only"); done
+          RUNS+=("$NARROW|cublas,triton,triton_splitk|--all") ;;
 esac
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r FILES DATAFLOWS EXTRA <<< "$RUN"
