@@ -1,8 +1,8 @@
 # H100 session 7 (issue 5), resuming the shipped H100 store in place.
 # STAGE=narrow: the whole config space of the narrow training problems
 # (data/problems/gemm_whole_narrow.csv: few output tiles, so per-CTA streaming sets the time),
-# then, with the time left, the training split-K rows under 0.05 ms still timed by the first
-# timer. STAGE=energy: CUDA-graph energy of a seeded sample of the whole-space training
+# then, with the time left, CUDA-graph energy of a seeded sample of the whole-space training
+# problems' configs and the training split-K rows under 0.05 ms still timed by the first timer. STAGE=energy: CUDA-graph energy of a seeded sample of the whole-space training
 # problems' Triton and split-K configs (more rows for the power and energy forests), then
 # what narrow left.
 # Carry .whl_gpu and data/runs/h100_dataset.duckdb. Only this call's rows come back, as
@@ -19,6 +19,7 @@ TRAIN="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv data/prob
 # Each run: "problem files|dataflows|extra flags", in order, while time is left.
 case "${STAGE:-narrow}" in
   narrow) RUNS=("$NARROW|cublas,triton,triton_splitk|--all")
+          for F in $WHOLE; do RUNS+=("$F|triton,triton_splitk|--sample 10 --seed 21 --energy-only"); done
           for F in $TRAIN; do RUNS+=("$F|triton_splitk|--all --retime-below 0.05"); done ;;
   energy) RUNS=(); for F in $WHOLE; do RUNS+=("$F|triton,triton_splitk|--sample 10 --seed 21 --energy-only"); done
           RUNS+=("$NARROW|cublas,triton,triton_splitk|--all") ;;
