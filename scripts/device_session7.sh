@@ -5,7 +5,8 @@
 # problems' configs and the training split-K rows under 0.05 ms still timed by the first timer. STAGE=energy: CUDA-graph energy of a seeded sample of the whole-space training
 # problems' Triton and split-K configs (more rows for the power and energy forests), then
 # what narrow left.
-# Carry .whl_gpu and data/runs/h100_dataset.duckdb. Only this call's rows come back, as
+# LIMIT (default 545) caps the seconds a call spends. Carry .whl_gpu and
+# data/runs/h100_dataset.duckdb. Only this call's rows come back, as
 # $OUT/delta.duckdb; merge it here with
 #   python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb --replace DELTA
 set -o pipefail
@@ -26,7 +27,7 @@ case "${STAGE:-narrow}" in
 esac
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r FILES DATAFLOWS EXTRA <<< "$RUN"
-  LEFT=$((545 - SECONDS)); [ $LEFT -gt 20 ] || break
+  LEFT=$((${LIMIT:-545} - SECONDS)); [ $LEFT -gt 20 ] || break
   echo "== $FILES $DATAFLOWS $EXTRA ($LEFT s left)"
   timeout -s TERM $LEFT python3 -m perftune collect --problems-file $FILES \
     --dataflows $DATAFLOWS $EXTRA --db $STORE --no-progress 2>&1 \
