@@ -205,15 +205,14 @@ class Collector:
         targets = [p for p in planned if p.key in runtimes]
         summary = SweepSummary(self.device["device_id"], self.device["kind"],
                                self.worker_timer_name(), planned=len(targets))
-        with self._campaign(summary, len(targets), started):
+        with self._campaign(summary, len(targets), started) as campaign_id:
             self._precompile(targets)
             for chunk in _chunks(targets, self.spec.chunk_size):
                 updates = {}
                 for item in chunk:
-                    result = self._energy_of(item, runtimes[item.key])
-                    summary.statuses[result["status"]] += 1
-                    if result["status"] == OK:
-                        updates[item.key] = {k: result.get(k) for k in ENERGY_FIELDS}
+                    update = self._energy_update(item, runtimes[item.key], campaign_id, summary)
+                    if update:
+                        updates[item.key] = update
                 summary.written += self.store.update_measurements(updates)
                 self._report(summary)
         return summary
@@ -253,12 +252,20 @@ class Collector:
         updates = {r["key"]: _retimed(r, r["key"] in energy) for r in rows if r["status"] == OK}
         for item in chunk:
             if not stale[item.key][0]:  # timed by the current timer; only the energy is stale
-                result = self._energy_of(item, stale[item.key][2])
-                summary.statuses[result["status"]] += 1
-                if result["status"] == OK:
-                    updates[item.key] = {"campaign_id": campaign_id,
-                                         **{k: result.get(k) for k in ENERGY_FIELDS}}
+                update = self._energy_update(item, stale[item.key][2], campaign_id, summary)
+                if update:
+                    updates[item.key] = update
         return updates
+
+    def _energy_update(self, item: Planned, call_ms: float, campaign_id: str,
+                       summary: SweepSummary) -> dict[str, Any] | None:
+        """A stored row's new energy columns, moved to this campaign (so that an export of
+        the campaign, or an import into an older store, carries them); None if it failed."""
+        result = self._energy_of(item, call_ms)
+        summary.statuses[result["status"]] += 1
+        if result["status"] != OK:
+            return None
+        return {"campaign_id": campaign_id, **{k: result.get(k) for k in ENERGY_FIELDS}}
 
     def _precompile(self, items: Sequence[Planned]) -> None:
         """Compile the items' kernels in a process pool ahead of the worker (GPU only)."""

@@ -34,6 +34,31 @@ def test_gpu_sweep_checks_times_and_measures_energy(tmp_path):
     assert ok.avg_power_w.between(20, 2000).all()
 
 
+def test_energy_only_measures_stored_rows_into_its_campaign(tmp_path):
+    """--energy-only fills the energy of stored rows, keeps their timings, and moves them to
+    its campaign: an export of the campaigns since a time (the device delta) carries them."""
+    from collectors.problems import Problem
+    from collectors.sweep import Collector, SweepSpec
+    from store import Store
+
+    problem = Problem.of("fp16", m=128, n=256, k=512)
+    spec = SweepSpec(family="gemm", problems=[problem], dataflows=["triton"], sample=2,
+                     interpret=False)
+    with Store(tmp_path / "energy_only.duckdb") as store:
+        Collector(store, spec).run()
+        before = store.query("SELECT key, runtime_ms, campaign_id FROM measurements")
+        spec.energy_only, spec.energy_window_s = True, 0.3
+        summary = Collector(store, spec).run()
+        after = store.query("SELECT key, runtime_ms, campaign_id, energy_per_call_j "
+                            "FROM measurements").merge(before, on="key",
+                                                       suffixes=("", "_before"))
+        campaigns = store.query("SELECT campaign_id FROM campaigns ORDER BY started_at")
+    assert summary.written == 2 and (after.energy_per_call_j > 0).all()
+    assert (after.runtime_ms == after.runtime_ms_before).all()
+    assert (after.campaign_id == campaigns.campaign_id.iloc[-1]).all()
+    assert (after.campaign_id != after.campaign_id_before).all()
+
+
 def test_energy_window_keeps_the_gpu_busy(tmp_path):
     """Energy per call must match power x GPU time per call: a window that leaves the GPU
     idle between batches dilutes the power and inflates the energy per call (seen before)."""
