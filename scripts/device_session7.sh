@@ -2,12 +2,11 @@
 # STAGE=narrow: the whole config space of the narrow training problems
 # (data/problems/gemm_whole_narrow.csv: few output tiles, so per-CTA streaming sets the time),
 # then, with the time left, CUDA-graph energy of a seeded sample of the whole-space training
-# problems' configs and the training split-K rows under 0.05 ms still timed by the first timer. STAGE=energy: CUDA-graph energy of a seeded sample of the whole-space training
-# problems' Triton and split-K configs (more rows for the power and energy forests), then
-# what narrow left.
+# problems' configs and the training split-K rows under 0.05 ms still timed by the first timer.
+# STAGE=energy: the GPU tests, then that energy and the split-K rows.
 # LIMIT (default 545) caps the seconds a call spends. Carry .whl_gpu and
-# data/runs/h100_dataset.duckdb. Only this call's rows come back, as
-# $OUT/delta.duckdb; merge it here with
+# data/runs/h100_dataset.duckdb. Only this call's rows come back, as $OUT/delta.duckdb; merge
+# it here with
 #   python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb --replace DELTA
 set -o pipefail
 . scripts/device_setup.sh || exit 1
@@ -22,8 +21,10 @@ case "${STAGE:-narrow}" in
   narrow) RUNS=("$NARROW|cublas,triton,triton_splitk|--all")
           for F in $WHOLE; do RUNS+=("$F|triton,triton_splitk|--sample 10 --seed 21 --energy-only"); done
           for F in $TRAIN; do RUNS+=("$F|triton_splitk|--all --retime-below 0.05"); done ;;
-  energy) RUNS=(); for F in $WHOLE; do RUNS+=("$F|triton,triton_splitk|--sample 10 --seed 21 --energy-only"); done
-          RUNS+=("$NARROW|cublas,triton,triton_splitk|--all") ;;
+  energy) echo "== gpu tests"
+          timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -8 | tee $OUT/gpu_tests.log
+          RUNS=(); for F in $WHOLE; do RUNS+=("$F|triton,triton_splitk|--sample 10 --seed 21 --energy-only"); done
+          for F in $TRAIN; do RUNS+=("$F|triton_splitk|--all --retime-below 0.05"); done ;;
 esac
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r FILES DATAFLOWS EXTRA <<< "$RUN"
