@@ -141,7 +141,7 @@ class Collector:
         self.on_progress = on_progress
         self.command = command or " ".join(sys.argv)
         self.mode = select_mode(spec.interpret)
-        self.worker = IsolatedWorker(spec.family, self.mode, energy=spec.energy)
+        self.worker = IsolatedWorker(spec.family, self.mode, energy=spec.energy or spec.energy_only)
         self.device: dict[str, Any] = {}
         self.precompiler: Precompiler | None = None
 
