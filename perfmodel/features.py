@@ -4,7 +4,7 @@ bytes moved with tile reuse) and device (SMs, measured ceilings, L2, memory)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,8 +29,11 @@ FEATURES = (
     "sm_count", "peak_tflops", "bandwidth_gbs", "l2_bytes", "log_roofline_ms",
     "acc_per_thread", "m_fill", "n_fill", "k_fill", "stage_ratio", "log_tile_flops",
     "occupancy", "waves_occupied", "wave_efficiency_occupied", "wgmma", "log_sm_work",
-    "a_align", "b_align",
+    "a_align", "b_align", "log_sm_bytes",
 )
+# Computed but not in the models: candidates that cross-validation over the training problems
+# did not keep (benchmarks/model_cv.py, results/model_cv.json).
+CANDIDATE_FEATURES = ("log_cta_bytes",)
 REGISTERS_PER_SM = 65536
 VECTOR_BYTES = 16  # the widest global load: a row stride that is a multiple of it vectorizes
 
@@ -63,14 +66,15 @@ def with_config_columns(frame: pd.DataFrame) -> pd.DataFrame:
 Columns = Mapping[str, Any]  # a DataFrame, or a dict of equal-length arrays (the fast path)
 
 
-def gemm_features(frame: pd.DataFrame) -> pd.DataFrame:
-    """The model's features for GEMM rows (columns m, n, k, dtype, dataflow, the config
-    parameters and the device properties)."""
+def gemm_features(frame: pd.DataFrame, *, names: Sequence[str] = FEATURES) -> pd.DataFrame:
+    """The model's features (or other ``names`` of them) for GEMM rows (columns m, n, k,
+    dtype, dataflow, the config parameters and the device properties)."""
     _require(frame, ["m", "n", "k", "dtype", "dataflow", *DEVICE_COLUMNS])
-    return pd.DataFrame(gemm_feature_arrays(frame), index=frame.index)
+    return pd.DataFrame(gemm_feature_arrays(frame, names=names), index=frame.index)
 
 
-def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
+def gemm_feature_arrays(frame: Columns, *, names: Sequence[str] = FEATURES
+                        ) -> dict[str, np.ndarray]:
     """:func:`gemm_features` as plain arrays, for callers that already checked the columns:
     the service ranks ~750 candidates per request, and pandas' per-operation overhead was most
     of that time."""
@@ -124,6 +128,9 @@ def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
     waves_occupied = tiles / (sms * occupancy)
     k_iters = np.ceil(k / split / bk)
     tile_work = bm * bn * bk * k_iters
+    # What one CTA streams through shared memory: with fewer tiles than SMs (a narrow
+    # output), how fast one CTA moves it, not the SM count, sets the time.
+    cta_bytes = (bm + bn) * bk * k_iters * eb
     features = {
         "log_m": np.log2(m), "log_n": np.log2(n), "log_k": np.log2(k), "element_bytes": eb,
         "log_flops": np.log2(flops), "log_min_bytes": np.log2(min_bytes),
@@ -150,11 +157,13 @@ def gemm_feature_arrays(frame: Columns) -> dict[str, np.ndarray]:
         "log_sm_work": np.log2(np.ceil(tiles / sms) * tile_work),
         "a_align": np.gcd((k * eb).astype(np.int64), VECTOR_BYTES).astype(float),
         "b_align": np.gcd((n * eb).astype(np.int64), VECTOR_BYTES).astype(float),
+        "log_cta_bytes": np.log2(cta_bytes),
+        "log_sm_bytes": np.log2(np.ceil(tiles / sms) * cta_bytes),
     }
     from perfmodel.roofline import roofline_arrays
 
     features["log_roofline_ms"] = np.log(roofline_arrays(features)["runtime_ms"])
-    return {name: features[name] for name in FEATURES}
+    return {name: features[name] for name in names}
 
 
 def shared_memory_bytes(stages: Any, block_m: Any, block_n: Any, block_k: Any,

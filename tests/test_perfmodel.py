@@ -12,7 +12,7 @@ import pytest
 import skops.io as sio
 
 from collectors.power.nvml import busy_energy
-from perfmodel.features import FEATURES, gemm_features
+from perfmodel.features import CANDIDATE_FEATURES, FEATURES, gemm_features
 from perfmodel.forest import EnergyForest, PowerForest, RuntimeForest
 from perfmodel.persist import FORMAT_VERSION, load_model, save_model
 from perfmodel.roofline import RooflineModel, roofline_parts
@@ -43,6 +43,19 @@ def test_features_are_finite_and_complete(rows: pd.DataFrame) -> None:
     assert list(features.columns) == list(FEATURES)
     assert np.isfinite(features.to_numpy(float)).all()
     assert (features["wave_efficiency"] <= 1).all() and (features["padding"] >= 1).all()
+
+
+def test_streamed_bytes_per_sm_grow_with_wasted_tile_rows(rows: pd.DataFrame) -> None:
+    """A one-row problem with 32 output tiles: a 64-row tile streams more per SM than a
+    16-row one (what the forest lacked when it picked 64-row tiles for 1x1024x4096)."""
+    device = rows.iloc[[0]].drop(columns=["BLOCK_M"])
+    narrow = pd.concat([device.assign(m=1, n=1024, k=4096, dtype="fp16", dataflow="triton",
+                                      BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=128)
+                        for block_m in (16, 64)], ignore_index=True)
+    features = gemm_features(narrow, names=[*FEATURES, *CANDIDATE_FEATURES])
+    assert features["log_sm_bytes"][1] - features["log_sm_bytes"][0] == pytest.approx(
+        np.log2((64 + 32) / (16 + 32)))
+    assert list(features.columns) == [*FEATURES, *CANDIDATE_FEATURES]
 
 
 def test_roofline_is_a_lower_bound_for_most_configs(rows: pd.DataFrame) -> None:

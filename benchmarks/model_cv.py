@@ -1,0 +1,126 @@
+"""Model choices by cross-validation over the *training* problems only (the held-out problems
+stay unseen until benchmarks/model_accuracy.py scores the choice); saves
+benchmarks/results/model_cv.json.
+
+    python benchmarks/model_cv.py [--folds 4] [--trees 60] [--seeds 2]
+
+Each variant is the shipped feature list less some columns or plus some candidates; for every
+fold of problems (a problem never on both sides) the runtime forest is fitted on the other
+folds and scored:
+runtime MAPE, within-Triton and across-dataflow regret (whole-space problems only, where every
+config is measured), and the power forest's median error on the busy-GPU energy rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from collectors.power.nvml import busy_energy  # noqa: E402
+from perfmodel.features import (  # noqa: E402
+    CANDIDATE_FEATURES,
+    FEATURES,
+    gemm_features,
+    load_measurements,
+)
+from perfmodel.forest import PowerForest, RuntimeForest  # noqa: E402
+from perfmodel.metrics import regret  # noqa: E402
+from store.dataset import build_store, heldout_mask  # noqa: E402
+from store.db import Store  # noqa: E402
+
+H100 = "nvidia-h100-80gb-hbm3"
+WHOLE_SPACE_TRITON = 100  # a problem with more Triton rows than this was swept whole
+# Each variant: the columns it leaves out of the shipped feature list, and the candidate
+# columns (perfmodel.features.CANDIDATE_FEATURES) it adds.
+VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "shipped": {},
+    "without_sm_bytes": {"drops": ("log_sm_bytes",)},
+    "with_cta_bytes": {"adds": ("log_cta_bytes",)},
+    "with_cta_bytes_without_sm_bytes": {"drops": ("log_sm_bytes",), "adds": ("log_cta_bytes",)},
+}
+
+
+def cross_validate(rows: pd.DataFrame, features: pd.DataFrame, columns: list[str], *,
+                   folds: int, trees: int, seeds: int) -> dict[str, float]:
+    """Mean over folds of problems, and over the forests' seeds, of the runtime and power
+    metrics of one feature set (a seed alone moves the regrets by ~0.005)."""
+    problems = (rows["shape"] + " " + rows["dtype"]).to_numpy()
+    triton_rows = rows[rows["dataflow"] == "triton"].groupby(["shape", "dtype"]).size()
+    whole = {f"{s} {d}" for (s, d), n in triton_rows.items() if n > WHOLE_SPACE_TRITON}
+    energy = busy_energy(rows).to_numpy()
+    scores: dict[str, list[float]] = {"runtime_mape": [], "regret_within_triton": [],
+                                      "regret_across_dataflows": [], "power_median_error": []}
+    splits = list(GroupKFold(n_splits=folds).split(features, groups=problems))
+    for (fit, test), seed in itertools.product(splits, range(seeds)):
+        x_fit, x_test = features.iloc[fit][columns], features.iloc[test][columns]
+        forest = RuntimeForest(n_estimators=trees, random_state=seed).fit(
+            x_fit, rows["runtime_ms"].iloc[fit], groups=problems[fit])
+        scored = rows.iloc[test].assign(predicted=forest.predict(x_test))
+        scores["runtime_mape"].append(float(np.mean(np.abs(
+            scored["predicted"] / scored["runtime_ms"] - 1))))
+        whole_rows = scored[np.isin(problems[test], list(whole))]
+        scores["regret_within_triton"].append(regret(whole_rows, "predicted",
+                                                     dataflows=("triton",)))
+        scores["regret_across_dataflows"].append(regret(whole_rows, "predicted"))
+        fit_power, test_power = fit[energy[fit]], test[energy[test]]
+        power = PowerForest(random_state=seed).fit(features.iloc[fit_power][columns],
+                                  rows["avg_power_w"].iloc[fit_power],
+                                  groups=problems[fit_power])
+        predicted = power.predict(features.iloc[test_power][columns])
+        scores["power_median_error"].append(float(np.median(np.abs(
+            predicted / rows["avg_power_w"].iloc[test_power].to_numpy() - 1))))
+    return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def _columns(drops: tuple[str, ...] = (), adds: tuple[str, ...] = ()) -> list[str]:
+    return [c for c in FEATURES if c not in drops] + list(adds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", type=Path, help="store (default: a fresh one from data/dataset)")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--trees", type=int, default=60)
+    parser.add_argument("--seeds", type=int, default=2, help="forest seeds per fold")
+    parser.add_argument("--results", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "model_cv.json")
+    args = parser.parse_args()
+    db = args.db
+    if db is None:
+        db = Path("/tmp") / "perftune-model-cv.duckdb"
+        db.unlink(missing_ok=True)
+        build_store(db)
+    with Store(db, read_only=True) as store:
+        h100 = load_measurements(store, family="gemm", device=H100)
+    train = h100[~heldout_mask(h100)].reset_index(drop=True)
+    features = gemm_features(train, names=[*FEATURES, *CANDIDATE_FEATURES])
+    variants = {name: cross_validate(train, features, _columns(**change), folds=args.folds,
+                                     trees=args.trees, seeds=args.seeds)
+                for name, change in VARIANTS.items()}
+    result = {"device": H100, "date": dt.date.today().isoformat(),
+              "command": f"python benchmarks/model_cv.py --folds {args.folds} "
+                         f"--trees {args.trees} --seeds {args.seeds}",
+              "data": "data/dataset (shipped), training problems only",
+              "train_problems": int(train.groupby(["shape", "dtype"]).ngroups),
+              "folds": args.folds, "seeds": args.seeds,
+              "variants": {name: {**VARIANTS[name], **scores}
+                           for name, scores in variants.items()}}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
+    print(pd.DataFrame(variants).T.to_string(float_format=lambda v: f"{v:.4f}"))
+
+
+if __name__ == "__main__":
+    main()
