@@ -27,17 +27,16 @@ from sklearn.model_selection import GroupKFold
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._shipped import gemm_measurements  # noqa: E402
 from collectors.power.nvml import busy_energy  # noqa: E402
 from perfmodel.features import (  # noqa: E402
     CANDIDATE_FEATURES,
     FEATURES,
     gemm_features,
-    load_measurements,
 )
 from perfmodel.forest import PowerForest, RuntimeForest  # noqa: E402
 from perfmodel.metrics import regret  # noqa: E402
-from store.dataset import build_store, heldout_mask  # noqa: E402
-from store.db import Store  # noqa: E402
+from store.dataset import heldout_mask  # noqa: E402
 
 H100 = "nvidia-h100-80gb-hbm3"
 WHOLE_SPACE_TRITON = 100  # a problem with more Triton rows than this was swept whole
@@ -97,13 +96,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "model_cv.json")
     args = parser.parse_args()
-    db = args.db
-    if db is None:
-        db = Path("/tmp") / "perftune-model-cv.duckdb"
-        db.unlink(missing_ok=True)
-        build_store(db)
-    with Store(db, read_only=True) as store:
-        h100 = load_measurements(store, family="gemm", device=H100)
+    h100 = gemm_measurements(args.db, "model-cv", device=H100)
     train = h100[~heldout_mask(h100)].reset_index(drop=True)
     features = gemm_features(train, names=[*FEATURES, *CANDIDATE_FEATURES])
     variants = {name: cross_validate(train, features, _columns(**change), folds=args.folds,

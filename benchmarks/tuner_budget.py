@@ -23,9 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._shipped import fresh_store  # noqa: E402
 from perfmodel.metrics import geomean  # noqa: E402
 from perfmodel.runtime import Predictor, fit_model  # noqa: E402
-from store.dataset import build_store, heldout_problems  # noqa: E402
+from store.dataset import heldout_problems  # noqa: E402
 from store.db import Store  # noqa: E402
 from tuner._base import Problem  # noqa: E402
 from tuner.replay import ReplayBackend  # noqa: E402
@@ -55,10 +56,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path,
                         default=ROOT / "benchmarks" / "results" / "tuner_budget.json")
     args = parser.parse_args()
-    db = Path("/tmp") / "perftune-tuner-budget.duckdb"
-    db.unlink(missing_ok=True)
-    build_store(db)
-    with Store(db, read_only=True) as store:
+    with Store(fresh_store("tuner-budget"), read_only=True) as store:
         model, meta = fit_model(store, devices=[H100])
         predictor = Predictor(model, meta)
         problems = whole_space_heldout(store)

@@ -1,0 +1,26 @@
+"""The benchmarks' data: the shipped dataset imported into a fresh store under /tmp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from perfmodel.features import load_measurements
+from store.dataset import build_store
+from store.db import Store
+
+
+def fresh_store(name: str) -> Path:
+    """A store built from data/dataset at /tmp/perftune-<name>.duckdb (rebuilt every run)."""
+    db = Path("/tmp") / f"perftune-{name}.duckdb"
+    db.unlink(missing_ok=True)
+    build_store(db)
+    return db
+
+
+def gemm_measurements(db: Path | None, name: str, *, device: str | None = None
+                      ) -> pd.DataFrame:
+    """The GEMM measurements (with device properties) of ``db``, or of a fresh store."""
+    with Store(db or fresh_store(name), read_only=True) as store:
+        return load_measurements(store, family="gemm", device=device)
