@@ -53,6 +53,10 @@ class SweepSpec:
     energy_only: bool = False
     retime_below_ms: float | None = None
 
+    def __post_init__(self) -> None:
+        # measuring only the energy is measuring energy: every energy path reads ``energy``
+        self.energy = self.energy or self.energy_only
+
 
 @dataclass
 class Planned:
@@ -141,7 +145,7 @@ class Collector:
         self.on_progress = on_progress
         self.command = command or " ".join(sys.argv)
         self.mode = select_mode(spec.interpret)
-        self.worker = IsolatedWorker(spec.family, self.mode, energy=spec.energy or spec.energy_only)
+        self.worker = IsolatedWorker(spec.family, self.mode, energy=spec.energy)
         self.device: dict[str, Any] = {}
         self.precompiler: Precompiler | None = None
 

@@ -386,7 +386,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.retime_below is not None and args.retime_below <= 0:
         raise PerftuneInputError("--retime-below needs a positive time in ms, e.g. 0.1")
     spec = SweepSpec(family=args.family, problems=problems, dataflows=dataflows,
-                     sample=sample, seed=args.seed, energy=args.energy or args.energy_only,
+                     sample=sample, seed=args.seed, energy=args.energy,
                      energy_window_s=args.energy_window, rounds=args.rounds,
                      max_rounds=max(4, args.rounds), timeout_s=args.timeout,
                      compile_workers=args.compile_workers, interpret=mode != GPU,

@@ -80,6 +80,16 @@ def test_retime_replaces_an_older_timers_short_rows_in_place(db: Path) -> None:
     assert {r["campaign_id"] for r in short} != {cublas["campaign_id"]}
 
 
+def test_energy_only_implies_measuring_energy() -> None:
+    """Every energy path reads ``energy``: an energy-only spec built without it (or derived
+    with ``replace``) must still open NVML and pick the Python-loop rows to re-measure."""
+    problems = [parse_problem("16x32x32", ("m", "n", "k"), "fp16")]
+    spec = SweepSpec(family="gemm", problems=problems, energy_only=True)
+    assert spec.energy
+    assert replace(SweepSpec(family="gemm", problems=problems), energy_only=True).energy
+    assert not SweepSpec(family="gemm", problems=problems).energy
+
+
 def test_wrong_config_is_recorded_and_not_timed(db: Path) -> None:
     with Store(db) as store:
         summary = Collector(store, _spec("tests.helpers:WrongGemm", "16x48x32")).run()

@@ -37,6 +37,8 @@ def test_gpu_sweep_checks_times_and_measures_energy(tmp_path):
 def test_energy_only_measures_stored_rows_into_its_campaign(tmp_path):
     """--energy-only fills the energy of stored rows, keeps their timings, and moves them to
     its campaign: an export of the campaigns since a time (the device delta) carries them."""
+    import dataclasses
+
     from collectors.problems import Problem
     from collectors.sweep import Collector, SweepSpec
     from store import Store
@@ -47,8 +49,8 @@ def test_energy_only_measures_stored_rows_into_its_campaign(tmp_path):
     with Store(tmp_path / "energy_only.duckdb") as store:
         Collector(store, spec).run()
         before = store.query("SELECT key, runtime_ms, campaign_id FROM measurements")
-        spec.energy_only, spec.energy_window_s = True, 0.3
-        summary = Collector(store, spec).run()
+        energy_only = dataclasses.replace(spec, energy_only=True, energy_window_s=0.3)
+        summary = Collector(store, energy_only).run()
         after = store.query("SELECT key, runtime_ms, campaign_id, energy_per_call_j "
                             "FROM measurements").merge(before, on="key",
                                                        suffixes=("", "_before"))
