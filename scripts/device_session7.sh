@@ -17,14 +17,14 @@ NARROW=data/problems/gemm_whole_narrow.csv
 WHOLE="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv"
 TRAIN="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv data/problems/gemm_sampled.csv data/problems/h100_fullspace_issue3.csv"
 # Each run: "problem files|dataflows|extra flags", in order, while time is left.
+LATER=()  # the energy sample, then the split-K re-time
+for F in $WHOLE; do LATER+=("$F|triton,triton_splitk|--sample 10 --seed 21 --energy-only"); done
+for F in $TRAIN; do LATER+=("$F|triton_splitk|--all --retime-below 0.05"); done
 case "${STAGE:-narrow}" in
-  narrow) RUNS=("$NARROW|cublas,triton,triton_splitk|--all")
-          for F in $WHOLE; do RUNS+=("$F|triton,triton_splitk|--sample 10 --seed 21 --energy-only"); done
-          for F in $TRAIN; do RUNS+=("$F|triton_splitk|--all --retime-below 0.05"); done ;;
+  narrow) RUNS=("$NARROW|cublas,triton,triton_splitk|--all" "${LATER[@]}") ;;
   energy) echo "== gpu tests"
           timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -8 | tee $OUT/gpu_tests.log
-          RUNS=(); for F in $WHOLE; do RUNS+=("$F|triton,triton_splitk|--sample 10 --seed 21 --energy-only"); done
-          for F in $TRAIN; do RUNS+=("$F|triton_splitk|--all --retime-below 0.05"); done ;;
+          RUNS=("${LATER[@]}") ;;
 esac
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r FILES DATAFLOWS EXTRA <<< "$RUN"
