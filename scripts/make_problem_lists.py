@@ -47,8 +47,8 @@ def llm_problems() -> list[dict[str, object]]:
     return rows
 
 
-def random_problems(count: int) -> list[dict[str, object]]:
-    rng = random.Random(25)
+def random_problems(count: int, seed: int = 25) -> list[dict[str, object]]:
+    rng = random.Random(seed)
     rows = []
     while len(rows) < count:
         m, n, k = (int(2 ** rng.uniform(0, 13)) for _ in range(3))
@@ -116,6 +116,8 @@ def main() -> None:
           "Large sampled GEMM problems (M >= 512) re-swept over the whole config space")
     write("gemm_whole_narrow.csv", narrow_whole_space(sampled, heldout),
           "Narrow sampled GEMM problems (M <= 128, N <= 1024, K >= 1024) re-swept whole")
+    write("gemm_breadth.csv", breadth_problems(everything, heldout),
+          "More training problems, few configs each (cuBLAS and a small sample)")
 
 
 def large_whole_space(sampled: list[dict[str, object]],
@@ -139,6 +141,33 @@ def narrow_whole_space(sampled: list[dict[str, object]],
     narrow = [r for r in sampled if int(r["m"]) <= 128 and int(r["n"]) <= 1024  # type: ignore[call-overload]
               and int(r["k"]) >= 1024 and _key(r) not in held]  # type: ignore[call-overload]
     return sorted(narrow, key=lambda r: (r["source"] == "random", _volume(r)))
+
+
+def breadth_problems(listed: list[dict[str, object]],
+                     heldout: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Training problems for breadth: every LLM layer x token count the lists above did not
+    draw, plus new random sizes, up to 2**38 multiply-adds. A model ranks dataflows by its
+    cuBLAS forest, which had one row per problem (~100): these give it (and the tiled
+    forests) more problems rather than more configs of the same ones. Shapes of held-out
+    problems are left out in either dtype; the order is shuffled, so a time-limited sweep
+    still covers the range."""
+    rng = random.Random(38)
+    taken = {(r["m"], r["n"], r["k"]) for r in listed + heldout}
+    rows: list[dict[str, object]] = []
+    ms = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+    for model, dims in MODELS.items():
+        for layer, (n, k) in layers(*dims).items():
+            for m in ms:
+                if (m, n, k) not in taken and m * n * k <= 2**38:
+                    taken.add((m, n, k))
+                    rows.append({"m": m, "n": n, "k": k, "source": f"{model}:{layer}"})
+    for row in random_problems(90, seed=26):
+        if (row["m"], row["n"], row["k"]) not in taken and _volume(row) <= 2**38:
+            taken.add((row["m"], row["n"], row["k"]))
+            rows.append(row)
+    rows = [dict(r, dtype=rng.choice(["fp16", "bf16"])) for r in rows]
+    rng.shuffle(rows)
+    return rows
 
 
 def _key(problem: dict[str, object]) -> tuple[object, ...]:
