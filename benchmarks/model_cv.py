@@ -4,9 +4,10 @@ benchmarks/results/model_cv.json.
 
     python benchmarks/model_cv.py [--folds 4] [--trees 60] [--seeds 2]
 
-Each variant is the shipped feature list less some columns or plus some candidates; for every
-fold of problems (a problem never on both sides) the runtime forest is fitted on the other
-folds and scored:
+Each variant is the shipped feature list less some columns or plus some candidates, or the
+shipped features fitted without the problems of some problem files (data choices: the scored
+problems are the same); for every fold of problems (a problem never on both sides) the runtime
+forest is fitted on the other folds and scored:
 runtime MAPE, within-Triton and across-dataflow regret (whole-space problems only, where every
 config is measured), and the power forest's median error on the busy-GPU energy rows.
 """
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._shipped import gemm_measurements  # noqa: E402
 from collectors.power.nvml import busy_energy  # noqa: E402
+from collectors.problems import read_problems_file  # noqa: E402
 from perfmodel.features import (  # noqa: E402
     CANDIDATE_FEATURES,
     FEATURES,
@@ -36,25 +38,32 @@ from perfmodel.features import (  # noqa: E402
 )
 from perfmodel.forest import PowerForest, RuntimeForest  # noqa: E402
 from perfmodel.metrics import regret  # noqa: E402
-from store.dataset import heldout_mask  # noqa: E402
+from store.dataset import DATA_DIR, heldout_mask  # noqa: E402
+from store.keys import canonical_shape  # noqa: E402
 
 H100 = "nvidia-h100-80gb-hbm3"
 WHOLE_SPACE_TRITON = 100  # a problem with more Triton rows than this was swept whole
-# Each variant: the columns it leaves out of the shipped feature list, and the candidate
-# columns (perfmodel.features.CANDIDATE_FEATURES) it adds.
+# Each variant: the columns it leaves out of the shipped feature list, the candidate columns
+# (perfmodel.features.CANDIDATE_FEATURES) it adds, and the problem files (data/problems/) whose
+# problems it does not fit on.
 VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "shipped": {},
     "without_sm_bytes": {"drops": ("log_sm_bytes",)},
     "with_cta_bytes": {"adds": ("log_cta_bytes",)},
-    "with_cta_bytes_without_sm_bytes": {"drops": ("log_sm_bytes",), "adds": ("log_cta_bytes",)},
+    "fit_without_breadth_random": {"fit_without": ("gemm_breadth_random.csv",)},
+    "fit_without_either_breadth": {"fit_without": ("gemm_breadth.csv",
+                                                   "gemm_breadth_random.csv")},
 }
 
 
 def cross_validate(rows: pd.DataFrame, features: pd.DataFrame, columns: list[str], *,
-                   folds: int, trees: int, seeds: int) -> dict[str, float]:
+                   folds: int, trees: int, seeds: int,
+                   fit_without: frozenset[str] = frozenset()) -> dict[str, float]:
     """Mean over folds of problems, and over the forests' seeds, of the runtime and power
-    metrics of one feature set (a seed alone moves the regrets by ~0.005)."""
+    metrics of one feature set (a seed alone moves the regrets by ~0.005), the problems of
+    ``fit_without`` never fitted on."""
     problems = (rows["shape"] + " " + rows["dtype"]).to_numpy()
+    fittable = ~np.isin(problems, list(fit_without))
     triton_rows = rows[rows["dataflow"] == "triton"].groupby(["shape", "dtype"]).size()
     whole = {f"{s} {d}" for (s, d), n in triton_rows.items() if n > WHOLE_SPACE_TRITON}
     energy = busy_energy(rows).to_numpy()
@@ -62,6 +71,7 @@ def cross_validate(rows: pd.DataFrame, features: pd.DataFrame, columns: list[str
                                       "regret_across_dataflows": [], "power_median_error": []}
     splits = list(GroupKFold(n_splits=folds).split(features, groups=problems))
     for (fit, test), seed in itertools.product(splits, range(seeds)):
+        fit = fit[fittable[fit]]
         x_fit, x_test = features.iloc[fit][columns], features.iloc[test][columns]
         forest = RuntimeForest(n_estimators=trees, random_state=seed).fit(
             x_fit, rows["runtime_ms"].iloc[fit], groups=problems[fit])
@@ -82,8 +92,19 @@ def cross_validate(rows: pd.DataFrame, features: pd.DataFrame, columns: list[str
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
-def _columns(drops: tuple[str, ...] = (), adds: tuple[str, ...] = ()) -> list[str]:
+def _columns(drops: tuple[str, ...] = (), adds: tuple[str, ...] = (), **_: object
+             ) -> list[str]:
     return [c for c in FEATURES if c not in drops] + list(adds)
+
+
+def _problems_of(files: tuple[str, ...] = (), **_: object) -> frozenset[str]:
+    """The "shape dtype" labels of the GEMM problems in ``files`` (under data/problems/)."""
+    labels = set()
+    for name in files:
+        for problem in read_problems_file(DATA_DIR / "problems" / name, ("m", "n", "k"),
+                                          "fp16"):
+            labels.add(f"{canonical_shape(problem.sizes)} {problem.dtype}")
+    return frozenset(labels)
 
 
 def main() -> None:
@@ -100,7 +121,8 @@ def main() -> None:
     train = h100[~heldout_mask(h100)].reset_index(drop=True)
     features = gemm_features(train, names=[*FEATURES, *CANDIDATE_FEATURES])
     variants = {name: cross_validate(train, features, _columns(**change), folds=args.folds,
-                                     trees=args.trees, seeds=args.seeds)
+                                     trees=args.trees, seeds=args.seeds,
+                                     fit_without=_problems_of(change.get("fit_without", ())))
                 for name, change in VARIANTS.items()}
     result = {"device": H100, "date": dt.date.today().isoformat(),
               "command": f"python benchmarks/model_cv.py --folds {args.folds} "

@@ -116,8 +116,11 @@ def main() -> None:
           "Large sampled GEMM problems (M >= 512) re-swept over the whole config space")
     write("gemm_whole_narrow.csv", narrow_whole_space(sampled, heldout),
           "Narrow sampled GEMM problems (M <= 128, N <= 1024, K >= 1024) re-swept whole")
-    write("gemm_breadth.csv", breadth_problems(everything, heldout),
+    breadth = breadth_problems(everything, heldout)
+    write("gemm_breadth.csv", breadth,
           "More training problems, few configs each (cuBLAS and a small sample)")
+    write("gemm_breadth_random.csv", breadth_random(everything + breadth, heldout),
+          "Random-size training problems, few configs each (cuBLAS and a small sample)")
 
 
 def large_whole_space(sampled: list[dict[str, object]],
@@ -168,6 +171,21 @@ def breadth_problems(listed: list[dict[str, object]],
     rows = [dict(r, dtype=rng.choice(["fp16", "bf16"])) for r in rows]
     rng.shuffle(rows)
     return rows
+
+
+def breadth_random(listed: list[dict[str, object]],
+                   heldout: list[dict[str, object]]) -> list[dict[str, object]]:
+    """500 more random sizes (not multiples of 16), none of a listed or held-out shape: in
+    cross-validation the dataflow picks failed most on such sizes, where cuBLAS's own
+    heuristics pick slow kernels."""
+    rng = random.Random(27)
+    taken = {(r["m"], r["n"], r["k"]) for r in listed + heldout}
+    rows: list[dict[str, object]] = []
+    for row in random_problems(560, seed=27):
+        if (row["m"], row["n"], row["k"]) not in taken and _volume(row) <= 2**38:
+            taken.add((row["m"], row["n"], row["k"]))
+            rows.append(dict(row, dtype=rng.choice(["fp16", "bf16"])))
+    return rows[:500]
 
 
 def _key(problem: dict[str, object]) -> tuple[object, ...]:
