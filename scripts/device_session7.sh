@@ -26,12 +26,4 @@ case "${STAGE:-narrow}" in
           timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -8 | tee $OUT/gpu_tests.log
           RUNS=("${LATER[@]}") ;;
 esac
-for RUN in "${RUNS[@]}"; do
-  IFS='|' read -r FILES DATAFLOWS EXTRA <<< "$RUN"
-  LEFT=$((${LIMIT:-545} - SECONDS)); [ $LEFT -gt 20 ] || break
-  echo "== $FILES $DATAFLOWS $EXTRA ($LEFT s left)"
-  timeout -s TERM $LEFT python3 -m perftune collect --problems-file $FILES \
-    --dataflows $DATAFLOWS $EXTRA --db $STORE --no-progress 2>&1 \
-    | grep -E "^(device|statuses|perftune|Error|error)" | head -20
-done
-python3 scripts/build_dataset.py --export-delta "$BEFORE" $STORE $OUT/delta.duckdb
+. scripts/device_runs.sh 545

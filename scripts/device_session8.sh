@@ -18,12 +18,4 @@ TRAIN="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv data/prob
 RUNS=("$BREADTH|cublas|--all" "$BREADTH|triton,triton_splitk|--sample ${SAMPLE:-6} --seed 38")
 for F in $TRAIN; do RUNS+=("$F|triton_splitk|--all --retime-below 0.05"); done
 RUNS+=("data/problems/gemm_whole_large.csv|triton,triton_splitk|--sample 10 --seed 21 --energy-only")
-for RUN in "${RUNS[@]}"; do
-  IFS='|' read -r FILES DATAFLOWS EXTRA <<< "$RUN"
-  LEFT=$((${LIMIT:-560} - SECONDS)); [ $LEFT -gt 20 ] || break
-  echo "== $FILES $DATAFLOWS $EXTRA ($LEFT s left)"
-  timeout -s TERM $LEFT python3 -m perftune collect --problems-file $FILES \
-    --dataflows $DATAFLOWS $EXTRA --db $STORE --no-progress 2>&1 \
-    | grep -E "^(device|statuses|perftune|Error|error)" | head -20
-done
-python3 scripts/build_dataset.py --export-delta "$BEFORE" $STORE $OUT/delta.duckdb
+. scripts/device_runs.sh 560

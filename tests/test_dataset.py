@@ -12,6 +12,7 @@ import pytest
 from collectors.power.nvml import BUSY_SQL
 from store.dataset import DATASET_DIR, build_store, heldout_problems
 from store.db import Store
+from store.keys import canonical_shape
 
 
 def test_shipped_dataset_loads_whole(tmp_path: Path) -> None:
@@ -52,6 +53,26 @@ def test_heldout_problems_are_measured(shipped: Path) -> None:
     assert len(heldout) >= 30
     assert heldout <= present, sorted(heldout - present)[:5]
     assert len(present - heldout) >= 100  # plenty left to train on
+
+
+@pytest.mark.parametrize("name", ["gemm_breadth.csv", "gemm_breadth_random.csv"])
+def test_breadth_problems_share_no_shape_with_heldout_ones(name: str, shipped: Path) -> None:
+    """The breadth lists add training problems; a held-out shape in the other dtype would
+    leak, so none may appear in either dtype. Every listed problem has its cuBLAS row."""
+    from collectors.problems import read_problems_file
+
+    problems = read_problems_file(DATASET_DIR.parent / "problems" / name, ("m", "n", "k"),
+                                  "fp16")
+    shapes = {shape for family, _, shape in heldout_problems() if family == "gemm"}
+    listed = {canonical_shape(problem.sizes) for problem in problems}
+    assert len(listed) == len(problems) >= 300
+    assert not listed & shapes, sorted(listed & shapes)[:5]
+    with Store(shipped, read_only=True) as store:
+        cublas = store.query("SELECT DISTINCT dtype, shape FROM measurements WHERE status = "
+                             "'ok' AND dataflow = 'cublas' AND family = 'gemm'")
+    measured = set(cublas.itertuples(index=False, name=None))
+    missing = {(p.dtype, canonical_shape(p.sizes)) for p in problems} - measured
+    assert not missing, sorted(missing)[:5]
 
 
 def test_energy_rows_cover_problems(shipped: Path) -> None:
