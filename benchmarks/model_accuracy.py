@@ -274,9 +274,24 @@ def _power_and_energy(train: pd.DataFrame, test: pd.DataFrame, train_features: p
                            (truth["energy_per_call_j"] >= low)
                            & (truth["energy_per_call_j"] <= high)))},
             "constant_power": {**errors(constant, constant_energy), "power_w": constant},
+            "power_error_by_problem": _power_error_by_problem(truth, predicted_power),
             # EnergyForest against the power forest's setup on energy (no roofline baseline)
             "energy_without_roofline_baseline": errors(predicted_power, PowerForest().fit(
                 fit_x, train["energy_per_call_j"][fit_rows], groups=groups).predict(test_x))}
+
+
+def _power_error_by_problem(truth: pd.DataFrame, predicted_w: np.ndarray
+                            ) -> dict[str, dict[str, float]]:
+    """Per held-out problem: its rows' median measured power, and the median relative error
+    and median signed error (bias) of the power forest, worst first."""
+    error = predicted_w / truth["avg_power_w"].to_numpy() - 1
+    frame = truth.assign(error=error, absolute=np.abs(error))
+    rows = {f"{shape} {dtype}": {"rows": len(group),
+                                 "median_power_w": float(group["avg_power_w"].median()),
+                                 "median_error": float(group["absolute"].median()),
+                                 "median_bias": float(group["error"].median())}
+            for (shape, dtype), group in frame.groupby(["shape", "dtype"])}
+    return dict(sorted(rows.items(), key=lambda item: -item[1]["median_error"]))
 
 
 def _print(result: dict[str, object]) -> None:
