@@ -60,3 +60,18 @@ def test_a_read_token_closes_reads(shipped: Path, model_file: Path, tmp_path: Pa
         # no write token configured: writes are refused outright
         assert client.post("/v1/measurements", json={"measurements": []},
                            headers={"Authorization": "Bearer reader"}).status_code == 403
+
+
+def test_loaded_knowledge_is_kept_out_of_the_collector(shipped: Path, model_file: Path,
+                                                       tmp_path: Path) -> None:
+    """A full collection walking the loaded store rows and models was the p99 of batch
+    requests (~300 ms); the service freezes them at start-up and lets go at shutdown."""
+    import gc
+
+    db = tmp_path / "served.duckdb"
+    shutil.copy(shipped, db)
+    before = gc.get_freeze_count()
+    with TestClient(create_app(Settings(db=db, model=model_file))) as client:
+        assert client.get("/v1/devices").status_code == 200
+        assert gc.get_freeze_count() > before + 100_000
+    assert gc.get_freeze_count() == 0
