@@ -97,7 +97,7 @@ def _columns(drops: tuple[str, ...] = (), adds: tuple[str, ...] = (), **_: objec
     return [c for c in FEATURES if c not in drops] + list(adds)
 
 
-def _problems_of(files: tuple[str, ...] = (), **_: object) -> frozenset[str]:
+def _problems_of(files: tuple[str, ...]) -> frozenset[str]:
     """The "shape dtype" labels of the GEMM problems in ``files`` (under data/problems/)."""
     labels = set()
     for name in files:
