@@ -155,19 +155,14 @@ def breadth_problems(listed: list[dict[str, object]],
     problems are left out in either dtype; the order is shuffled, so a time-limited sweep
     still covers the range."""
     rng = random.Random(38)
-    taken = {(r["m"], r["n"], r["k"]) for r in listed + heldout}
+    taken = _shapes(listed + heldout)
     rows: list[dict[str, object]] = []
     ms = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
     for model, dims in MODELS.items():
         for layer, (n, k) in layers(*dims).items():
-            for m in ms:
-                if (m, n, k) not in taken and m * n * k <= 2**38:
-                    taken.add((m, n, k))
-                    rows.append({"m": m, "n": n, "k": k, "source": f"{model}:{layer}"})
-    for row in random_problems(90, seed=26):
-        if (row["m"], row["n"], row["k"]) not in taken and _volume(row) <= 2**38:
-            taken.add((row["m"], row["n"], row["k"]))
-            rows.append(row)
+            rows += _unlisted([{"m": m, "n": n, "k": k, "source": f"{model}:{layer}"}
+                               for m in ms], taken)
+    rows += _unlisted(random_problems(90, seed=26), taken)
     rows = [dict(r, dtype=rng.choice(["fp16", "bf16"])) for r in rows]
     rng.shuffle(rows)
     return rows
@@ -179,13 +174,25 @@ def breadth_random(listed: list[dict[str, object]],
     cross-validation the dataflow picks failed most on such sizes, where cuBLAS's own
     heuristics pick slow kernels."""
     rng = random.Random(27)
-    taken = {(r["m"], r["n"], r["k"]) for r in listed + heldout}
-    rows: list[dict[str, object]] = []
-    for row in random_problems(560, seed=27):
-        if (row["m"], row["n"], row["k"]) not in taken and _volume(row) <= 2**38:
-            taken.add((row["m"], row["n"], row["k"]))
-            rows.append(dict(row, dtype=rng.choice(["fp16", "bf16"])))
-    return rows[:500]
+    rows = _unlisted(random_problems(560, seed=27), _shapes(listed + heldout))
+    return [dict(r, dtype=rng.choice(["fp16", "bf16"])) for r in rows][:500]
+
+
+def _unlisted(candidates: list[dict[str, object]],
+              taken: set[tuple[object, ...]]) -> list[dict[str, object]]:
+    """The candidates of a new shape up to 2**38 multiply-adds, in order; adds them to
+    ``taken``."""
+    rows = []
+    for row in candidates:
+        shape = (row["m"], row["n"], row["k"])
+        if shape not in taken and _volume(row) <= 2**38:
+            taken.add(shape)
+            rows.append(row)
+    return rows
+
+
+def _shapes(rows: list[dict[str, object]]) -> set[tuple[object, ...]]:
+    return {(r["m"], r["n"], r["k"]) for r in rows}
 
 
 def _key(problem: dict[str, object]) -> tuple[object, ...]:
