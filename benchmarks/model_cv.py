@@ -53,6 +53,7 @@ VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "fit_without_breadth_random": {"fit_without": ("gemm_breadth_random.csv",)},
     "fit_without_either_breadth": {"fit_without": ("gemm_breadth.csv",
                                                    "gemm_breadth_random.csv")},
+    "fit_without_whole_regimes": {"fit_without": ("gemm_whole_regimes.csv",)},
 }
 
 

@@ -119,8 +119,11 @@ def main() -> None:
     breadth = breadth_problems(everything, heldout)
     write("gemm_breadth.csv", breadth,
           "More training problems, few configs each (cuBLAS and a small sample)")
-    write("gemm_breadth_random.csv", breadth_random(everything + breadth, heldout),
+    random_breadth = breadth_random(everything + breadth, heldout)
+    write("gemm_breadth_random.csv", random_breadth,
           "Random-size training problems, few configs each (cuBLAS and a small sample)")
+    write("gemm_whole_regimes.csv", regime_whole_space(breadth + random_breadth),
+          "Breadth training problems of the least-swept regimes, re-swept whole")
 
 
 def large_whole_space(sampled: list[dict[str, object]],
@@ -176,6 +179,28 @@ def breadth_random(listed: list[dict[str, object]],
     rng = random.Random(27)
     rows = _unlisted(random_problems(560, seed=27), _shapes(listed + heldout))
     return [dict(r, dtype=rng.choice(["fp16", "bf16"])) for r in rows][:500]
+
+
+def regime_whole_space(breadth: list[dict[str, object]],
+                       per_regime: int = 10) -> list[dict[str, object]]:
+    """Breadth training problems to re-sweep over the whole space, from the three regimes
+    with the smallest whole-space share among the training problems (2026-11-24: decode
+    M <= 16 12 of 276, a narrow N or K <= 300 9 of 364, 2^30 to 2^35 multiply-adds 10 of 162;
+    small and large problems had 17%): the rankings are learned from whole-space problems.
+    ``per_regime`` each, seeded, the regimes interleaved so that a time-limited sweep stays
+    balanced. The breadth lists already exclude held-out shapes."""
+    def regime(row: dict[str, object]) -> str:
+        m, n, k = (int(row[d]) for d in ("m", "n", "k"))  # type: ignore[call-overload]
+        if m <= 16:
+            return "decode"
+        if min(n, k) <= 300:
+            return "narrow"
+        return "mid" if 2**30 <= _volume(row) < 2**35 else "other"
+
+    rng = random.Random(39)
+    drawn = [rng.sample([r for r in breadth if regime(r) == name], per_regime)
+             for name in ("decode", "narrow", "mid")]
+    return [row for group in zip(*drawn, strict=True) for row in group]
 
 
 def _unlisted(candidates: list[dict[str, object]],

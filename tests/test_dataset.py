@@ -75,6 +75,27 @@ def test_breadth_problems_share_no_shape_with_heldout_ones(name: str, shipped: P
     assert not missing, sorted(missing)[:5]
 
 
+def test_regime_whole_space_list_is_drawn_from_the_breadth_lists(shipped: Path) -> None:
+    """gemm_whole_regimes.csv re-sweeps breadth problems (so it inherits their held-out
+    exclusion), ten per regime; the swept ones have every config that fits measured."""
+    from collectors.problems import read_problems_file
+
+    def labels(name: str) -> list[tuple[str, str]]:
+        problems = read_problems_file(DATASET_DIR.parent / "problems" / name, ("m", "n", "k"),
+                                      "fp16")
+        return [(p.dtype, canonical_shape(p.sizes)) for p in problems]
+
+    regimes = labels("gemm_whole_regimes.csv")
+    breadth = set(labels("gemm_breadth.csv")) | set(labels("gemm_breadth_random.csv"))
+    assert len(set(regimes)) == len(regimes) == 30
+    assert set(regimes) <= breadth
+    with Store(shipped, read_only=True) as store:
+        counts = store.query("SELECT dtype, shape, count(*) AS n FROM measurements WHERE "
+                             "status = 'ok' AND dataflow = 'triton' GROUP BY ALL")
+    swept = {(d, s) for d, s, n in counts.itertuples(index=False, name=None) if n >= 400}
+    assert len(set(regimes) & swept) >= 20
+
+
 def test_energy_rows_cover_problems(shipped: Path) -> None:
     with Store(shipped, read_only=True) as store:
         spread = store.query("SELECT count(DISTINCT shape) AS problems, count(*) AS n FROM "
