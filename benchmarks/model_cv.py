@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._shipped import gemm_measurements  # noqa: E402
 from collectors.power.nvml import busy_energy  # noqa: E402
-from collectors.problems import read_problems_file  # noqa: E402
 from perfmodel.features import (  # noqa: E402
     CANDIDATE_FEATURES,
     FEATURES,
@@ -38,8 +37,7 @@ from perfmodel.features import (  # noqa: E402
 )
 from perfmodel.forest import PowerForest, RuntimeForest  # noqa: E402
 from perfmodel.metrics import regret  # noqa: E402
-from store.dataset import DATA_DIR, heldout_mask  # noqa: E402
-from store.keys import canonical_shape  # noqa: E402
+from store.dataset import PROBLEMS_DIR, heldout_mask, listed_problems  # noqa: E402
 
 H100 = "nvidia-h100-80gb-hbm3"
 WHOLE_SPACE_TRITON = 100  # a problem with more Triton rows than this was swept whole
@@ -100,12 +98,8 @@ def _columns(drops: tuple[str, ...] = (), adds: tuple[str, ...] = (), **_: objec
 
 def _problems_of(files: tuple[str, ...]) -> frozenset[str]:
     """The "shape dtype" labels of the GEMM problems in ``files`` (under data/problems/)."""
-    labels = set()
-    for name in files:
-        for problem in read_problems_file(DATA_DIR / "problems" / name, ("m", "n", "k"),
-                                          "fp16"):
-            labels.add(f"{canonical_shape(problem.sizes)} {problem.dtype}")
-    return frozenset(labels)
+    return frozenset(f"{shape} {dtype}" for name in files
+                     for _, dtype, shape in listed_problems(PROBLEMS_DIR / name))
 
 
 def main() -> None:

@@ -18,20 +18,27 @@ from store.keys import canonical_shape
 
 DATA_DIR = DEFAULT_DB.parent
 DATASET_DIR = DATA_DIR / "dataset"
-HELDOUT_FILE = DATA_DIR / "problems" / "heldout.csv"
+PROBLEMS_DIR = DATA_DIR / "problems"
+HELDOUT_FILE = PROBLEMS_DIR / "heldout.csv"
 _DIMS = {"gemm": ("m", "n", "k"), "rmsnorm": ("m", "n")}
+
+
+def listed_problems(path: Path, family: str = "gemm") -> list[tuple[str, str, str]]:
+    """(family, dtype, shape) of every problem of a problem file (data/problems/*.csv), in
+    order; a file without a family or dtype column lists ``family`` problems in fp16."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    problems = []
+    for row in rows:
+        kind = row.get("family") or family
+        dims = {name: int(row[name]) for name in _DIMS[kind]}
+        problems.append((kind, row.get("dtype") or "fp16", canonical_shape(dims)))
+    return problems
 
 
 def heldout_problems(path: Path = HELDOUT_FILE) -> set[tuple[str, str, str]]:
     """(family, dtype, shape) of every held-out problem: no model may train on these."""
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
-    problems = set()
-    for row in rows:
-        family = row["family"]
-        dims = {name: int(row[name]) for name in _DIMS[family]}
-        problems.add((family, row["dtype"], canonical_shape(dims)))
-    return problems
+    return set(listed_problems(path))
 
 
 def heldout_mask(rows: pd.DataFrame, family: str = "gemm") -> np.ndarray:

@@ -10,9 +10,14 @@ import pandas as pd
 import pytest
 
 from collectors.power.nvml import BUSY_SQL
-from store.dataset import DATASET_DIR, build_store, heldout_problems
+from store.dataset import (
+    DATASET_DIR,
+    PROBLEMS_DIR,
+    build_store,
+    heldout_problems,
+    listed_problems,
+)
 from store.db import Store
-from store.keys import canonical_shape
 
 
 def test_shipped_dataset_loads_whole(tmp_path: Path) -> None:
@@ -55,38 +60,31 @@ def test_heldout_problems_are_measured(shipped: Path) -> None:
     assert len(present - heldout) >= 100  # plenty left to train on
 
 
+def _listed(name: str) -> list[tuple[str, str]]:
+    return [(dtype, shape) for _, dtype, shape in listed_problems(PROBLEMS_DIR / name)]
+
+
 @pytest.mark.parametrize("name", ["gemm_breadth.csv", "gemm_breadth_random.csv"])
 def test_breadth_problems_share_no_shape_with_heldout_ones(name: str, shipped: Path) -> None:
     """The breadth lists add training problems; a held-out shape in the other dtype would
     leak, so none may appear in either dtype. Every listed problem has its cuBLAS row."""
-    from collectors.problems import read_problems_file
-
-    problems = read_problems_file(DATASET_DIR.parent / "problems" / name, ("m", "n", "k"),
-                                  "fp16")
+    problems = _listed(name)
     shapes = {shape for family, _, shape in heldout_problems() if family == "gemm"}
-    listed = {canonical_shape(problem.sizes) for problem in problems}
+    listed = {shape for _, shape in problems}
     assert len(listed) == len(problems) >= 300
     assert not listed & shapes, sorted(listed & shapes)[:5]
     with Store(shipped, read_only=True) as store:
         cublas = store.query("SELECT DISTINCT dtype, shape FROM measurements WHERE status = "
                              "'ok' AND dataflow = 'cublas' AND family = 'gemm'")
-    measured = set(cublas.itertuples(index=False, name=None))
-    missing = {(p.dtype, canonical_shape(p.sizes)) for p in problems} - measured
+    missing = set(problems) - set(cublas.itertuples(index=False, name=None))
     assert not missing, sorted(missing)[:5]
 
 
 def test_regime_whole_space_list_is_drawn_from_the_breadth_lists(shipped: Path) -> None:
     """gemm_whole_regimes.csv re-sweeps breadth problems (so it inherits their held-out
-    exclusion), ten per regime; the swept ones have every config that fits measured."""
-    from collectors.problems import read_problems_file
-
-    def labels(name: str) -> list[tuple[str, str]]:
-        problems = read_problems_file(DATASET_DIR.parent / "problems" / name, ("m", "n", "k"),
-                                      "fp16")
-        return [(p.dtype, canonical_shape(p.sizes)) for p in problems]
-
-    regimes = labels("gemm_whole_regimes.csv")
-    breadth = set(labels("gemm_breadth.csv")) | set(labels("gemm_breadth_random.csv"))
+    exclusion), ten per regime; at least 20 of them have every Triton config measured."""
+    regimes = _listed("gemm_whole_regimes.csv")
+    breadth = set(_listed("gemm_breadth.csv")) | set(_listed("gemm_breadth_random.csv"))
     assert len(set(regimes)) == len(regimes) == 30
     assert set(regimes) <= breadth
     with Store(shipped, read_only=True) as store:
