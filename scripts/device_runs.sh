@@ -1,6 +1,10 @@
-# Source after device_setup.sh, with STORE, BEFORE and RUNS set: runs each entry of RUNS
-# ("problem files|dataflows|extra collect flags") in order while LIMIT (seconds, default
-# $1) is not spent, then writes this call's rows to $OUT/delta.duckdb.
+# Source after device_setup.sh, with RUNS set: copies the carried store
+# (data/runs/h100_dataset.duckdb) to STORE, runs each entry of RUNS ("problem files|dataflows|
+# extra collect flags") in order on it while LIMIT (seconds since the calling script started,
+# default $1) is not spent, then writes this call's rows to $OUT/delta.duckdb.
+STORE=/tmp/h100_dataset.duckdb
+cp data/runs/h100_dataset.duckdb $STORE
+BEFORE=$(date -u +"%Y-%m-%d %H:%M:%S")
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r FILES DATAFLOWS EXTRA <<< "$RUN"
   LEFT=$((${LIMIT:-${1:-560}} - SECONDS)); [ $LEFT -gt 20 ] || break

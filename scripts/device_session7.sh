@@ -10,9 +10,6 @@
 #   python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb --replace DELTA
 set -o pipefail
 . scripts/device_setup.sh || exit 1
-STORE=/tmp/h100_dataset.duckdb
-cp data/runs/h100_dataset.duckdb $STORE
-BEFORE=$(date -u +"%Y-%m-%d %H:%M:%S")
 NARROW=data/problems/gemm_whole_narrow.csv
 WHOLE="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv"
 TRAIN="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv data/problems/gemm_sampled.csv data/problems/h100_fullspace_issue3.csv"

@@ -9,9 +9,6 @@
 #   python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb --replace DELTA
 set -o pipefail
 . scripts/device_setup.sh || exit 1
-STORE=/tmp/h100_dataset.duckdb
-cp data/runs/h100_dataset.duckdb $STORE
-BEFORE=$(date -u +"%Y-%m-%d %H:%M:%S")
 BREADTH=${BREADTH:-data/problems/gemm_breadth.csv}
 TRAIN="data/problems/gemm_whole.csv data/problems/gemm_whole_large.csv data/problems/gemm_sampled.csv data/problems/h100_fullspace_issue3.csv"
 # Each run: "problem files|dataflows|extra flags", in order, while time is left.

@@ -10,9 +10,6 @@
 #   python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb --replace DELTA
 set -o pipefail
 . scripts/device_setup.sh || exit 1
-STORE=/tmp/h100_dataset.duckdb
-cp data/runs/h100_dataset.duckdb $STORE
-BEFORE=$(date -u +"%Y-%m-%d %H:%M:%S")
 REGIMES=data/problems/gemm_whole_regimes.csv
 RANDOM_BREADTH=data/problems/gemm_breadth_random.csv
 if [ "${STAGE:-whole}" = energy ]; then
