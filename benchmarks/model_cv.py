@@ -6,8 +6,8 @@ benchmarks/results/model_cv.json.
 
 Each variant is the shipped feature list less some columns or plus some candidates, or the
 shipped features fitted without the problems of some problem files (data choices: the scored
-problems are the same); for every fold of problems (a problem never on both sides) the runtime
-forest is fitted on the other folds and scored:
+problems are the same), or other power-forest parameters; for every fold of problems (a
+problem never on both sides) the runtime forest is fitted on the other folds and scored:
 runtime MAPE, within-Triton and across-dataflow regret (whole-space problems only, where every
 config is measured), and the power forest's median error on the busy-GPU energy rows.
 """
@@ -20,6 +20,7 @@ import itertools
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,8 +44,8 @@ H100 = "nvidia-h100-80gb-hbm3"
 WHOLE_SPACE_TRITON = 100  # a problem with more Triton rows than this was swept whole
 # Each variant: the columns it leaves out of the shipped feature list, the candidate columns
 # (perfmodel.features.CANDIDATE_FEATURES) it adds, and the problem files (data/problems/) whose
-# problems it does not fit on.
-VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
+# problems it does not fit on, or the power forest parameters it changes (power_params).
+VARIANTS: dict[str, dict[str, Any]] = {
     "shipped": {},
     "without_sm_bytes": {"drops": ("log_sm_bytes",)},
     "with_cta_bytes": {"adds": ("log_cta_bytes",)},
@@ -52,12 +53,14 @@ VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "fit_without_either_breadth": {"fit_without": ("gemm_breadth.csv",
                                                    "gemm_breadth_random.csv")},
     "fit_without_whole_regimes": {"fit_without": ("gemm_whole_regimes.csv",)},
+    "power_forest_shared_with_cublas": {"power_params": {"separate": None}},
 }
 
 
 def cross_validate(rows: pd.DataFrame, features: pd.DataFrame, columns: list[str], *,
                    folds: int, trees: int, seeds: int,
-                   fit_without: frozenset[str] = frozenset()) -> dict[str, float]:
+                   fit_without: frozenset[str] = frozenset(),
+                   power_params: dict[str, Any] | None = None) -> dict[str, float]:
     """Mean over folds of problems, and over the forests' seeds, of the runtime and power
     metrics of one feature set (a seed alone moves the regrets by ~0.005), the problems of
     ``fit_without`` never fitted on."""
@@ -82,9 +85,9 @@ def cross_validate(rows: pd.DataFrame, features: pd.DataFrame, columns: list[str
                                                      dataflows=("triton",)))
         scores["regret_across_dataflows"].append(regret(whole_rows, "predicted"))
         fit_power, test_power = fit[energy[fit]], test[energy[test]]
-        power = PowerForest(random_state=seed).fit(features.iloc[fit_power][columns],
-                                  rows["avg_power_w"].iloc[fit_power],
-                                  groups=problems[fit_power])
+        power = PowerForest(random_state=seed, **(power_params or {})).fit(
+            features.iloc[fit_power][columns], rows["avg_power_w"].iloc[fit_power],
+            groups=problems[fit_power])
         predicted = power.predict(features.iloc[test_power][columns])
         scores["power_median_error"].append(float(np.median(np.abs(
             predicted / rows["avg_power_w"].iloc[test_power].to_numpy() - 1))))
@@ -117,7 +120,8 @@ def main() -> None:
     features = gemm_features(train, names=[*FEATURES, *CANDIDATE_FEATURES])
     variants = {name: cross_validate(train, features, _columns(**change), folds=args.folds,
                                      trees=args.trees, seeds=args.seeds,
-                                     fit_without=_problems_of(change.get("fit_without", ())))
+                                     fit_without=_problems_of(change.get("fit_without", ())),
+                                     power_params=change.get("power_params"))
                 for name, change in VARIANTS.items()}
     result = {"device": H100, "date": dt.date.today().isoformat(),
               "command": f"python benchmarks/model_cv.py --folds {args.folds} "
