@@ -232,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         "kept). The default store data/perftune.duckdb is built this way by itself the first "
         "time a command opens it.")
     _db_option(init)
+    compact = db_sub.add_parser(
+        "compact", help="rewrite the store file without the space freed rows left",
+        description="Rewrite the store without the free blocks that re-measured and replaced "
+        "rows leave (DuckDB does not shrink its file). The original is replaced only once the "
+        "copy is complete, with as many rows per table.")
+    _db_option(compact)
     serve = sub.add_parser(
         "serve", help="run the REST service (FastAPI on uvicorn): recommendations over HTTP",
         description="Serve recommendations over HTTP (OpenAPI docs at /docs). Starts from the "
@@ -653,7 +659,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     from store.db import Store
 
     if args.db_command is None:
-        raise PerftuneInputError("give a db command: stats, export, import, init or migrate")
+        raise PerftuneInputError("give a db command: stats, export, import, init, migrate or "
+                                 "compact")
     if args.db_command == "migrate":
         with Store(args.db) as store:
             print(f"{store.path}: schema v{store.schema_version()}")
@@ -665,6 +672,13 @@ def cmd_db(args: argparse.Namespace) -> int:
         print("loaded the shipped dataset (new rows; refreshed: stored rows it measured "
               "later): "
               + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
+    if args.db_command == "compact":
+        from store.db import compact_store, default_db_path
+
+        path = args.db or default_db_path()
+        before, after = compact_store(path)
+        print(f"compacted {path}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
         return 0
     if args.db_command == "import":
         from store.db import read_export

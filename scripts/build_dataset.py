@@ -8,9 +8,10 @@
     python scripts/build_dataset.py --export-delta "2026-11-24 10:00:00" STORE DELTA.duckdb
 
 (``--replace``: the delta's measurements replace stored ones of the same key, as after
-``perftune collect --retime-below``. ``--export-delta SINCE``, on the GPU machine: the campaigns
-started since SINCE (UTC) and their rows, as a small store to bring back: a whole store can be
-over what a device call may return.)
+``perftune collect --retime-below``; the merged store is compacted, as ``perftune db
+compact`` does, so that it stays small enough to carry to the device. ``--export-delta
+SINCE``, on the GPU machine: the campaigns started since SINCE (UTC) and their rows, as a
+small store to bring back: a whole store can be over what a device call may return.)
 
 Merges the stores (GPU devices only: interpreter rows never ship), marks campaigns that a time
 limit ended without a clean finish as interrupted, counts what each campaign wrote, and writes
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from store.dataset import DATASET_DIR, HELDOUT_FILE, heldout_problems  # noqa: E402
-from store.db import Store  # noqa: E402
+from store.db import Store, compact_store  # noqa: E402
 
 
 def merge(sources: list[Path], target: Path, *, replace: bool = False) -> None:
@@ -115,7 +116,9 @@ def main() -> None:
         return
     if args.merge_into:
         merge(args.stores, args.merge_into, replace=args.replace)
-        print(f"merged {', '.join(map(str, args.stores))} into {args.merge_into}")
+        before, after = compact_store(args.merge_into)
+        print(f"merged {', '.join(map(str, args.stores))} into {args.merge_into} "
+              f"({before / 2**20:.1f} -> {after / 2**20:.1f} MiB compacted)")
         return
     with tempfile.TemporaryDirectory() as tmp:
         merged = Path(tmp) / "merged.duckdb"

@@ -107,6 +107,9 @@ def test_db_stats_export_import(db: Path, tmp_path: Path, cli: Cli) -> None:
     assert "measurements 0" in out
     code, _, err = cli("db", "import", str(tmp_path), "--db", copy)
     assert code == 2 and "no manifest.json" in err
+    code, out, _ = cli("db", "compact", "--db", copy)
+    assert code == 0 and "compacted" in out and "MiB" in out
+    assert json.loads(cli("db", "stats", "--db", copy, "--json")[1])[0]["ok"] == 1
 
 
 def test_older_store_is_migrated_on_request(db: Path, cli: Cli) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from store.db import Store, read_export
+from store.db import Store, compact_store, read_export
 from store.errors import StoreError
 from store.schema import SCHEMA_VERSION
 from tests.conftest import fingerprint
@@ -149,3 +149,32 @@ def test_v1_store_is_migrated_and_keeps_its_rows(db: Path) -> None:
         assert store.energy_targets(["old"]) == {}
         with pytest.raises(StoreError, match="cannot update"):
             store.update_measurements({"old": {"nonsense": 1}})
+
+
+def test_compact_keeps_every_row_and_the_key_constraint(db: Path) -> None:
+    rows = [_row(f"k{i}", runtime_ms=float(i)) for i in range(3000)]
+    with Store(db) as store:
+        store.insert("measurements", rows)
+        for shift in (1, 2, 3):  # re-measured rows leave free blocks behind
+            store.update_measurements({f"k{i}": {"runtime_ms": float(i + shift)}
+                                       for i in range(3000)})
+        original = store.query("SELECT * FROM measurements ORDER BY key")
+    before, after = compact_store(db)
+    assert 0 < after <= before
+    assert not db.with_name(db.name + ".compacting").exists()
+    with Store(db) as store:
+        assert store.query("SELECT * FROM measurements ORDER BY key").equals(original)
+        assert store.schema_version() == SCHEMA_VERSION
+        with pytest.raises(duckdb.ConstraintException):
+            store.con.execute("INSERT INTO measurements BY NAME SELECT * FROM measurements "
+                              "LIMIT 1")
+
+
+def test_compact_refuses_what_is_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store"):
+        compact_store(tmp_path / "missing.duckdb")
+    text = tmp_path / "notes.duckdb"
+    text.write_text("not a database")
+    with pytest.raises(StoreError):
+        compact_store(text)
+    assert text.read_text() == "not a database"
