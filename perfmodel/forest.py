@@ -134,9 +134,9 @@ class PowerForest(RuntimeForest):
     """The same forest on a device's average power (W) or energy per call (J) of a config:
     log target, no baseline (``residual_of=None``), the calibrated spread as its uncertainty.
     As for runtime, cuBLAS rows get a forest of their own (``separate="is_cublas"``: its
-    kernels are not the tiled ones; CV median power error 3.31% against 3.58% shared, over
-    the training problems, 2026-11-24). Train it only on rows whose energy was measured with
-    the GPU kept busy (busy-queue or busy-graph)."""
+    kernels are not the tiled ones; median power error 3.35% against 3.56% shared in
+    benchmarks/model_cv.py over the training problems, 2026-11-24). Train it only on rows
+    whose energy was measured with the GPU kept busy (busy-queue or busy-graph)."""
 
     def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 2,
                  max_features: float = 0.5, coverage: float = 0.9,

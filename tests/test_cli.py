@@ -16,7 +16,7 @@ Cli = Callable[..., tuple[int, str, str]]
 
 
 @pytest.mark.parametrize("command", [[], ["collect"], ["device"], ["db"], ["db", "export"],
-                                     ["db", "import"], ["db", "stats"]])
+                                     ["db", "import"], ["db", "stats"], ["db", "compact"]])
 def test_help_explains_each_command(command: list[str],
                                     capsys: pytest.CaptureFixture[str]) -> None:
     from perftune.cli import main
