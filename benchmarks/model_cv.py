@@ -66,8 +66,7 @@ def cross_validate(rows: pd.DataFrame, features: pd.DataFrame, columns: list[str
     ``fit_without`` never fitted on."""
     problems = (rows["shape"] + " " + rows["dtype"]).to_numpy()
     fittable = ~np.isin(problems, list(fit_without))
-    triton_rows = rows[rows["dataflow"] == "triton"].groupby(["shape", "dtype"]).size()
-    whole = {f"{s} {d}" for (s, d), n in triton_rows.items() if n > WHOLE_SPACE_TRITON}
+    whole = _whole_space(rows)
     energy = busy_energy(rows).to_numpy()
     scores: dict[str, list[float]] = {"runtime_mape": [], "regret_within_triton": [],
                                       "regret_across_dataflows": [], "power_median_error": []}
@@ -92,6 +91,12 @@ def cross_validate(rows: pd.DataFrame, features: pd.DataFrame, columns: list[str
         scores["power_median_error"].append(float(np.median(np.abs(
             predicted / rows["avg_power_w"].iloc[test_power].to_numpy() - 1))))
     return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def _whole_space(rows: pd.DataFrame) -> set[str]:
+    """The "shape dtype" labels of the problems swept over the whole space."""
+    triton_rows = rows[rows["dataflow"] == "triton"].groupby(["shape", "dtype"]).size()
+    return {f"{s} {d}" for (s, d), n in triton_rows.items() if n > WHOLE_SPACE_TRITON}
 
 
 def _columns(drops: tuple[str, ...] = (), adds: tuple[str, ...] = (), **_: object
@@ -123,12 +128,17 @@ def main() -> None:
                                      fit_without=_problems_of(change.get("fit_without", ())),
                                      power_params=change.get("power_params"))
                 for name, change in VARIANTS.items()}
+    whole = _whole_space(train)
+    whole_rows = train[(train["shape"] + " " + train["dtype"]).isin(whole)]
     result = {"device": H100, "date": dt.date.today().isoformat(),
               "command": f"python benchmarks/model_cv.py --folds {args.folds} "
                          f"--trees {args.trees} --seeds {args.seeds}",
               "data": "data/dataset (shipped), training problems only",
               "train_problems": int(train.groupby(["shape", "dtype"]).ngroups),
               "folds": args.folds, "seeds": args.seeds,
+              "whole_space_problems": len(whole),
+              "cublas_alone_regret_across_dataflows": regret(whole_rows.assign(
+                  score=np.where(whole_rows["dataflow"] == "cublas", 0.0, 1.0)), "score"),
               "variants": {name: {**VARIANTS[name], **scores}
                            for name, scores in variants.items()}}
     args.results.parent.mkdir(parents=True, exist_ok=True)
