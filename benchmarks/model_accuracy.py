@@ -36,7 +36,13 @@ from benchmarks._shipped import gemm_measurements  # noqa: E402
 from collectors.power.nvml import busy_energy  # noqa: E402
 from perfmodel.features import GEMM_PARAMS, gemm_features  # noqa: E402
 from perfmodel.forest import EnergyForest, PowerForest, RuntimeForest  # noqa: E402
-from perfmodel.metrics import PROBLEM, geomean, regret, runtime_metrics  # noqa: E402
+from perfmodel.metrics import (  # noqa: E402
+    PROBLEM,
+    cublas_alone_regret,
+    geomean,
+    runtime_metrics,
+    whole_space_problems,
+)
 from perfmodel.roofline import RooflineModel  # noqa: E402
 from store.dataset import heldout_mask  # noqa: E402
 from tuner.search import TUTORIAL  # noqa: E402
@@ -44,7 +50,6 @@ from tuner.search import TUTORIAL  # noqa: E402
 H100, H200 = "nvidia-h100-80gb-hbm3", "nvidia-h200"
 GPPERF = ["log_m", "log_n", "log_k", "BLOCK_M", "BLOCK_N", "BLOCK_K", "log_flops",
           "log_min_bytes", "log_intensity"]
-WHOLE_SPACE_TRITON = 100  # a problem with more Triton rows than this was swept whole
 
 
 def _split(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -60,12 +65,11 @@ def _gpperf(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
 
 def _tutorial_regret(test: pd.DataFrame) -> dict[str, float | int]:
     triton = test[test["dataflow"] == "triton"]
-    counts = triton.groupby(PROBLEM).size()
-    whole = counts[counts > WHOLE_SPACE_TRITON].index
+    whole = whole_space_problems(test)
     keys = set(TUTORIAL)
     ratios = []
-    for problem, group in triton.groupby(PROBLEM):
-        if problem not in whole:
+    for (_, shape, dtype), group in triton.groupby(PROBLEM):
+        if (shape, dtype) not in whole:
             continue
         params = zip(group["BLOCK_M"], group["BLOCK_N"], group["BLOCK_K"], group["GROUP_M"],
                      group["num_stages"], group["num_warps"], strict=True)
@@ -131,8 +135,7 @@ def main() -> None:
         "gpperf_problem_split": runtime_metrics(test, _gpperf(train, test)),
         "gpperf_random_row_split": runtime_metrics(
             random_rows, _gpperf(h100.drop(random_rows.index), random_rows)),
-        "cublas_alone": {"regret_across_dataflows": regret(
-            test.assign(score=np.where(test["dataflow"] == "cublas", 0.0, 1.0)), "score")},
+        "cublas_alone": {"regret_across_dataflows": cublas_alone_regret(test)},
         "triton_tutorial_8": _tutorial_regret(test),
         "nvmmh_top1": _nvmmh_regret(test),
     }

@@ -37,11 +37,10 @@ from perfmodel.features import (  # noqa: E402
     gemm_features,
 )
 from perfmodel.forest import PowerForest, RuntimeForest  # noqa: E402
-from perfmodel.metrics import regret  # noqa: E402
+from perfmodel.metrics import cublas_alone_regret, regret, whole_space_problems  # noqa: E402
 from store.dataset import PROBLEMS_DIR, heldout_mask, listed_problems  # noqa: E402
 
 H100 = "nvidia-h100-80gb-hbm3"
-WHOLE_SPACE_TRITON = 100  # a problem with more Triton rows than this was swept whole
 # Each variant: the columns it leaves out of the shipped feature list, the candidate columns
 # (perfmodel.features.CANDIDATE_FEATURES) it adds, and the problem files (data/problems/) whose
 # problems it does not fit on, or the power forest parameters it changes (power_params).
@@ -95,8 +94,7 @@ def cross_validate(rows: pd.DataFrame, features: pd.DataFrame, columns: list[str
 
 def _whole_space(rows: pd.DataFrame) -> set[str]:
     """The "shape dtype" labels of the problems swept over the whole space."""
-    triton_rows = rows[rows["dataflow"] == "triton"].groupby(["shape", "dtype"]).size()
-    return {f"{s} {d}" for (s, d), n in triton_rows.items() if n > WHOLE_SPACE_TRITON}
+    return {f"{shape} {dtype}" for shape, dtype in whole_space_problems(rows)}
 
 
 def _columns(drops: tuple[str, ...] = (), adds: tuple[str, ...] = (), **_: object
@@ -137,8 +135,7 @@ def main() -> None:
               "train_problems": int(train.groupby(["shape", "dtype"]).ngroups),
               "folds": args.folds, "seeds": args.seeds,
               "whole_space_problems": len(whole),
-              "cublas_alone_regret_across_dataflows": regret(whole_rows.assign(
-                  score=np.where(whole_rows["dataflow"] == "cublas", 0.0, 1.0)), "score"),
+              "cublas_alone_regret_across_dataflows": cublas_alone_regret(whole_rows),
               "variants": {name: {**VARIANTS[name], **scores}
                            for name, scores in variants.items()}}
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._shipped import fresh_store  # noqa: E402
-from perfmodel.metrics import geomean  # noqa: E402
+from perfmodel.metrics import WHOLE_SPACE_TRITON, geomean  # noqa: E402
 from perfmodel.runtime import Predictor, fit_model  # noqa: E402
 from store.dataset import heldout_problems  # noqa: E402
 from store.db import Store  # noqa: E402
@@ -46,7 +46,8 @@ def whole_space_heldout(store: Store) -> list[Problem]:
                          "GROUP BY ALL ORDER BY dtype, m, n, k", [H100])
     held = heldout_problems()
     return [Problem(int(r.m), int(r.n), int(r.k), r.dtype, H100)
-            for r in counts.itertuples() if r.triton > 100 and ("gemm", r.dtype, r.shape) in held]
+            for r in counts.itertuples()
+            if r.triton > WHOLE_SPACE_TRITON and ("gemm", r.dtype, r.shape) in held]
 
 
 def main() -> None:

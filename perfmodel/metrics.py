@@ -7,6 +7,9 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 PROBLEM = ["device_id", "shape", "dtype"]
+# A problem with more Triton rows than this was swept over the whole config space (a sampled
+# one has at most 40 per dataflow).
+WHOLE_SPACE_TRITON = 100
 
 
 def geomean(values: list[float] | np.ndarray) -> float:
@@ -22,6 +25,17 @@ def regret(rows: pd.DataFrame, score: str, *, dataflows: tuple[str, ...] | None 
     ratios = [group["runtime_ms"].min() / group.loc[group[score].idxmin(), "runtime_ms"]
               for _, group in rows.groupby(PROBLEM)]
     return geomean(ratios)
+
+
+def cublas_alone_regret(rows: pd.DataFrame) -> float:
+    """:func:`regret` across dataflows of always answering cuBLAS."""
+    return regret(rows.assign(score=np.where(rows["dataflow"] == "cublas", 0.0, 1.0)), "score")
+
+
+def whole_space_problems(rows: pd.DataFrame) -> set[tuple[str, str]]:
+    """(shape, dtype) of the problems of ``rows`` whose Triton configs were swept whole."""
+    counts = rows[rows["dataflow"] == "triton"].groupby(["shape", "dtype"]).size()
+    return {(shape, dtype) for (shape, dtype), n in counts.items() if n > WHOLE_SPACE_TRITON}
 
 
 def runtime_metrics(rows: pd.DataFrame, predicted: np.ndarray) -> dict[str, float]:

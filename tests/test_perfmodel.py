@@ -247,7 +247,13 @@ def test_power_and_energy_models_through_the_cli(shipped: Path, tmp_path: Path,
 
 
 def test_metrics_reward_the_right_ranking() -> None:
-    from perfmodel.metrics import regret, runtime_metrics
+    from perfmodel.metrics import (
+        WHOLE_SPACE_TRITON,
+        cublas_alone_regret,
+        regret,
+        runtime_metrics,
+        whole_space_problems,
+    )
 
     rows = pd.DataFrame({"device_id": "d", "dtype": "fp16", "shape": ["a"] * 4 + ["b"] * 4,
                          "dataflow": ["cublas", "triton", "triton", "triton"] * 2,
@@ -261,6 +267,10 @@ def test_metrics_reward_the_right_ranking() -> None:
     assert reversed_["regret_zero_shot"] == pytest.approx((1 / 8 * 2 / 6) ** 0.5)
     cublas_first = rows.assign(score=(rows["dataflow"] != "cublas").astype(float))
     assert regret(cublas_first, "score") == pytest.approx((1 / 2 * 1) ** 0.5)
+    assert cublas_alone_regret(rows) == pytest.approx((1 / 2 * 1) ** 0.5)
+    swept = pd.concat([rows, rows.loc[[5] * WHOLE_SPACE_TRITON]])  # row 5: a Triton row of b
+    assert whole_space_problems(rows) == set()
+    assert whole_space_problems(swept) == {("b", "fp16")}
 
 
 def test_evaluate_writes_a_report(shipped: Path, tmp_path: Path,
