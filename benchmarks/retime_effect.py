@@ -1,7 +1,9 @@
-"""What re-measuring the short rows changed in the shipped dataset, against the dataset of an
-earlier commit (by default bc16092, the last one before the re-measure of 2026-11-24).
+"""What re-measuring rows changed in the shipped dataset, against the dataset of an earlier
+commit (by default bc16092, the last one before the re-measure of short rows of 2026-11-24).
 
-    python benchmarks/retime_effect.py [--before bc16092]
+    python benchmarks/retime_effect.py [--before bc16092] [--results FILE]
+    python benchmarks/retime_effect.py --before 74607c5 \
+        --results benchmarks/results/energy_requeue_effect.json   # the busy-queue rows
 
 CPU only: reads data/dataset/measurements.parquet now and at ``--before`` (through git), joins
 the rows by key and saves the figures to benchmarks/results/retime_effect.json.
@@ -22,6 +24,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = "data/dataset/measurements.parquet"
 H100 = "nvidia-h100-80gb-hbm3"
+POWER_LIMIT_W = 700.0  # the H100's enforced limit (nvidia-smi, NVML)
+DEFAULT = ROOT / "benchmarks" / "results" / "retime_effect.json"
 DISTURBED = 1.3  # a median this far over the fastest repetition: host time in the window
 
 
@@ -58,13 +62,18 @@ def effect(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
     return {
         "before_splitk_under_100us_share_disturbed": _share_disturbed(splitk_old),
         "retimed_rows": len(retimed),
-        "retimed_median_new_over_old": float(ratio.median()),
-        "retimed_share_old_over_1_3x_new": float((1 / ratio > DISTURBED).mean()),
+        "retimed_median_new_over_old": float(ratio.median()) if len(ratio) else None,
+        "retimed_share_old_over_1_3x_new": (float((1 / ratio > DISTURBED).mean())
+                                            if len(ratio) else None),
         "energy_remeasured_rows": len(graph),
         "energy_median_power_new_over_old": float(
             (graph["avg_power_w_new"] / graph["avg_power_w_old"]).median()),
         "energy_median_per_call_new_over_old": float(
             (graph["energy_per_call_j_new"] / graph["energy_per_call_j_old"]).median()),
+        "energy_remeasured_over_limit": {
+            "old": int((graph["avg_power_w_old"] > 1.03 * POWER_LIMIT_W).sum()),
+            "new": int((graph["avg_power_w_new"] > 1.03 * POWER_LIMIT_W).sum()),
+            "limit_w": POWER_LIMIT_W, "over_means": "average power > 1.03 x limit"},
         "graph_energy_over_runtime_x_power": {
             "median": float(busy.median()), "min": float(busy.min()), "max": float(busy.max())},
         "left_with_first_timer": {name: {"rows": len(rows),
@@ -78,12 +87,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default="bc16092", help="git revision of the earlier data")
-    parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "retime_effect.json")
+    parser.add_argument("--results", type=Path, default=DEFAULT)
     args = parser.parse_args()
     figures = effect(_at(args.before), pd.read_parquet(ROOT / MEASUREMENTS))
     result = {"device": H100, "date": dt.date.today().isoformat(),
-              "command": f"python benchmarks/retime_effect.py --before {args.before}",
+              "command": f"python benchmarks/retime_effect.py --before {args.before}"
+                         + (f" --results {args.results}" if args.results != DEFAULT else ""),
               "data": f"{MEASUREMENTS} now against {args.before}", **figures}
     args.results.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

@@ -48,7 +48,8 @@ def load_measurements(store: Store, *, family: str = "gemm", device: str | None 
         params.append(device)
     device_columns = ", ".join(f"d.{c}" for c in DEVICE_COLUMNS)
     frame = store.query(
-        f"SELECT m.*, {device_columns} FROM measurements m JOIN devices d USING (device_id) "
+        f"SELECT m.*, {device_columns}, d.power_limit_w FROM measurements m "
+        "JOIN devices d USING (device_id) "
         f"WHERE {' AND '.join(where)} ORDER BY m.key", params)
     return with_config_columns(frame)
 

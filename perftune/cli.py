@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="time (default), or time,energy for the time-energy front")
     tune.add_argument("--max-time-loss", type=float, default=0.05,
                       help="with energy: the slowdown accepted to save energy (default 0.05)")
-    tune.add_argument("--energy-window", type=float, default=0.5,
-                      help="live energy: NVML window per config in seconds (default 0.5)")
+    tune.add_argument("--energy-window", type=float, default=1.0,
+                      help="live energy: NVML window per config in seconds (default 1; "
+                      "shorter windows are noisier, and under 0.9 s not trusted for models)")
     tune.add_argument("--storage", help="Optuna storage URL to keep the study in, e.g. "
                       "sqlite:///tune.db (view with optuna-dashboard)")
     _model_option(tune, "; trained on the fly when missing")

@@ -113,10 +113,12 @@ def test_energy_rows_are_plausible(shipped: Path) -> None:
     consistent with runtime x average power for kernels >= 0.1 ms (the flawed first loop gave
     about 2x). Shorter kernels, from the CUDA-graph loop, run back to back with a warm L2 while
     their runtime is timed after an L2 flush: their energy per call sits at or below runtime x
-    power, never above it the way idle gaps between Python launches put it (data card)."""
+    power, never above it the way idle gaps between Python launches put it (data card). And no
+    average over ~1 s above the device's enforced power limit (+5%): 0.5 s windows of the first
+    Python loop read up to 824 W on the 700 W H100 before they were measured again."""
     energy = _busy_energy(shipped)
     assert len(energy) >= 2000 and energy["shape"].nunique() >= 100  # issue 4's target
-    assert energy["avg_power_w"].between(50, 1.2 * energy["power_limit_w"]).all()
+    assert energy["avg_power_w"].between(50, 1.05 * energy["power_limit_w"]).all()
     ratio = energy["energy_per_call_j"] / (energy["runtime_ms"] * 1e-3 * energy["avg_power_w"])
     busy = ratio[energy["runtime_ms"] >= 0.1]
     assert len(busy) >= 1000

@@ -23,7 +23,7 @@ from tuner.search import METHODS, Trial, TuneResult, tune
 
 H100 = "nvidia-h100-80gb-hbm3"
 WHOLE = Problem(64, 11008, 4096, "fp16", H100)  # a whole-space problem of the dataset
-ENERGY = Problem(16, 4096, 4096, "fp16", H100)  # whole space, with 100+ busy-queue energy rows
+ENERGY = Problem(4096, 3072, 3072, "fp16", H100)  # whole space, 67 CUDA-graph energy rows
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +209,8 @@ def test_time_and_energy_give_the_pareto_front(method: str, shipped: Path,
             f"device_id = ? AND {BUSY_SQL}", [ENERGY.shape, H100])
     assert len(recorded) == int(energy_rows["n"].iloc[0])  # only configs with energy proposed
     assert 4 <= len(result.trials) <= 12 and all(t.energy_j for t in result.measured)
+    if method != "model":  # the 67 energy rows are a sparse set: outside proposals snap to it
+        assert len(result.trials) == 12
     front = result.pareto_front()
     measured = result.measured
     assert front and all(not _dominated(t, measured) for t in front)

@@ -24,7 +24,7 @@ class LiveBackend(Backend):
     name = "live"
 
     def __init__(self, store: Store, *, interpret: bool | None = None, timeout_s: float = 180.0,
-                 seed: int = 0, energy: bool = False, energy_window_s: float = 0.5):
+                 seed: int = 0, energy: bool = False, energy_window_s: float = 1.0):
         spec = SweepSpec(family="gemm", problems=[], interpret=interpret, timeout_s=timeout_s,
                          seed=seed, energy=energy, energy_window_s=energy_window_s)
         self.energy = energy

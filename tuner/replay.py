@@ -25,8 +25,9 @@ class ReplayBackend(Backend):
         if problem not in self._recorded:
             rows = self.store.query(
                 "SELECT dataflow, config, status, runtime_ms, energy_per_call_j, avg_power_w, "
-                "energy_method FROM measurements WHERE family = 'gemm' AND device_id = ? "
-                "AND shape = ? AND dtype = ?", [problem.device, problem.shape, problem.dtype])
+                "energy_method, energy_window_s FROM measurements WHERE family = 'gemm' AND "
+                "device_id = ? AND shape = ? AND dtype = ?",
+                [problem.device, problem.shape, problem.dtype])
             what = "measurements"
             if self.energy:
                 rows = rows[(rows["status"] != "ok") | busy_energy(rows)]

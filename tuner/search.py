@@ -42,6 +42,7 @@ EXPLORATION = 0.3  # how far below its prediction a candidate's uncertainty lets
 LOCAL_WIDTH = 1.0
 LOCAL_PRIOR = 1.0
 _TRIES_PER_MEASUREMENT = 50  # proposals a sampler may make per measurement before giving up
+_SNAP_AFTER_MISSES = 10  # proposals in a row outside or already measured, then one is snapped
 
 
 @dataclass
@@ -261,6 +262,7 @@ class _Search:
     def with_sampler(self) -> None:
         space = self._space()
         dataflows = sorted(space)
+        misses = 0
         for _ in range(self.budget * _TRIES_PER_MEASUREMENT):
             if self.spent >= self.budget or len(self.seen) == len(self.known):
                 return
@@ -271,8 +273,50 @@ class _Search:
             config = canonical_config(params) if params else "{}"
             if (dataflow, config) not in self.known:  # never launched: outside the space
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            elif (dataflow, config) not in self.seen:
+                misses = 0
+                self._measure(trial, dataflow, config)
                 continue
-            self._measure(trial, dataflow, config)
+            else:  # proposed again: told its measured values, nothing new learned
+                self._measure(trial, dataflow, config)
+            misses += 1
+            if misses >= _SNAP_AFTER_MISSES:
+                self._enqueue_nearest(dataflow, params)
+                misses = 0
+
+    def _enqueue_nearest(self, dataflow: str, params: dict[str, int]) -> None:
+        """Queue the candidate of ``dataflow`` nearest to an outside proposal (log2 distance
+        over its parameters) that is not measured yet, as the sampler's next trial: where the
+        candidates are a sparse set (a replay of sampled configs), most proposals fall outside
+        and a sampler that only saw them pruned would rarely land on a candidate, or keep
+        proposing what it measured. Only after several misses in a row: where most of the
+        space is valid, proposing again keeps the sampler's own distribution (the nearest
+        valid config to an invalid one is a large tile at the edge of shared memory, rarely a
+        fast one)."""
+        group = self.candidates[self.candidates["dataflow"] == dataflow]
+        unseen = [c for c in group["config"] if (dataflow, c) not in self.seen]
+        if not unseen or not params:  # cuBLAS (no parameters) or a dataflow measured out
+            self._enqueue_any_unseen()
+            return
+        names = sorted(params)
+        proposal = np.log2([params[name] for name in names])
+        configs = [json.loads(c) for c in unseen]
+        points = np.log2([[config[name] for name in names] for config in configs])
+        nearest = configs[int(np.argmin(((points - proposal) ** 2).sum(axis=1)))]
+        self._enqueue(dataflow, nearest)
+
+    def _enqueue_any_unseen(self) -> None:
+        """Queue a candidate not measured yet, drawn at random (seeded by the count so far)."""
+        unseen = [(d, c) for d, c in zip(self.candidates["dataflow"], self.candidates["config"],
+                                         strict=True) if (d, c) not in self.seen]
+        if unseen:
+            dataflow, config = unseen[np.random.default_rng(len(self.seen)).integers(
+                len(unseen))]
+            self._enqueue(dataflow, json.loads(config))
+
+    def _enqueue(self, dataflow: str, config: dict[str, int]) -> None:
+        self.study.enqueue_trial({"dataflow": dataflow, **{
+            f"{dataflow}.{name}": int(value) for name, value in config.items()}})
 
     def _space(self) -> dict[str, dict[str, list[int]]]:
         space: dict[str, dict[str, list[int]]] = {}
