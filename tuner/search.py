@@ -14,6 +14,7 @@ the energy that a small time loss saves against the fastest config measured.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -221,6 +222,11 @@ class _Search:
         self.on_trial, self.result = on_trial, result
         self.seen: dict[tuple[str, str], Measurement] = {}
 
+    @functools.cached_property
+    def positions(self) -> np.ndarray:
+        """Each candidate's config as a point (:func:`_config_positions`)."""
+        return _config_positions(self.candidates)
+
     @property
     def spent(self) -> int:
         return len(self.result.trials)
@@ -285,25 +291,25 @@ class _Search:
                 misses = 0
 
     def _enqueue_nearest(self, dataflow: str, params: dict[str, int]) -> None:
-        """Queue the candidate of ``dataflow`` nearest to an outside proposal (log2 distance
-        over its parameters) that is not measured yet, as the sampler's next trial: where the
-        candidates are a sparse set (a replay of sampled configs), most proposals fall outside
-        and a sampler that only saw them pruned would rarely land on a candidate, or keep
-        proposing what it measured. Only after several misses in a row: where most of the
-        space is valid, proposing again keeps the sampler's own distribution (the nearest
-        valid config to an invalid one is a large tile at the edge of shared memory, rarely a
-        fast one)."""
-        group = self.candidates[self.candidates["dataflow"] == dataflow]
-        unseen = [c for c in group["config"] if (dataflow, c) not in self.seen]
-        if not unseen or not params:  # cuBLAS (no parameters) or a dataflow measured out
+        """Queue the unmeasured candidate of ``dataflow`` nearest to a missed proposal (log2
+        distance over the parameters, as the model-guided search measures nearness) as the
+        sampler's next trial: where the candidates are a sparse set (a replay of sampled
+        configs), most proposals fall outside, and a sampler that only saw them pruned would
+        rarely land on a candidate, or would keep proposing what it measured. Only after
+        several misses in a row: where most of the space is valid, proposing again keeps the
+        sampler's own distribution (the nearest valid config to an invalid one is a large
+        tile at the edge of shared memory, rarely a fast one)."""
+        open_ = np.array([d == dataflow and (d, c) not in self.seen for d, c in
+                          zip(self.candidates["dataflow"], self.candidates["config"],
+                              strict=True)])
+        if not open_.any() or not params:  # cuBLAS (no parameters) or a dataflow measured out
             self._enqueue_any_unseen()
             return
-        names = sorted(params)
-        proposal = np.log2([params[name] for name in names])
-        configs = [json.loads(c) for c in unseen]
-        points = np.log2([[config[name] for name in names] for config in configs])
-        nearest = configs[int(np.argmin(((points - proposal) ** 2).sum(axis=1)))]
-        self._enqueue(dataflow, nearest)
+        proposal = _config_positions(pd.DataFrame({"config": [canonical_config(params)]}))[0]
+        rows = np.flatnonzero(open_)
+        distance = ((self.positions[rows] - proposal) ** 2).sum(axis=1)
+        nearest = self.candidates["config"].iloc[rows[int(np.argmin(distance))]]
+        self._enqueue(dataflow, json.loads(nearest))
 
     def _enqueue_any_unseen(self) -> None:
         """Queue a candidate not measured yet, drawn at random (seeded by the count so far)."""
@@ -345,7 +351,7 @@ class _Search:
         library = frame[frame["dataflow"] == "cublas"]
         if len(library):
             self.in_order(library)
-        position = _config_positions(self.candidates)
+        position = self.positions
         while self.spent < self.budget:
             is_open = np.array([(d, c) not in self.seen for d, c in
                                 zip(frame["dataflow"], frame["config"], strict=True)])
