@@ -68,6 +68,8 @@ def effect(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
         "energy_remeasured_rows": len(graph),
         "energy_median_power_new_over_old": float(
             (graph["avg_power_w_new"] / graph["avg_power_w_old"]).median()),
+        "energy_power_new_over_old_p5_p95": [float(v) for v in (
+            graph["avg_power_w_new"] / graph["avg_power_w_old"]).quantile([0.05, 0.95])],
         "energy_median_per_call_new_over_old": float(
             (graph["energy_per_call_j_new"] / graph["energy_per_call_j_old"]).median()),
         "energy_remeasured_over_limit": {

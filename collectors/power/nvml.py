@@ -16,7 +16,7 @@ from collectors.power._base import PowerObserver
 # host launch per batch): the GPU never waits for the host. Both keep the GPU busy for kernels
 # longer than their launch (>= 0.1 ms, benchmarks/timer_bubbles.py) and then agree within 1%
 # over 1 s windows (benchmarks/energy_methods.py); over the 0.5 s windows of the first
-# busy-queue rows a reading differed from the next by 4% (12% at worst). So a row is trusted
+# busy-queue rows a reading differed from the next by 4% (11.5% at worst). So a row is trusted
 # with a window of about 1 s, and a busy-queue row from 0.1 ms; the shipped H100 rows that
 # were not were measured again.
 ENERGY_METHOD = "busy-graph"
