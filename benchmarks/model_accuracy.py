@@ -267,7 +267,7 @@ def _power_and_energy(train: pd.DataFrame, test: pd.DataFrame, train_features: p
     predicted_energy = energy.predict(test_x)
     low, high = energy.predict_interval(test_x)
     constant = float(train["avg_power_w"][fit_rows].median())
-    constant_energy = constant * runtime.predict(test_x) * 1e-3
+    predicted_s = runtime.predict(test_x) * 1e-3
 
     limit = truth["power_limit_w"].to_numpy(float)
     uncapped = (truth["avg_power_w"] < UNCAPPED * limit).to_numpy()
@@ -287,8 +287,8 @@ def _power_and_energy(train: pd.DataFrame, test: pd.DataFrame, train_features: p
                        "energy_interval_coverage": float(np.mean(
                            (truth["energy_per_call_j"] >= low)
                            & (truth["energy_per_call_j"] <= high)))},
-            "constant_power": {**errors(constant, constant_energy), "power_w": constant},
-            "power_limit": errors(limit, limit * runtime.predict(test_x) * 1e-3),
+            "constant_power": {**errors(constant, constant * predicted_s), "power_w": constant},
+            "power_limit": errors(limit, limit * predicted_s),
             "uncapped_rows": int(uncapped.sum()),
             "uncapped_means": f"measured power < {UNCAPPED} x the device's power limit",
             "power_error_by_problem": _power_error_by_problem(truth, predicted_power),

@@ -24,7 +24,6 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = "data/dataset/measurements.parquet"
 H100 = "nvidia-h100-80gb-hbm3"
-POWER_LIMIT_W = 700.0  # the H100's enforced limit (nvidia-smi, NVML)
 DEFAULT = ROOT / "benchmarks" / "results" / "retime_effect.json"
 DISTURBED = 1.3  # a median this far over the fastest repetition: host time in the window
 
@@ -39,7 +38,8 @@ def _share_disturbed(rows: pd.DataFrame) -> float:
     return float((rows["runtime_ms"] / rows["runtime_min_ms"] > DISTURBED).mean())
 
 
-def effect(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
+def effect(before: pd.DataFrame, after: pd.DataFrame, power_limit_w: float
+           ) -> dict[str, Any]:
     """Re-timed and re-measured rows against their earlier values; what is left as it was."""
     old = before[(before["device_id"] == H100) & (before["status"] == "ok")]
     new = after[(after["device_id"] == H100) & (after["status"] == "ok")]
@@ -73,9 +73,9 @@ def effect(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
         "energy_median_per_call_new_over_old": float(
             (graph["energy_per_call_j_new"] / graph["energy_per_call_j_old"]).median()),
         "energy_remeasured_over_limit": {
-            "old": int((graph["avg_power_w_old"] > 1.03 * POWER_LIMIT_W).sum()),
-            "new": int((graph["avg_power_w_new"] > 1.03 * POWER_LIMIT_W).sum()),
-            "limit_w": POWER_LIMIT_W, "over_means": "average power > 1.03 x limit"},
+            "old": int((graph["avg_power_w_old"] > 1.03 * power_limit_w).sum()),
+            "new": int((graph["avg_power_w_new"] > 1.03 * power_limit_w).sum()),
+            "limit_w": power_limit_w, "over_means": "average power > 1.03 x limit"},
         "graph_energy_over_runtime_x_power": {
             "median": float(busy.median()), "min": float(busy.min()), "max": float(busy.max())},
         "left_with_first_timer": {name: {"rows": len(rows),
@@ -91,7 +91,9 @@ def main() -> None:
     parser.add_argument("--before", default="bc16092", help="git revision of the earlier data")
     parser.add_argument("--results", type=Path, default=DEFAULT)
     args = parser.parse_args()
-    figures = effect(_at(args.before), pd.read_parquet(ROOT / MEASUREMENTS))
+    devices = pd.read_parquet(ROOT / "data" / "dataset" / "devices.parquet")
+    limit = float(devices.loc[devices["device_id"] == H100, "power_limit_w"].iloc[0])
+    figures = effect(_at(args.before), pd.read_parquet(ROOT / MEASUREMENTS), limit)
     result = {"device": H100, "date": dt.date.today().isoformat(),
               "command": f"python benchmarks/retime_effect.py --before {args.before}"
                          + (f" --results {args.results}" if args.results != DEFAULT else ""),

@@ -277,14 +277,14 @@ class _Search:
             params = {name: trial.suggest_categorical(f"{dataflow}.{name}", values)
                       for name, values in space[dataflow].items()}
             config = canonical_config(params) if params else "{}"
-            if (dataflow, config) not in self.known:  # never launched: outside the space
+            if (dataflow, config) in self.known:
+                new = (dataflow, config) not in self.seen
+                self._measure(trial, dataflow, config)  # proposed again: reused, told again
+                if new:
+                    misses = 0
+                    continue
+            else:  # never launched: outside the space
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            elif (dataflow, config) not in self.seen:
-                misses = 0
-                self._measure(trial, dataflow, config)
-                continue
-            else:  # proposed again: told its measured values, nothing new learned
-                self._measure(trial, dataflow, config)
             misses += 1
             if misses >= _SNAP_AFTER_MISSES:
                 self._enqueue_nearest(dataflow, params)
