@@ -13,11 +13,22 @@ from typing import Any
 
 import skops.io as sio
 
+from perfmodel.forest import EnergyForest, PowerForest, RuntimeForest
+from perfmodel.roofline import RooflineModel
 from store.errors import PerftuneInputError
 
 FORMAT = "perftune-model"
 FORMAT_VERSION = 3  # 2: log ratio to the roofline; 3: a forest per part, new features
-_ALLOWED_PREFIXES = ("sklearn.", "numpy.", "perfmodel.", "builtins.", "collections.")
+# Types skops does not trust by itself that a perftune model file holds: its estimator classes
+# and scikit-learn's tree structure. Exact names, never a module prefix: a prefix such as
+# ``builtins.`` would let a crafted file call ``builtins.exec`` while loading.
+_SKLEARN_TYPES = frozenset({"sklearn.tree._tree.Tree"})
+
+
+def trusted_types() -> frozenset[str]:
+    """The exact type names a model file may hold beyond skops' own safe defaults."""
+    ours = (RuntimeForest, PowerForest, EnergyForest, RooflineModel)
+    return _SKLEARN_TYPES | {f"{cls.__module__}.{cls.__qualname__}" for cls in ours}
 
 
 def save_model(path: str | Path, model: Any, meta: dict[str, Any]) -> Path:
@@ -42,9 +53,10 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     except Exception as exc:
         raise PerftuneInputError(f"{source} is corrupt ({exc}); retrain with `perftune fit`")\
             from None
-    refused = [t for t in untrusted if not t.startswith(_ALLOWED_PREFIXES)]
+    refused = sorted(set(untrusted) - trusted_types())
     if refused:
-        raise PerftuneInputError(f"{source} holds types perftune will not load: {refused}")
+        raise PerftuneInputError(f"{source} holds types perftune will not load: {refused}; "
+                                 f"only perftune's own model files are loaded")
     try:
         payload = sio.load(source, trusted=untrusted)
     except Exception as exc:

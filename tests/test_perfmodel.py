@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -286,3 +287,42 @@ def test_evaluate_writes_a_report(shipped: Path, tmp_path: Path,
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]
     assert 0 < metrics["nvidia-h100-80gb-hbm3"]["regret_zero_shot"] <= 1
     assert (tmp_path / "report" / "roofline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _with_exec_node(model_file: Path, out: Path, code: str) -> Path:
+    """``model_file`` with a node in its metadata that calls ``builtins.exec(code)`` when
+    constructed: what an attacker would ship as a model."""
+    with zipfile.ZipFile(model_file) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    schema = json.loads(members["schema.json"])
+    text = {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+            "content": json.dumps(code), "is_json": True, "__id__": 1}
+    call = {"__class__": "exec", "__module__": "builtins",
+            "__loader__": "ConstructorFromReduceNode",
+            "content": {"__class__": "tuple", "__module__": "builtins",
+                        "__loader__": "TupleNode", "content": [text], "__id__": 2},
+            "__id__": 3}
+    schema["content"]["meta"]["content"]["payload"] = call
+    schema["content"]["meta"]["key_types"]["content"].append(
+        {"__class__": "str", "__module__": "builtins", "__loader__": "TypeNode", "__id__": 4})
+    members["schema.json"] = json.dumps(schema).encode()
+    with zipfile.ZipFile(out, "w") as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    return out
+
+
+def test_crafted_model_file_cannot_run_code(tmp_path: Path, rows: pd.DataFrame) -> None:
+    sample = rows.sample(200, random_state=2)
+    forest = RuntimeForest(n_estimators=2, n_jobs=1).fit(gemm_features(sample),
+                                                         sample["runtime_ms"])
+    genuine = save_model(tmp_path / "genuine.skops", forest, {"features": list(FEATURES)})
+    marker = tmp_path / "pwned"
+    crafted = _with_exec_node(genuine, tmp_path / "crafted.skops",
+                              f"open({str(marker)!r}, 'w').write('ran')")
+    with pytest.raises(PerftuneInputError, match=r"builtins\.exec"):
+        load_model(crafted)
+    assert not marker.exists()
+    # The same file with the payload trusted would run it: the test's file is a real attack.
+    sio.load(crafted, trusted=sio.get_untrusted_types(file=crafted))
+    assert marker.read_text() == "ran"
