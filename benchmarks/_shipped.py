@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from perfmodel.features import load_measurements
-from store.dataset import build_store
-from store.db import Store
+from perftune.model.features import load_measurements
+from perftune.store.dataset import build_store
+from perftune.store.db import Store
 
 
 def fresh_store(name: str) -> Path:

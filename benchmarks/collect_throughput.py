@@ -32,15 +32,15 @@ SEED = 0
 
 
 def _problems() -> list:
-    from collectors.families import load_family
-    from collectors.problems import parse_problem
+    from perftune.collect.families import load_family
+    from perftune.collect.problems import parse_problem
 
     family = load_family("gemm")
     return [parse_problem(p, family.dims, DTYPE) for p in PROBLEMS]
 
 
 def _spec() -> Any:
-    from collectors.sweep import SweepSpec
+    from perftune.collect.sweep import SweepSpec
     return SweepSpec(family="gemm", problems=_problems(), dataflows=["triton"], sample=CONFIGS,
                      seed=SEED, interpret=False)
 
@@ -48,9 +48,9 @@ def _spec() -> Any:
 def _planned_configs() -> list[tuple[int, Any, dict[str, int]]]:
     """(problem index, problem, config) exactly as the collector's plan has them on this GPU
     (the same limits, sampling and seed), so both loops time the very same configs."""
-    from collectors.device import GPU, identify
-    from collectors.families import load_family
-    from collectors.sweep import plan
+    from perftune.collect.device import GPU, identify
+    from perftune.collect.families import load_family
+    from perftune.collect.sweep import plan
     problems = _problems()
     index = {p.shape: i for i, p in enumerate(problems)}
     planned = plan(load_family("gemm"), _spec(), identify(GPU))
@@ -62,7 +62,7 @@ def naive(out: Path) -> None:
     import torch
     import triton
 
-    from collectors.families import load_family
+    from perftune.collect.families import load_family
 
     family = load_family("gemm")
     results = []
@@ -99,8 +99,8 @@ def naive(out: Path) -> None:
 
 
 def collector(out: Path) -> None:
-    from collectors.sweep import Collector
-    from store.db import Store
+    from perftune.collect.sweep import Collector
+    from perftune.store.db import Store
 
     start = time.perf_counter()
     db = out.with_suffix(".duckdb")
@@ -142,7 +142,7 @@ def main() -> None:
 
     import torch
 
-    from collectors.device import GPU, identify
+    from perftune.collect.device import GPU, identify
 
     if not torch.cuda.is_available():
         sys.exit("collect_throughput measures GPU throughput; no CUDA GPU is visible")

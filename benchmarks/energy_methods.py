@@ -40,7 +40,7 @@ ROUNDS = 2
 def chosen_rows(measurements: pd.DataFrame) -> pd.DataFrame:
     """The H100 busy-queue rows of 0.1 ms or more: the highest-power ones (one per problem),
     then others at random (seeded)."""
-    from collectors.power.nvml import EAGER_METHOD, EAGER_TRUSTED_FROM_MS
+    from perftune.store.rules import EAGER_METHOD, EAGER_TRUSTED_FROM_MS
 
     rows = measurements[(measurements["device_id"] == H100) & (measurements["status"] == "ok")
                         & (measurements["energy_method"] == EAGER_METHOD)
@@ -95,10 +95,10 @@ def main() -> None:
     import pynvml
     import torch
 
-    from collectors.device import gpu_device_id
-    from collectors.families import load_family
-    from collectors.power.nvml import NVMLObserver, measure_energy
-    from collectors.problems import parse_problem
+    from perftune.collect.device import gpu_device_id
+    from perftune.collect.families import load_family
+    from perftune.collect.power.nvml import NVMLObserver, measure_energy
+    from perftune.collect.problems import parse_problem
 
     family = load_family("gemm")
     chosen = chosen_rows(pd.read_parquet(ROOT / "data" / "dataset" / "measurements.parquet"))

@@ -34,19 +34,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._shipped import gemm_measurements  # noqa: E402
-from collectors.power.nvml import busy_energy  # noqa: E402
-from perfmodel.features import GEMM_PARAMS, gemm_features  # noqa: E402
-from perfmodel.forest import EnergyForest, PowerForest, RuntimeForest  # noqa: E402
-from perfmodel.metrics import (  # noqa: E402
+from perftune.model.features import GEMM_PARAMS, gemm_features  # noqa: E402
+from perftune.model.forest import EnergyForest, PowerForest, RuntimeForest  # noqa: E402
+from perftune.model.metrics import (  # noqa: E402
     PROBLEM,
     cublas_alone_regret,
     geomean,
     runtime_metrics,
     whole_space_problems,
 )
-from perfmodel.roofline import RooflineModel  # noqa: E402
-from store.dataset import heldout_mask  # noqa: E402
-from tuner.search import TUTORIAL  # noqa: E402
+from perftune.model.roofline import RooflineModel  # noqa: E402
+from perftune.store.dataset import heldout_mask  # noqa: E402
+from perftune.store.rules import busy_energy  # noqa: E402
+from perftune.tune.search import TUTORIAL  # noqa: E402
 
 H100, H200 = "nvidia-h100-80gb-hbm3", "nvidia-h200"
 UNCAPPED = 0.93  # of the power limit: below it a row's power is not simply the limit
@@ -84,7 +84,7 @@ def _tutorial_regret(test: pd.DataFrame) -> dict[str, float | int]:
 def _nvmmh_regret(test: pd.DataFrame) -> dict[str, float | int]:
     """nvMatmulHeuristics' top-1 mapped to the nearest measured config: among the Triton rows
     (within triton) and among all rows (its split-K picks map to split-K configs)."""
-    from perfmodel.nvmmh import heuristic_configs, nearest_candidates
+    from perftune.model.nvmmh import heuristic_configs, nearest_candidates
 
     within, across = [], []
     for _, group in test.groupby(PROBLEM):

@@ -30,15 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._shipped import gemm_measurements  # noqa: E402
-from collectors.power.nvml import busy_energy  # noqa: E402
-from perfmodel.features import (  # noqa: E402
+from perftune.model.features import (  # noqa: E402
     CANDIDATE_FEATURES,
     FEATURES,
     gemm_features,
 )
-from perfmodel.forest import PowerForest, RuntimeForest  # noqa: E402
-from perfmodel.metrics import cublas_alone_regret, regret, whole_space_problems  # noqa: E402
-from store.dataset import PROBLEMS_DIR, heldout_mask, listed_problems  # noqa: E402
+from perftune.model.forest import PowerForest, RuntimeForest  # noqa: E402
+from perftune.model.metrics import cublas_alone_regret, regret, whole_space_problems  # noqa: E402
+from perftune.settings import PROBLEMS_DIR
+from perftune.store.dataset import heldout_mask, listed_problems  # noqa: E402
+from perftune.store.rules import busy_energy  # noqa: E402
 
 H100 = "nvidia-h100-80gb-hbm3"
 # Each variant: the columns it leaves out of the shipped feature list, the candidate columns

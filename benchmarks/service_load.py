@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.db import DEFAULT_DB, Store  # noqa: E402
+from perftune.store.db import DEFAULT_DB, Store  # noqa: E402
 
 H100 = "nvidia-h100-80gb-hbm3"
 

@@ -97,11 +97,11 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from collectors.device import gpu_device_id
-    from collectors.families import load_family
-    from collectors.power.nvml import NVMLObserver, measure_energy
-    from collectors.problems import parse_problem
-    from collectors.timers.cuda_events import CudaEventTimer
+    from perftune.collect.device import gpu_device_id
+    from perftune.collect.families import load_family
+    from perftune.collect.power.nvml import NVMLObserver, measure_energy
+    from perftune.collect.problems import parse_problem
+    from perftune.collect.timers.cuda_events import CudaEventTimer
 
     family = load_family("gemm")
     chosen = _chosen(ROOT / "data" / "dataset" / "measurements.parquet")
@@ -170,7 +170,7 @@ def _energy(chosen: pd.DataFrame, launchers: list[Callable[[], None]], family: A
             inputs_by_problem: dict[tuple[str, str], Any], observer: Any,
             measure: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """Power and energy per call, Python calls back to back against a CUDA graph replay."""
-    from collectors.problems import parse_problem
+    from perftune.collect.problems import parse_problem
 
     picks: list[tuple[str, Callable[[], None], float]] = []
     for shape, dtype in PROBLEMS:

@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._shipped import fresh_store  # noqa: E402
-from perfmodel.metrics import WHOLE_SPACE_TRITON, geomean  # noqa: E402
-from perfmodel.runtime import Predictor, fit_model  # noqa: E402
-from store.dataset import heldout_problems  # noqa: E402
-from store.db import Store  # noqa: E402
-from tuner._base import Problem  # noqa: E402
-from tuner.replay import ReplayBackend  # noqa: E402
-from tuner.search import tune  # noqa: E402
+from perftune.model.metrics import WHOLE_SPACE_TRITON, geomean  # noqa: E402
+from perftune.model.runtime import Predictor, fit_model  # noqa: E402
+from perftune.store.dataset import heldout_problems  # noqa: E402
+from perftune.store.db import Store  # noqa: E402
+from perftune.tune._base import Problem  # noqa: E402
+from perftune.tune.replay import ReplayBackend  # noqa: E402
+from perftune.tune.search import tune  # noqa: E402
 
 H100 = "nvidia-h100-80gb-hbm3"
 BUDGETS = [1, 2, 4, 8, 10, 16, 32]

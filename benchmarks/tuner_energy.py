@@ -33,12 +33,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collectors.power.nvml import BUSY_SQL  # noqa: E402
-from perfmodel.runtime import Predictor, fit_model  # noqa: E402
-from store.dataset import build_store  # noqa: E402
-from store.db import Store  # noqa: E402
-from tuner._base import Problem  # noqa: E402
-from tuner.search import Trial, TuneResult, tune  # noqa: E402
+from perftune.model.runtime import Predictor, fit_model  # noqa: E402
+from perftune.store.dataset import build_store  # noqa: E402
+from perftune.store.db import Store  # noqa: E402
+from perftune.store.rules import BUSY_SQL  # noqa: E402
+from perftune.tune._base import Problem  # noqa: E402
+from perftune.tune.search import Trial, TuneResult, tune  # noqa: E402
 
 METHODS = {"perftune": "model", "optuna_tpe": "tpe", "random": "random"}
 OBJECTIVES = ("time", "energy")
@@ -99,7 +99,7 @@ def main() -> None:
 
 def measure_problem(args: argparse.Namespace, problem: Problem, predictor: Predictor
                     ) -> dict[str, Any]:
-    from tuner.live import LiveBackend
+    from perftune.tune.live import LiveBackend
 
     record: dict[str, Any] = {"problem": f"{problem.shape} {problem.dtype}"}
     with Store(args.store) as store:

@@ -29,13 +29,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perfmodel.metrics import geomean  # noqa: E402
-from perfmodel.runtime import Predictor, fit_model  # noqa: E402
-from store.dataset import build_store  # noqa: E402
-from store.db import Store  # noqa: E402
-from tuner._base import Problem  # noqa: E402
-from tuner.replay import ReplayBackend  # noqa: E402
-from tuner.search import tune  # noqa: E402
+from perftune.model.metrics import geomean  # noqa: E402
+from perftune.model.runtime import Predictor, fit_model  # noqa: E402
+from perftune.store.dataset import build_store  # noqa: E402
+from perftune.store.db import Store  # noqa: E402
+from perftune.tune._base import Problem  # noqa: E402
+from perftune.tune.replay import ReplayBackend  # noqa: E402
+from perftune.tune.search import tune  # noqa: E402
 
 METHODS = {"perftune": "model", "random": "random", "triton_tutorial_8": "tutorial",
            "nvmmh_top_k": "nvmmh"}
@@ -51,7 +51,7 @@ def _autotune_first_call(problem: Problem, configs: list[dict[str, int]],
     import torch
     import triton
 
-    from collectors.families._gemm_kernels import matmul_kernel
+    from perftune.collect.families._gemm_kernels import matmul_kernel
 
     autotuned = triton.autotune(
         configs=[triton.Config({k: v for k, v in c.items() if k not in ("num_warps",
@@ -125,11 +125,11 @@ def run_live(budget: int, count: int, only: list[int] | None, results: Path,
     if not torch.cuda.is_available():
         sys.exit("tuner_live measures on a GPU; no CUDA GPU is visible")
     from benchmarks.tuner_budget import H100, whole_space_heldout
-    from collectors.device import limits_of
-    from collectors.families import load_family
-    from collectors.problems import Problem as FamilyProblem
-    from collectors.timers.cuda_events import CudaEventTimer
-    from tuner.live import LiveBackend
+    from perftune.collect.device import limits_of
+    from perftune.collect.families import load_family
+    from perftune.collect.problems import Problem as FamilyProblem
+    from perftune.collect.timers.cuda_events import CudaEventTimer
+    from perftune.tune.live import LiveBackend
 
     work = Path(tempfile.mkdtemp(prefix="tuner-live-"))
     shipped = work / "shipped.duckdb"

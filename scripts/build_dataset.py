@@ -30,8 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.dataset import DATASET_DIR, HELDOUT_FILE, heldout_problems  # noqa: E402
-from store.db import Store, compact_store  # noqa: E402
+from perftune.settings import DATASET_DIR, HELDOUT_FILE
+from perftune.store.dataset import heldout_problems  # noqa: E402
+from perftune.store.db import Store, compact_store  # noqa: E402
 
 
 def merge(sources: list[Path], target: Path, *, replace: bool = False) -> None:

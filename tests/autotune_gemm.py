@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 import triton
 
-from collectors.families._gemm_kernels import matmul_kernel
-from tuner.autotune import autotune
+from perftune.collect.families._gemm_kernels import matmul_kernel
+from perftune.tune.autotune import autotune
 
 model, db, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
 benchmarked: list[str] = []

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _no_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may touch data/perftune.duckdb: the default store points into tmp_path."""
     monkeypatch.setenv("PERFTUNE_DB", str(tmp_path / "default.duckdb"))
+    monkeypatch.setenv("PERFTUNE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton-cache"))
 
 
@@ -41,7 +42,7 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
 @pytest.fixture(scope="session")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store built from the shipped dataset, once per test session (read it read-only)."""
-    from store.dataset import build_store
+    from perftune.store.dataset import build_store
 
     path = tmp_path_factory.mktemp("shipped") / "shipped.duckdb"
     build_store(path)
@@ -52,8 +53,8 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def model_file(shipped: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small forests trained on the shipped data (fewer trees than the default, for time): the
     runtime model, with the power and energy models beside it."""
-    from perfmodel.runtime import fit_model, model_path, save_model
-    from store.db import Store
+    from perftune.model.runtime import fit_model, model_path, save_model
+    from perftune.store.db import Store
 
     path = tmp_path_factory.mktemp("model") / "gemm_runtime.skops"
     with Store(shipped, read_only=True) as store:

@@ -11,9 +11,9 @@ import os
 import time
 from collections.abc import Callable
 
-from collectors.families import Config, Inputs
-from collectors.families.gemm import GemmFamily
-from collectors.problems import Problem
+from perftune.collect.families import Config, Inputs
+from perftune.collect.families.gemm import GemmFamily
+from perftune.collect.problems import Problem
 
 TWO_CONFIGS: dict[str, tuple[int, ...]] = {
     "BLOCK_M": (16,), "BLOCK_N": (16, 32), "BLOCK_K": (16,), "GROUP_M": (1,),

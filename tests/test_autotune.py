@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from store.errors import PerftuneInputError
-from tuner.autotune import autotune
+from perftune.errors import PerftuneInputError
+from perftune.tune.autotune import autotune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_bad_use_is_refused_clearly() -> None:
         autotune(config, key=["n"], budget=0)
     with pytest.raises(PerftuneInputError, match="drop prune_configs_by"):
         autotune(config, key=["n"], prune_configs_by={"top_k": 2})
-    from tuner.autotune import _row
+    from perftune.tune.autotune import _row
 
     with pytest.raises(PerftuneInputError, match="no BLOCK_M, BLOCK_N, BLOCK_K"):
         _row(config[0], 1, 2, 3, "fp16", "nvidia-h100-80gb-hbm3")

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from store.db import Store
+from perftune.store.db import Store
 from tests.conftest import fingerprint
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -113,7 +113,7 @@ def test_db_stats_export_import(db: Path, tmp_path: Path, cli: Cli) -> None:
 
 
 def test_older_store_is_migrated_on_request(db: Path, cli: Cli) -> None:
-    from store.schema import MIGRATIONS
+    from perftune.store.schema import MIGRATIONS
 
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE perftune_meta (name VARCHAR PRIMARY KEY, value VARCHAR)")

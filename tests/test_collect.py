@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from collectors.problems import parse_problem
-from collectors.sweep import Collector, SweepSpec, plan, validate
-from store.db import Store
+from perftune.collect.problems import parse_problem
+from perftune.collect.sweep import Collector, SweepSpec, plan, validate
+from perftune.store.db import Store
 from tests.conftest import ROOT
 
 GEMM = ("m", "n", "k")

@@ -9,15 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from collectors.power.nvml import BUSY_SQL
-from store.dataset import (
-    DATASET_DIR,
-    PROBLEMS_DIR,
-    build_store,
-    heldout_problems,
-    listed_problems,
-)
-from store.db import Store
+from perftune.settings import DATASET_DIR, PROBLEMS_DIR
+from perftune.store.dataset import build_store, heldout_problems, listed_problems
+from perftune.store.db import Store
+from perftune.store.rules import BUSY_SQL
 
 
 def test_shipped_dataset_loads_whole(tmp_path: Path) -> None:
@@ -131,14 +126,11 @@ def test_energy_rows_are_plausible(shipped: Path) -> None:
 
 def test_default_store_builds_itself(cli: Callable[..., tuple[int, str, str]],
                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import store.dataset as dataset
-
-    target = tmp_path / "fresh" / "perftune.duckdb"
+    home = tmp_path / "fresh-home"
     monkeypatch.delenv("PERFTUNE_DB")
-    monkeypatch.setattr(dataset, "DEFAULT_DB", target)
-    monkeypatch.setattr("store.db.DEFAULT_DB", target)
+    monkeypatch.setenv("PERFTUNE_HOME", str(home))
     code, out, err = cli("db", "stats", "--json")
-    assert code == 0 and "built data/perftune.duckdb" in err
+    assert code == 0 and f"built {home / 'perftune.duckdb'}" in err
     rows = json.loads(out)
     assert {r["device_id"] for r in rows} >= {"nvidia-h100-80gb-hbm3", "nvidia-h200"}
     code, _, err = cli("db", "stats", "--json")

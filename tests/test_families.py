@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from collectors.device import select_mode, torch_device
-from collectors.families import BUILTIN, DeviceLimits, KernelFamily, load_family
-from collectors.problems import Problem
-from store.errors import PerftuneInputError
+from perftune.collect.device import select_mode, torch_device
+from perftune.collect.families import BUILTIN, DeviceLimits, KernelFamily, load_family
+from perftune.collect.problems import Problem
+from perftune.errors import PerftuneInputError
 
 MODE = select_mode(None)  # before any kernel module imports triton
 DEVICE = torch_device(MODE)

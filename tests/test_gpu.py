@@ -12,9 +12,9 @@ pytestmark = [
 
 
 def test_gpu_sweep_checks_times_and_measures_energy(tmp_path):
-    from collectors.problems import Problem
-    from collectors.sweep import Collector, SweepSpec
-    from store import Store
+    from perftune.collect.problems import Problem
+    from perftune.collect.sweep import Collector, SweepSpec
+    from perftune.store import Store
 
     problem = Problem.of("fp16", m=256, n=512, k=1000)
     spec = SweepSpec(family="gemm", problems=[problem], sample=2, energy=True,
@@ -39,9 +39,9 @@ def test_energy_only_measures_stored_rows_into_its_campaign(tmp_path):
     its campaign: an export of the campaigns since a time (the device delta) carries them."""
     import dataclasses
 
-    from collectors.problems import Problem
-    from collectors.sweep import Collector, SweepSpec
-    from store import Store
+    from perftune.collect.problems import Problem
+    from perftune.collect.sweep import Collector, SweepSpec
+    from perftune.store import Store
 
     problem = Problem.of("fp16", m=128, n=256, k=512)
     spec = SweepSpec(family="gemm", problems=[problem], dataflows=["triton"], sample=2,
@@ -64,9 +64,9 @@ def test_energy_only_measures_stored_rows_into_its_campaign(tmp_path):
 def test_energy_window_keeps_the_gpu_busy(tmp_path):
     """Energy per call must match power x GPU time per call: a window that leaves the GPU
     idle between batches dilutes the power and inflates the energy per call (seen before)."""
-    from collectors.problems import Problem
-    from collectors.sweep import Collector, SweepSpec
-    from store import Store
+    from perftune.collect.problems import Problem
+    from perftune.collect.sweep import Collector, SweepSpec
+    from perftune.store import Store
 
     problem = Problem.of("fp16", m=4096, n=4096, k=4096)
     spec = SweepSpec(family="gemm", problems=[problem], dataflows=["cublas"], energy=True,
@@ -80,7 +80,7 @@ def test_energy_window_keeps_the_gpu_busy(tmp_path):
 
 
 def test_calibration_measures_plausible_ceilings():
-    from collectors.device import calibrate
+    from perftune.collect.device import calibrate
 
     ceilings = calibrate(size=4096, copy_bytes=2**30)
     assert 50 < ceilings["peak_tflops_bf16"] < 3000

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 import skops.io as sio
 
-from collectors.power.nvml import busy_energy
-from perfmodel.features import CANDIDATE_FEATURES, FEATURES, gemm_features
-from perfmodel.forest import EnergyForest, PowerForest, RuntimeForest
-from perfmodel.persist import FORMAT_VERSION, load_model, save_model
-from perfmodel.roofline import RooflineModel, roofline_parts
-from perfmodel.runtime import Predictor, fit_model, training_rows
-from store.dataset import heldout_problems
-from store.db import Store
-from store.errors import PerftuneInputError
+from perftune.errors import PerftuneInputError
+from perftune.model.features import CANDIDATE_FEATURES, FEATURES, gemm_features
+from perftune.model.forest import EnergyForest, PowerForest, RuntimeForest
+from perftune.model.persist import FORMAT_VERSION, load_model, save_model
+from perftune.model.roofline import RooflineModel, roofline_parts
+from perftune.model.runtime import Predictor, fit_model, training_rows
+from perftune.store.dataset import heldout_problems
+from perftune.store.db import Store
+from perftune.store.rules import busy_energy
 
 ESTIMATORS = [lambda: RooflineModel(), lambda: RuntimeForest(n_estimators=8, n_jobs=1),
               lambda: PowerForest(n_estimators=8, n_jobs=1),
@@ -248,7 +248,7 @@ def test_power_and_energy_models_through_the_cli(shipped: Path, tmp_path: Path,
 
 
 def test_metrics_reward_the_right_ranking() -> None:
-    from perfmodel.metrics import (
+    from perftune.model.metrics import (
         WHOLE_SPACE_TRITON,
         cublas_alone_regret,
         regret,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors.problems import check_fits, normalize_dtype, parse_problem, read_problems_file
-from store.errors import PerftuneInputError
+from perftune.collect.problems import check_fits, normalize_dtype, parse_problem, read_problems_file
+from perftune.errors import PerftuneInputError
 
 GEMM = ("m", "n", "k")
 

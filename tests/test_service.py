@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from perfmodel.runtime import Predictor
-from store.db import Store
+from perftune.model.runtime import Predictor
+from perftune.store.db import Store
 
 H100 = "nvidia-h100-80gb-hbm3"
 TOKEN = "test-token-not-a-secret"
@@ -165,8 +165,8 @@ def test_energy_objective_answers_from_the_energy_model(server: Server, shipped:
 
 def test_energy_objective_without_energy_models_is_refused_clearly(
         shipped: Path, model_file: Path) -> None:
-    from service.recommend import Knowledge, NoAnswer, recommend
-    from service.schemas import ProblemQuery
+    from perftune.service.recommend import Knowledge, NoAnswer, recommend
+    from perftune.service.schemas import ProblemQuery
 
     loaded = Predictor.load(model_file)
     runtime_only = Predictor(loaded.model, loaded.meta)

@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from service.app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from perftune.service.app import create_app  # noqa: E402
+from perftune.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from store.db import Store, compact_store, read_export
-from store.errors import StoreError
-from store.schema import SCHEMA_VERSION
+from perftune.errors import StoreError
+from perftune.store.db import Store, compact_store, read_export
+from perftune.store.schema import SCHEMA_VERSION
 from tests.conftest import fingerprint
 
 
@@ -124,7 +124,7 @@ def test_incomplete_export_is_refused(tmp_path: Path) -> None:
 
 
 def test_v1_store_is_migrated_and_keeps_its_rows(db: Path) -> None:
-    from store.schema import MIGRATIONS
+    from perftune.store.schema import MIGRATIONS
 
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE perftune_meta (name VARCHAR PRIMARY KEY, value VARCHAR)")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from collectors.power import PowerObserver
-from collectors.timers import Timer, timer_for
+from perftune.collect.power import PowerObserver
+from perftune.collect.timers import Timer, timer_for
 
 try:
     import torch

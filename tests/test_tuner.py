@@ -11,15 +11,15 @@ import numpy as np
 import optuna
 import pytest
 
-from collectors.power.nvml import BUSY_SQL
-from perfmodel.features import with_config_columns
-from perfmodel.persist import save_model
-from perfmodel.runtime import Predictor, fit_model
-from store.db import Store
-from store.errors import PerftuneInputError
-from tuner._base import Problem
-from tuner.replay import ReplayBackend
-from tuner.search import METHODS, Trial, TuneResult, tune
+from perftune.errors import PerftuneInputError
+from perftune.model.features import with_config_columns
+from perftune.model.persist import save_model
+from perftune.model.runtime import Predictor, fit_model
+from perftune.store.db import Store
+from perftune.store.rules import BUSY_SQL
+from perftune.tune._base import Problem
+from perftune.tune.replay import ReplayBackend
+from perftune.tune.search import METHODS, Trial, TuneResult, tune
 
 H100 = "nvidia-h100-80gb-hbm3"
 WHOLE = Problem(64, 11008, 4096, "fp16", H100)  # a whole-space problem of the dataset
@@ -69,7 +69,7 @@ def test_model_guided_beats_random_and_stops_when_done(shipped: Path,
 
 
 def test_nvmmh_measures_the_heuristics_picks_mapped_to_our_space(shipped: Path) -> None:
-    from perfmodel.nvmmh import heuristic_configs, nearest_candidates
+    from perftune.model.nvmmh import heuristic_configs, nearest_candidates
 
     top = heuristic_configs(m=WHOLE.m, n=WHOLE.n, k=WHOLE.k, dtype="fp16", device=H100,
                             count=3)
@@ -93,8 +93,8 @@ def test_nvmmh_measures_the_heuristics_picks_mapped_to_our_space(shipped: Path) 
 
 
 def test_a_measured_error_corrects_its_neighbours_more_than_far_configs(shipped: Path) -> None:
-    from tuner._base import Measurement
-    from tuner.search import _config_positions, _Search
+    from perftune.tune._base import Measurement
+    from perftune.tune.search import _config_positions, _Search
 
     with Store(shipped, read_only=True) as store:
         backend = ReplayBackend(store)
@@ -165,7 +165,7 @@ def test_live_backend_under_the_interpreter(db: Path,
                                             cli: Callable[..., tuple[int, str, str]]) -> None:
     """Live tuning measures through the collector (interpreter here), stores every
     measurement once, and a second tune reuses them instead of measuring again."""
-    from tuner.live import LiveBackend
+    from perftune.tune.live import LiveBackend
 
     with Store(db) as store:
         backend = LiveBackend(store, interpret=True, timeout_s=120)
@@ -227,7 +227,7 @@ def test_time_and_energy_give_the_pareto_front(method: str, shipped: Path,
 
 def test_energy_objective_bad_input(shipped: Path, db: Path,
                                     cli: Callable[..., tuple[int, str, str]]) -> None:
-    from tuner.live import LiveBackend
+    from perftune.tune.live import LiveBackend
 
     with Store(shipped, read_only=True) as store:
         with pytest.raises(PerftuneInputError, match="objectives must be"):

@@ -1,0 +1,133 @@
+"""`perftune fit`, `predict` and `evaluate`: train models on the store and ask them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from perftune.cli._common import db_option, gemm_problem_options, model_option, print_frame
+from perftune.errors import PerftuneInputError
+
+
+def register(sub: Any) -> None:
+    fit = sub.add_parser(
+        "fit", help="train a runtime model on the store (held-out problems excluded)",
+        description="Train a GEMM runtime model on the store's ok GPU measurements, leaving "
+        "out the held-out problems (data/problems/heldout.csv). 'forest' is a random forest on "
+        "log runtime with calibrated intervals; 'roofline' the analytical model with one fitted "
+        "scale per dataflow. Saved as a skops file (no pickle) with its features, devices "
+        "and data snapshot.")
+    fit.add_argument("--model", choices=["forest", "roofline"], default="forest")
+    fit.add_argument("--target", choices=["runtime", "power", "energy"], default="runtime",
+                     help="what the model predicts: runtime (default), or the average power / "
+                     "energy per call (forests on the busy-GPU energy rows; saved beside the "
+                     "runtime model as gemm_power.skops / gemm_energy.skops)")
+    fit.add_argument("--device", action="append", help="train on this device only "
+                     "(repeatable; default: every GPU in the store)")
+    fit.add_argument("--trees", type=int, help="forest size (default: 60 for runtime, 100 for "
+                     "power and energy)")
+    fit.add_argument("--out", type=Path, default=None,
+                     help="model file (default data/models/gemm_runtime.skops)")
+    db_option(fit)
+    predict = sub.add_parser(
+        "predict", help="predict one config's runtime, or rank every known config",
+        description="Predict the runtime of one GEMM config on a device (--dataflow and "
+        "--config), or rank every config the store knows for the problem (default), with the "
+        "model's interval and the roofline's bound.")
+    gemm_problem_options(predict)
+    predict.add_argument("--dataflow", help="one dataflow (cublas, triton, triton_splitk)")
+    predict.add_argument("--config", help="one config as JSON, e.g. "
+                         "'{\"BLOCK_M\":128,\"BLOCK_N\":128,\"BLOCK_K\":64,\"GROUP_M\":8,"
+                         "\"num_warps\":8,\"num_stages\":3}'")
+    predict.add_argument("--top", type=int, default=10, help="how many ranked configs to show")
+    predict.add_argument("--objective", choices=["time", "energy"], default="time",
+                         help="rank by predicted runtime (default) or energy per call")
+    model_option(predict)
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    db_option(predict)
+    evaluate = sub.add_parser(
+        "evaluate", help="report a model's accuracy on the held-out problems",
+        description="Evaluate a model on the held-out problems (data/problems/heldout.csv): "
+        "writes metrics.json, predicted_vs_measured.png, residuals_by_size.png, roofline.png "
+        "and index.html into --out.")
+    model_option(evaluate)
+    evaluate.add_argument("--device", help="only this device (default: every GPU)")
+    evaluate.add_argument("--out", type=Path, default=Path("report"),
+                          help="report directory (default ./report)")
+    db_option(evaluate)
+    fit.set_defaults(handler=cmd_fit)
+    predict.set_defaults(handler=cmd_predict)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from perftune.model.runtime import fit_model, model_path, save_model
+    from perftune.store.db import Store
+
+    params = {"n_estimators": args.trees} if args.model == "forest" and args.trees else {}
+    if args.trees is not None and args.trees < 1:
+        raise PerftuneInputError("--trees must be at least 1")
+    with Store(args.db, read_only=True) as store:
+        model, meta = fit_model(store, kind=args.model, devices=args.device,
+                                target=args.target, **params)
+    path = save_model(args.out or model_path(args.target), model, meta)
+    print(f"trained a {args.target} {args.model} on {meta['rows']} measurements of "
+          f"{meta['problems']} problems ({', '.join(meta['devices'])}); saved {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from perftune.collect.problems import normalize_dtype, parse_problem
+    from perftune.model.runtime import Predictor, parse_config
+    from perftune.store.db import Store
+
+    dtype = normalize_dtype(args.dtype)
+    problem = parse_problem(args.problem, ("m", "n", "k"), dtype)
+    predictor = Predictor.load(args.model)
+    sizes = problem.sizes
+    with Store(args.db, read_only=True) as store:
+        if args.config is not None or args.dataflow == "cublas":
+            if not args.dataflow:
+                raise PerftuneInputError("--config needs --dataflow (triton or triton_splitk)")
+            config = parse_config(args.config)
+            row = pd.DataFrame([{**sizes, "dtype": dtype, "dataflow": args.dataflow,
+                                 "device_id": args.device, "config": json.dumps(config),
+                                 **config}])
+            result = predictor.predict(store, row)
+        else:
+            dataflows = [args.dataflow] if args.dataflow else None
+            ranked = predictor.rank(store, m=sizes["m"], n=sizes["n"], k=sizes["k"],
+                                    dtype=dtype, device=args.device, dataflows=dataflows,
+                                    objective=args.objective, energy_top=args.top)
+            result = ranked.head(args.top)
+    columns = [c for c in ("dataflow", "config", "predicted_ms", "low_ms", "high_ms",
+                           "predicted_power_w", "predicted_energy_j", "bound",
+                           "attainable_fraction", "trained_on_device") if c in result]
+    shown = result[columns]
+    if args.json:
+        print(shown.to_json(orient="records", indent=2))
+    else:
+        print_frame(shown.round(4), f"{problem} on {args.device} (model {predictor.meta['kind']}"
+                     f", trained on {', '.join(predictor.meta['devices'])})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from perftune.model.report import evaluate
+    from perftune.model.runtime import Predictor
+    from perftune.store.db import Store
+
+    predictor = Predictor.load(args.model)
+    with Store(args.db, read_only=True) as store:
+        metrics = evaluate(predictor, store, args.out, device=args.device)
+    print_frame(pd.DataFrame(metrics).T.round(4).reset_index(names="device"),
+                 f"held-out accuracy of {predictor.meta['kind']} ({args.out}/index.html)")
+    return 0
+
+

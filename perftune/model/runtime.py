@@ -1,0 +1,307 @@
+"""Training runtime models on the store and asking them: one config, or every known config
+of a problem ranked."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perftune.errors import PerftuneInputError
+from perftune.model.features import (
+    DEVICE_COLUMNS,
+    ELEMENT_BYTES,
+    FEATURES,
+    Columns,
+    gemm_feature_arrays,
+    gemm_features,
+    load_measurements,
+    shared_memory_bytes,
+)
+from perftune.model.forest import EnergyForest, PowerForest, RuntimeForest
+from perftune.model.persist import load_model, save_model
+from perftune.model.roofline import RooflineModel, roofline_arrays
+from perftune.settings import default_model_path
+from perftune.store.dataset import heldout_mask
+from perftune.store.db import Store
+from perftune.store.rules import BUSY_SQL, busy_energy
+
+MODELS = {"forest": RuntimeForest, "roofline": RooflineModel}
+# What a model predicts -> the measurement column it learns.
+TARGETS = {"runtime": "runtime_ms", "power": "avg_power_w", "energy": "energy_per_call_j"}
+ENERGY_TARGETS = ("power", "energy")
+
+
+def training_rows(store: Store, *, family: str = "gemm",
+                  devices: list[str] | None = None) -> pd.DataFrame:
+    """Ok measurements of ``family`` on ``devices`` (all GPUs by default), held-out problems
+    removed."""
+    if family != "gemm":
+        raise PerftuneInputError(f"models exist for the gemm family only so far, not {family!r}")
+    rows = load_measurements(store, family=family)
+    if devices:
+        unknown = sorted(set(devices) - set(rows["device_id"]))
+        if unknown:
+            raise PerftuneInputError(f"no measurements of device(s) {unknown} in {store.path}; "
+                                     f"known: {sorted(set(rows['device_id']))}")
+        rows = rows[rows["device_id"].isin(devices)]
+    return rows[~heldout_mask(rows, family)]
+
+
+def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
+              devices: list[str] | None = None, target: str = "runtime",
+              **params: Any) -> tuple[Any, dict[str, Any]]:
+    """Train a model of ``target`` (runtime, or the average power / energy per call of the
+    busy-GPU energy rows) on the store, held-out problems left out."""
+    if target not in TARGETS:
+        raise PerftuneInputError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    if kind not in MODELS:
+        raise PerftuneInputError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+    if target != "runtime" and kind != "forest":
+        raise PerftuneInputError(f"a {target} model is a forest; the roofline models runtime "
+                                 f"only")
+    rows = training_rows(store, family=family, devices=devices)
+    if target != "runtime":
+        rows = rows[busy_energy(rows)]
+    if rows.empty:
+        what = "" if target == "runtime" else " with busy-GPU energy (collect --energy)"
+        raise PerftuneInputError(f"no ok {family} measurements{what} to train on in "
+                                 f"{store.path}")
+    features = gemm_features(rows)
+    forest = {"runtime": MODELS[kind], "power": PowerForest, "energy": EnergyForest}[target]
+    model = forest(**params)
+    if isinstance(model, RuntimeForest):
+        model.fit(features, rows[TARGETS[target]], groups=rows["device_id"] + rows["shape"]
+                  + rows["dtype"])
+    else:
+        model.fit(features, rows["runtime_ms"])
+    meta = {"kind": kind, "target": target, "family": family, "features": list(FEATURES),
+            "devices": sorted(set(rows["device_id"])), "rows": len(rows),
+            "problems": int(rows.groupby(["shape", "dtype"]).ngroups),
+            "snapshot": _snapshot(store), "trained_at": dt.datetime.now(dt.timezone.utc)
+            .isoformat(timespec="seconds")}
+    return model, meta
+
+
+def model_path(target: str, runtime_model: str | Path | None = None) -> Path:
+    """Where the ``target`` model lives beside a runtime model file: gemm_runtime.skops ->
+    gemm_power.skops / gemm_energy.skops (other names get a _power / _energy suffix)."""
+    path = Path(runtime_model) if runtime_model is not None else default_model_path()
+    if target == "runtime":
+        return path
+    stem = (path.stem.replace("runtime", target) if "runtime" in path.stem
+            else f"{path.stem}_{target}")
+    return path.with_name(stem + path.suffix)
+
+
+def _snapshot(store: Store) -> str:
+    frame = store.query("SELECT count(*) AS n, max(measured_at) AS last FROM measurements")
+    return f"{store.path.name}: {int(frame['n'][0])} rows up to {frame['last'][0]}"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What a prediction reads from a store: the GPUs with their properties and ceilings, and
+    every GEMM config the store knows (with its parameters as columns). Built once, it lets a
+    long-lived reader (the service) predict without querying the store per request."""
+
+    devices: pd.DataFrame
+    candidates: pd.DataFrame
+    _on_device: dict[str, pd.DataFrame] = field(default_factory=dict, compare=False,
+                                                repr=False)
+
+    @classmethod
+    def of(cls, store: Store) -> Catalog:
+        from perftune.model.features import with_config_columns
+
+        columns = ", ".join(DEVICE_COLUMNS)
+        devices = store.query(f"SELECT device_id, {columns} FROM devices WHERE kind = 'gpu'")
+        known = store.query("SELECT DISTINCT dataflow, config FROM measurements "
+                            "WHERE family = 'gemm' AND status = 'ok' ORDER BY dataflow, config")
+        return cls(devices, with_config_columns(known))
+
+    def device_rows(self, device_ids: Any) -> pd.DataFrame:
+        unknown = sorted(set(device_ids) - set(self.devices["device_id"]))
+        if unknown:
+            raise PerftuneInputError(
+                f"unknown device(s) {unknown}; known GPUs in the store: "
+                f"{', '.join(sorted(self.devices['device_id']))} (add one with `perftune "
+                f"device --calibrate` on it)")
+        return self.devices
+
+    def on_device(self, device: str) -> pd.DataFrame:
+        """Every candidate config with ``device``'s properties as columns (built once)."""
+        if device not in self._on_device:
+            devices = self.device_rows([device])
+            self._on_device[device] = self.candidates.assign(device_id=device).merge(
+                devices, on="device_id", how="left")
+        return self._on_device[device]
+
+
+@dataclass
+class Predictor:
+    """A loaded runtime model, with the power and energy models saved beside it where there
+    are some; predictions read device properties and known configs from a store or from a
+    :class:`Catalog` built from one."""
+
+    model: Any
+    meta: dict[str, Any]
+    energy_models: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Predictor:
+        """The runtime model at ``path`` (default: the user's), and the power / energy models
+        beside it if any."""
+        path = model_path("runtime", path)
+        model, meta = _load_checked(path, "runtime")
+        extras = {target: _load_checked(model_path(target, path), target)
+                  for target in ENERGY_TARGETS if model_path(target, path).exists()}
+        return cls(model, meta, extras)
+
+    @classmethod
+    def load_or_train(cls, path: str | Path | None, store: Store,
+                      announce: Callable[[str], object] = print) -> Predictor:
+        """Load the models at ``path`` (and beside it); train the missing ones on ``store``
+        first (saying so through ``announce``: it takes a while, once) and save them. Power
+        and energy models are trained only where the store has busy-GPU energy rows."""
+        path = model_path("runtime", path)
+        if not path.exists():
+            announce(f"no model at {path}: training one on {store.path.name} (once, ~20 s)")
+            save_model(path, *fit_model(store))
+        has_energy = store.query(
+            f"SELECT count(*) AS n FROM measurements WHERE {BUSY_SQL}")["n"][0] > 0
+        for target in ENERGY_TARGETS:
+            if has_energy and not model_path(target, path).exists():
+                announce(f"training the {target} model on {store.path.name} (once)")
+                save_model(model_path(target, path), *fit_model(store, target=target))
+        return cls.load(path)
+
+    @property
+    def predicts_energy(self) -> bool:
+        return all(target in self.energy_models for target in ENERGY_TARGETS)
+
+    def energy_columns(self, features: Columns) -> dict[str, np.ndarray]:
+        """Predicted average power (W) and energy per call (J, with its interval) per row of
+        ``features`` (:func:`gemm_feature_arrays`), from the models there are (none: none)."""
+        if not self.energy_models:
+            return {}
+        columns: dict[str, np.ndarray] = {}
+        if "power" in self.energy_models:
+            columns["predicted_power_w"] = self.energy_models["power"][0].predict(features)
+        if "energy" in self.energy_models:
+            columns["predicted_energy_j"], columns["energy_low_j"], columns["energy_high_j"] = \
+                self.energy_models["energy"][0].predict_with_interval(features)
+        return columns
+
+    def predict(self, source: Store | Catalog, rows: pd.DataFrame) -> pd.DataFrame:
+        """Runtime (ms) per row of ``rows`` (m, n, k, dtype, dataflow, device_id and config
+        columns), with the interval where the model has one and the roofline's view."""
+        catalog = source if isinstance(source, Catalog) else Catalog.of(source)
+        devices = catalog.device_rows(rows["device_id"].unique())
+        frame = rows.drop(columns=[c for c in DEVICE_COLUMNS if c in rows.columns]).merge(
+            devices, on="device_id", how="left")
+        features = gemm_feature_arrays(frame)
+        return frame.assign(**self._predicted_columns(frame, features),
+                            **self.energy_columns(features))
+
+    def _predicted_columns(self, frame: Columns, features: Columns) -> dict[str, np.ndarray]:
+        columns: dict[str, np.ndarray] = {}
+        if isinstance(self.model, RuntimeForest):
+            columns["predicted_ms"], columns["low_ms"], columns["high_ms"] = \
+                self.model.predict_with_interval(features)
+        else:
+            columns["predicted_ms"] = self.model.predict(features)
+        columns["smem_bytes"] = features["smem_bytes"]
+        parts = roofline_arrays(features)
+        columns["bound"] = parts["bound"]
+        columns["attainable_fraction"] = parts["attainable_fraction"]
+        columns["trained_on_device"] = np.isin(np.asarray(frame["device_id"]),
+                                               self.meta["devices"])
+        return columns
+
+    def rank(self, source: Store | Catalog, *, m: int, n: int, k: int, dtype: str, device: str,
+             dataflows: list[str] | None = None, objective: str = "time",
+             energy_top: int = 0) -> pd.DataFrame:
+        """Every config the store knows for GEMM (per dataflow), fitting the device's shared
+        memory, ranked by predicted runtime (``objective="time"``) or by predicted energy per
+        call (``"energy"``, with the power and energy columns). A time ranking gets the energy
+        columns for its first ``energy_top`` rows (NaN below) where there are energy models."""
+        if objective not in ("time", "energy"):
+            raise PerftuneInputError(f"unknown objective {objective!r}; use time or energy")
+        if objective == "energy" and not self.predicts_energy:
+            raise PerftuneInputError("no power and energy models beside the runtime model; "
+                                     "train them with `perftune fit --target power` and "
+                                     "`--target energy` (needs busy-GPU energy rows)")
+        catalog = source if isinstance(source, Catalog) else Catalog.of(source)
+        known = catalog.on_device(device)
+        if dataflows:
+            known = known[known["dataflow"].isin(dataflows)]
+        if known.empty:
+            raise PerftuneInputError("the store knows no GEMM configs to rank")
+        known = known[_fits(known, k=k, dtype=dtype)]
+        # Columns as arrays, not a frame per request: pandas' overhead was half the latency.
+        columns = {name: known[name].to_numpy() for name in known.columns}
+        size = len(known)
+        columns.update(m=np.full(size, m), n=np.full(size, n), k=np.full(size, k),
+                       dtype=np.full(size, dtype))
+        features = gemm_feature_arrays(columns)
+        columns.update(self._predicted_columns(columns, features))
+        if objective == "energy":
+            columns.update(self.energy_columns(features))
+        key = "predicted_energy_j" if objective == "energy" else "predicted_ms"
+        order = np.argsort(columns[key], kind="stable")
+        ranked = {name: values[order] for name, values in columns.items()}
+        if objective == "time" and energy_top > 0 and self.energy_models:
+            top = {name: values[order][:energy_top] for name, values in features.items()}
+            for name, values in self.energy_columns(top).items():
+                ranked[name] = np.concatenate([values, np.full(size - len(values), np.nan)])
+        return pd.DataFrame(ranked)
+
+
+def _load_checked(path: str | Path, target: str) -> tuple[Any, dict[str, Any]]:
+    model, meta = load_model(path)
+    if meta.get("target", "runtime") != target:
+        raise PerftuneInputError(f"{path} is a {meta.get('target')} model, not a {target} "
+                                 f"model; pass the runtime model file")
+    if meta.get("features") != list(FEATURES):
+        raise PerftuneInputError(
+            f"{path} was trained on other features than this perftune computes; retrain "
+            f"with `perftune fit`")
+    return model, meta
+
+
+def _fits(candidates: pd.DataFrame, *, k: int, dtype: str) -> np.ndarray:
+    """Configs that fit the device's shared memory and, for split-K, have a K block per split."""
+    if dtype not in ELEMENT_BYTES:
+        raise PerftuneInputError(f"unknown dtype {dtype!r}; known: {', '.join(ELEMENT_BYTES)}")
+    block_m, block_n, block_k, stages, split = (
+        candidates[c].to_numpy(float) for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages",
+                                                 "SPLIT_K"))
+    smem = shared_memory_bytes(stages, block_m, block_n, block_k, ELEMENT_BYTES[dtype])
+    split = np.nan_to_num(split, nan=1.0)
+    library = candidates["config"].eq("{}").to_numpy()
+    fits = library | (smem <= candidates["shared_memory_per_block"].to_numpy(float))
+    return fits & ~((split > 1) & (k < split * block_k))
+
+
+def parse_config(text: str | None) -> dict[str, int]:
+    if not text:
+        return {}
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PerftuneInputError(f"--config is not JSON ({exc}); e.g. "
+                                 '\'{"BLOCK_M": 128, "BLOCK_N": 128, ...}\'') from None
+    if not isinstance(config, dict) or not all(isinstance(v, int) for v in config.values()):
+        raise PerftuneInputError("--config must be a JSON object of integer parameters")
+    return config
+
+
+__all__ = ["Predictor", "fit_model", "parse_config", "save_model",
+           "training_rows"]

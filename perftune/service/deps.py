@@ -1,0 +1,67 @@
+"""FastAPI dependencies (``Annotated``): settings, the loaded knowledge, token checks.
+
+All are ``async``: trivial work that would otherwise cost a thread-pool hop per request."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from perftune.service.recommend import Knowledge
+from perftune.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_knowledge(request: Request) -> Knowledge:
+    return request.app.state.knowledge
+
+
+def _check(expected: SecretStr | None, given: HTTPAuthorizationCredentials | None,
+           what: str) -> None:
+    if expected is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"{what} are disabled: start the service with PERFTUNE_TOKEN set")
+    # compare_digest: constant time, so the token cannot be guessed byte by byte
+    if given is None or not secrets.compare_digest(given.credentials.encode(),
+                                                   expected.get_secret_value().encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                            "missing or wrong token: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_write_token(settings: Annotated[Settings, Depends(get_settings)],
+                        credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                               Depends(_bearer)]) -> None:
+    _check(settings.token, credentials, "writes")
+
+
+async def require_read_token(settings: Annotated[Settings, Depends(get_settings)],
+                             request: Request) -> None:
+    """Reads are open unless PERFTUNE_READ_TOKEN is set. The header is read by hand so that
+    the OpenAPI schema does not claim that open reads need a token."""
+    if settings.read_token is not None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = (HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+                 if scheme.lower() == "bearer" and token else None)
+        _check(settings.read_token, given, "reads")
+
+
+def limit_batch(items: list[object], settings: Settings, field: str) -> None:
+    """413 for a request with more items than ``max_batch``, naming the field."""
+    if len(items) > settings.max_batch:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"{field}: {len(items)} in one request, at most "
+                            f"{settings.max_batch}; split it")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+KnowledgeDep = Annotated[Knowledge, Depends(get_knowledge)]

@@ -1,0 +1,27 @@
+"""POST /v1/measurements: ingest, token required."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, status
+
+from perftune.service.deps import KnowledgeDep, SettingsDep, limit_batch, require_write_token
+from perftune.service.recommend import NoAnswer, ingest
+from perftune.service.schemas import IngestPublic, MeasurementsCreate
+
+router = APIRouter(prefix="/v1", tags=["measurements"])
+
+
+@router.post("/measurements", response_model=IngestPublic, status_code=status.HTTP_201_CREATED,
+             dependencies=[Depends(require_write_token)],
+             responses={401: {"description": "missing or wrong token"},
+                        403: {"description": "writes are disabled (no token configured)"},
+                        413: {"description": "too many measurements in one request"}})
+def post_measurements(knowledge: KnowledgeDep, settings: SettingsDep,
+                      body: MeasurementsCreate) -> IngestPublic:
+    """Store measurements once each (by natural key); acknowledged means committed."""
+    limit_batch(list(body.measurements), settings, "measurements")
+    try:
+        stored = ingest(knowledge, body.measurements)
+    except NoAnswer as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    return IngestPublic(received=len(body.measurements), stored=stored)

@@ -1,0 +1,55 @@
+"""Where perftune keeps its files, and the settings shared by the CLI and the service.
+
+One pydantic-settings class reads ``PERFTUNE_*`` from the environment. The default store and
+models live in a user data directory (``$PERFTUNE_HOME``, else ``$XDG_DATA_HOME/perftune``,
+else ``~/.local/share/perftune``), built from the dataset shipped in the package the first
+time a command needs them, so an installed perftune never writes into its own install.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+DATASET_DIR = PACKAGE_DATA / "dataset"
+PROBLEMS_DIR = PACKAGE_DATA / "problems"
+HELDOUT_FILE = PROBLEMS_DIR / "heldout.csv"
+RUNTIME_MODEL_NAME = "gemm_runtime.skops"
+
+
+def home() -> Path:
+    """The user data directory: the default store and the default models live here."""
+    explicit = os.environ.get("PERFTUNE_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "perftune"
+
+
+def default_db_path() -> Path:
+    """``$PERFTUNE_DB`` if set, else ``perftune.duckdb`` in :func:`home`."""
+    return Path(os.environ.get("PERFTUNE_DB") or home() / "perftune.duckdb")
+
+
+def default_model_path() -> Path:
+    """``$PERFTUNE_MODEL`` if set, else the runtime model in :func:`home`'s ``models/``."""
+    return Path(os.environ.get("PERFTUNE_MODEL") or home() / "models" / RUNTIME_MODEL_NAME)
+
+
+class Settings(BaseSettings):
+    """``PERFTUNE_DB``, ``PERFTUNE_MODEL``, ``PERFTUNE_TOKEN``, ... (flags of `perftune serve`
+    set the same variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="PERFTUNE_", extra="ignore")
+
+    db: Path = Field(default_factory=default_db_path, description="the store (built if absent)")
+    model: Path = Field(default_factory=default_model_path,
+                        description="the runtime model (trained if absent)")
+    token: SecretStr | None = Field(default=None, description="write token (unset: no writes)")
+    read_token: SecretStr | None = Field(default=None, description="if set, reads need it too")
+    max_batch: int = Field(default=256, ge=1, description="most items per request")
+    max_body_bytes: int = Field(default=4_000_000, ge=1024, description="largest request body")
