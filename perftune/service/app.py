@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from perftune.service.metrics import LATENCY, REQUESTS
 from perftune.service.routers import catalog, health, measurements, recommendations
 from perftune.settings import Settings
 
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
     from perftune.service.recommend import Knowledge
 
 log = logging.getLogger("perftune.service")
-REGISTRY = CollectorRegistry()
-REQUESTS = Counter("perftune_requests", "HTTP requests", ["route", "status"], registry=REGISTRY)
-LATENCY = Histogram("perftune_request_seconds", "request latency", ["route"], registry=REGISTRY,
-                    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0))
 
 
 def load_knowledge(settings: Settings) -> Knowledge:

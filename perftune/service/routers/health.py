@@ -19,6 +19,6 @@ def healthz(knowledge: KnowledgeDep) -> dict[str, object]:
 def metrics() -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from perftune.service.app import REGISTRY
+    from perftune.service.metrics import REGISTRY
 
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
