@@ -25,6 +25,7 @@ from perftune.model.features import (
     shared_memory_bytes,
 )
 from perftune.model.forest import EnergyForest, PowerForest, RuntimeForest
+from perftune.model.metrics import runtime_metrics
 from perftune.model.persist import load_model, save_model
 from perftune.model.roofline import RooflineModel, roofline_arrays
 from perftune.settings import default_model_path
@@ -38,10 +39,10 @@ TARGETS = {"runtime": "runtime_ms", "power": "avg_power_w", "energy": "energy_pe
 ENERGY_TARGETS = ("power", "energy")
 
 
-def training_rows(store: Store, *, family: str = "gemm",
-                  devices: list[str] | None = None) -> pd.DataFrame:
+def training_rows(store: Store, *, family: str = "gemm", devices: list[str] | None = None,
+                  heldout: bool = False) -> pd.DataFrame:
     """Ok measurements of ``family`` on ``devices`` (all GPUs by default), held-out problems
-    removed."""
+    removed (or, with ``heldout``, only those)."""
     if family != "gemm":
         raise PerftuneInputError(f"models exist for the gemm family only so far, not {family!r}")
     rows = load_measurements(store, family=family)
@@ -51,7 +52,8 @@ def training_rows(store: Store, *, family: str = "gemm",
             raise PerftuneInputError(f"no measurements of device(s) {unknown} in {store.path}; "
                                      f"known: {sorted(set(rows['device_id']))}")
         rows = rows[rows["device_id"].isin(devices)]
-    return rows[~heldout_mask(rows, family)]
+    held = heldout_mask(rows, family)
+    return rows[held if heldout else ~held]
 
 
 def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
@@ -81,12 +83,43 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
                   + rows["dtype"])
     else:
         model.fit(features, rows["runtime_ms"])
+    trained_on = sorted(set(rows["device_id"]))
     meta = {"kind": kind, "target": target, "family": family, "features": list(FEATURES),
-            "devices": sorted(set(rows["device_id"])), "rows": len(rows),
+            "devices": trained_on, "rows": len(rows),
             "problems": int(rows.groupby(["shape", "dtype"]).ngroups),
             "snapshot": _snapshot(store), "trained_at": dt.datetime.now(dt.timezone.utc)
-            .isoformat(timespec="seconds")}
+            .isoformat(timespec="seconds"),
+            "accuracy": heldout_accuracy(store, model, target=target, family=family,
+                                         devices=trained_on)}
     return model, meta
+
+
+def heldout_accuracy(store: Store, model: Any, *, target: str = "runtime", family: str = "gemm",
+                     devices: list[str] | None = None) -> dict[str, float] | None:
+    """What ``model`` was measured to do on the store's held-out problems of ``devices``
+    (kept in the model file's metadata): runtime MAPE, regret and interval coverage, or the
+    power / energy error. None when the store holds no held-out problem of those devices."""
+    rows = training_rows(store, family=family, devices=devices, heldout=True)
+    if target != "runtime":
+        rows = rows[busy_energy(rows)]
+    if rows.empty:
+        return None
+    features = gemm_features(rows)
+    truth = rows[TARGETS[target]].to_numpy(float)
+    accuracy: dict[str, float] = {"heldout_problems": float(rows.groupby(
+        ["device_id", "shape", "dtype"]).ngroups), "heldout_rows": float(len(rows))}
+    if target == "runtime":
+        predicted = model.predict(features)
+        accuracy.update(runtime_metrics(rows, predicted))
+        if isinstance(model, RuntimeForest):
+            _, low, high = model.predict_with_interval(features)
+            accuracy["interval_coverage"] = float(np.mean((truth >= low) & (truth <= high)))
+            accuracy["interval_stated"] = model.coverage
+        return accuracy
+    error = np.abs(model.predict(features) - truth) / truth
+    name = "power_median_error" if target == "power" else "energy_mape"
+    accuracy[name] = float(np.median(error) if target == "power" else np.mean(error))
+    return accuracy
 
 
 def model_path(target: str, runtime_model: str | Path | None = None) -> Path:

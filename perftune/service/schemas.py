@@ -132,4 +132,5 @@ class ModelPublic(BaseModel):
     snapshot: str
     trained_at: str
     accuracy: dict[str, float] | None = Field(
-        None, description="held-out accuracy from benchmarks/results/model_accuracy.json")
+        None, description="what the model was measured to do on the held-out problems "
+                    "when it was trained (kept in the model file)")

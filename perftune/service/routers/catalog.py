@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 from fastapi import APIRouter, Depends
 
 from perftune.service.deps import KnowledgeDep, require_read_token
@@ -13,8 +9,6 @@ from perftune.service.recommend import family_spaces
 from perftune.service.schemas import DevicePublic, FamilyPublic, ModelPublic
 
 router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(require_read_token)])
-ACCURACY_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / \
-    "model_accuracy.json"
 
 
 @router.get("/devices", response_model=list[DevicePublic])
@@ -40,19 +34,10 @@ def get_families() -> list[FamilyPublic]:
 @router.get("/models", response_model=list[ModelPublic])
 def get_models(knowledge: KnowledgeDep) -> list[ModelPublic]:
     predictor = knowledge.predictor
-    figures = json.loads(ACCURACY_FILE.read_text()) if ACCURACY_FILE.exists() else {}
     metas = [predictor.meta] + [meta for _, meta in predictor.energy_models.values()]
     return [ModelPublic(kind=meta["kind"], target=meta.get("target", "runtime"),
                         family=meta["family"], devices=meta["devices"], rows=meta["rows"],
                         problems=meta["problems"], snapshot=meta["snapshot"],
                         trained_at=meta["trained_at"],
-                        accuracy=_accuracy(figures, meta.get("target", "runtime")))
+                        accuracy=meta.get("accuracy"))
             for meta in metas]
-
-
-def _accuracy(figures: dict[str, Any], target: str) -> dict[str, float] | None:
-    if target != "runtime":
-        figures = figures.get("power_and_energy", {}).get("forest", {})
-    numbers = {k: float(v) for k, v in figures.items()
-               if isinstance(v, int | float) and not isinstance(v, bool)}
-    return numbers or None
