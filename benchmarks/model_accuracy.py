@@ -1,7 +1,7 @@
 """Runtime-model accuracy on the held-out problems (never random rows of seen problems),
 side by side with the baselines, in one run; saves benchmarks/results/model_accuracy.json.
 
-    python benchmarks/model_accuracy.py [--db STORE] [--trees 60]
+    python -m benchmarks.model_accuracy [--db STORE] [--trees 60]
 
 Compared on the H100's held-out GEMM problems: our forest and the fitted roofline (trained on
 the other H100 problems); a GPPerf-style forest (m, n, k, block sizes, FLOPs, bytes,
@@ -10,7 +10,7 @@ paper did: its test rows share problems with its training rows, the leak); cuBLA
 Triton tutorial's 8 configs (best of the 8, as triton.autotune picks; on whole-space problems
 only, where all 8 are measured); NVIDIA's nvMatmulHeuristics (TRITON target, predefined
 H100_SXM, on CPU), its top-1 kernel mapped to the nearest measured config of each held-out
-problem (perfmodel/nvmmh.py). Cross-device: the H100-trained forest on the H200's held-out
+problem (perftune/model/nvmmh.py). Cross-device: the H100-trained forest on the H200's held-out
 problems with 0 and with 10 calibration measurements. Power and energy per call: forests
 trained on the busy-GPU energy rows of the training problems, scored on those of the held-out
 problems, beside two constants (the median training power, and the device's power limit;
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +29,22 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._shipped import gemm_measurements  # noqa: E402
-from perftune.model.features import GEMM_PARAMS, gemm_features  # noqa: E402
-from perftune.model.forest import EnergyForest, PowerForest, RuntimeForest  # noqa: E402
-from perftune.model.metrics import (  # noqa: E402
+from benchmarks._shipped import gemm_measurements
+from perftune.model.features import GEMM_PARAMS, gemm_features
+from perftune.model.forest import EnergyForest, PowerForest, RuntimeForest
+from perftune.model.metrics import (
     PROBLEM,
     cublas_alone_regret,
     geomean,
     runtime_metrics,
     whole_space_problems,
 )
-from perftune.model.roofline import RooflineModel  # noqa: E402
-from perftune.store.dataset import heldout_mask  # noqa: E402
-from perftune.store.rules import busy_energy  # noqa: E402
-from perftune.tune.search import TUTORIAL  # noqa: E402
+from perftune.model.roofline import RooflineModel
+from perftune.store.dataset import heldout_mask
+from perftune.store.rules import busy_energy
+from perftune.tune.strategies.fixed import TUTORIAL
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 H100, H200 = "nvidia-h100-80gb-hbm3", "nvidia-h200"
 UNCAPPED = 0.93  # of the power limit: below it a row's power is not simply the limit
@@ -103,10 +101,11 @@ def _nvmmh_regret(test: pd.DataFrame) -> dict[str, float | int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", type=Path, help="store (default: a fresh one from data/dataset)")
+    parser.add_argument("--db", type=Path,
+                        help="store (default: a fresh one from the shipped dataset)")
     parser.add_argument("--trees", type=int, default=60)
     parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "model_accuracy.json")
+                        default=RESULTS / "model_accuracy.json")
     args = parser.parse_args()
     everything = gemm_measurements(args.db, "model-accuracy")
     h100 = everything[everything["device_id"] == H100]
@@ -150,7 +149,8 @@ def main() -> None:
     cross = _cross_device(everything, forest)
     result = {
         "device": H100, "date": dt.date.today().isoformat(),
-        "command": "python benchmarks/model_accuracy.py", "data": "data/dataset (shipped)",
+        "command": "python -m benchmarks.model_accuracy",
+        "data": "perftune/data/dataset (shipped)",
         "heldout_problems": int(test.groupby(PROBLEM).ngroups), "heldout_rows": len(test),
         "train_problems": int(train.groupby(PROBLEM).ngroups), "train_rows": len(train),
         **ours, "baselines": baselines, "cross_device": cross, "power_and_energy": power,
