@@ -6,6 +6,7 @@ import json
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -326,3 +327,37 @@ def test_crafted_model_file_cannot_run_code(tmp_path: Path, rows: pd.DataFrame) 
     # The same file with the payload trusted would run it: the test's file is a real attack.
     sio.load(crafted, trusted=sio.get_untrusted_types(file=crafted))
     assert marker.read_text() == "ran"
+
+
+ESTIMATORS = [RuntimeForest(n_estimators=3, n_jobs=1), PowerForest(n_estimators=3, n_jobs=1),
+              EnergyForest(n_estimators=3, n_jobs=1), RooflineModel()]
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_models_are_scikit_learn_estimators(estimator: Any, rows: pd.DataFrame) -> None:
+    """scikit-learn's own checks that fit models of named features: parameters only stored by
+    ``__init__``, get/set_params, clone; ``fit`` returns the estimator and sets only
+    attributes ending in ``_``."""
+    from sklearn.base import clone, is_regressor
+    from sklearn.utils.estimator_checks import (
+        check_get_params_invariance,
+        check_no_attributes_set_in_init,
+        check_parameters_default_constructible,
+        check_set_params,
+    )
+
+    name = type(estimator).__name__
+    for check in (check_no_attributes_set_in_init, check_parameters_default_constructible,
+                  check_get_params_invariance, check_set_params):
+        check(name, clone(estimator))
+    assert is_regressor(estimator)
+    fresh = clone(estimator)
+    before = set(vars(fresh))
+    sample = rows.sample(300, random_state=3)
+    features = gemm_features(sample)
+    target = sample["avg_power_w"].fillna(300.0) if isinstance(fresh, PowerForest) and not \
+        isinstance(fresh, EnergyForest) else sample["runtime_ms"]
+    assert fresh.fit(features, target) is fresh
+    learned = set(vars(fresh)) - before
+    assert learned and all(name.endswith("_") for name in learned)
+    assert np.all(np.isfinite(fresh.predict(features)))

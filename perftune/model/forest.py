@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import RandomForestRegressor
 
 Features: TypeAlias = "pd.DataFrame | Mapping[str, np.ndarray]"  # a frame, or arrays by name
 
 
-class RuntimeForest:
+class RuntimeForest(RegressorMixin, BaseEstimator):
     """Random forest on log runtime. The spread of the trees' predictions is the uncertainty;
     ``fit`` calibrates it on held-back *problems* so that ``predict_interval`` covers the truth
     about ``coverage`` of the time, then refits on everything.
@@ -22,9 +23,9 @@ class RuntimeForest:
     default the roofline's), the trees learn the log ratio of measured to baseline time.
     With ``separate`` (a 0/1 feature, by default ``is_cublas``), the rows of each value get a
     forest of their own: cuBLAS has one row per problem, and among hundreds of tiled configs
-    per problem a shared forest barely learned it. 60 trees with leaves of 3 rows scored as
-    well as 100 with leaves of 2 in a 3-fold CV over the training problems, at a third of the
-    prediction time (shallower trees).
+    per problem a shared forest barely learns it. The defaults (60 trees, leaves of at least 3
+    rows) come from cross-validation over the training problems: larger, deeper forests were no
+    more accurate and are slower to predict, which matters to the service.
     """
 
     def __init__(self, *, n_estimators: int = 60, min_samples_leaf: int = 3,
@@ -124,7 +125,7 @@ class RuntimeForest:
 
 def _mean_and_spread(forest: RandomForestRegressor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # The trees' low-level predict: the same numbers as tree.predict, without re-validating
-    # the input once per tree (which made a 750-row ranking take ~100 ms instead of ~15).
+    # the input once per tree (that validation costs more than the prediction on a ranking).
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     per_tree = np.stack([tree.tree_.predict(x32)[:, 0] for tree in forest.estimators_])
     return per_tree.mean(axis=0), per_tree.std(axis=0)
@@ -134,9 +135,9 @@ class PowerForest(RuntimeForest):
     """The same forest on a device's average power (W) or energy per call (J) of a config:
     log target, no baseline (``residual_of=None``), the calibrated spread as its uncertainty.
     As for runtime, cuBLAS rows get a forest of their own (``separate="is_cublas"``: its
-    kernels are not the tiled ones; median power error 3.35% against 3.56% shared in
-    benchmarks/model_cv.py over the training problems, 2026-11-24). Train it only on rows
-    whose energy was measured with the GPU kept busy (busy-queue or busy-graph)."""
+    kernels are not the tiled ones, and cross-validation over the training problems,
+    benchmarks/model_cv.py, scores the separate forest better than a shared one). Train it only
+    on rows whose energy was measured with the GPU kept busy (perftune.store.rules)."""
 
     def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 2,
                  max_features: float = 0.5, coverage: float = 0.9,
@@ -151,10 +152,15 @@ class PowerForest(RuntimeForest):
 
 class EnergyForest(PowerForest):
     """The power forest for energy per call (J), except that energy scales with the runtime:
-    like the runtime forest, the trees learn the log ratio to the roofline's time (energy MAPE
-    17% against 20% without, on the held-out problems, 2026-11-24). One forest for all
-    dataflows: a separate cuBLAS forest did not help energy (CV MAPE 18.5% against 18.3%)."""
+    like the runtime forest, the trees learn the log ratio to the roofline's time, which
+    predicts energy better than the plain target (benchmarks/model_accuracy.py reports both).
+    One forest for all dataflows: a separate cuBLAS forest does not help energy."""
 
-    def __init__(self, *, residual_of: str | None = "log_roofline_ms",
-                 separate: str | None = None, **params: Any):
-        super().__init__(residual_of=residual_of, separate=separate, **params)
+    def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 2,
+                 max_features: float = 0.5, coverage: float = 0.9,
+                 calibration_share: float = 0.2, residual_of: str | None = "log_roofline_ms",
+                 separate: str | None = None, random_state: int = 0, n_jobs: int = -1):
+        super().__init__(n_estimators=n_estimators, min_samples_leaf=min_samples_leaf,
+                         max_features=max_features, coverage=coverage,
+                         calibration_share=calibration_share, residual_of=residual_of,
+                         separate=separate, random_state=random_state, n_jobs=n_jobs)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin
 
 LAUNCH_MS = 0.004  # one kernel launch on Hopper, as seen by CUDA events
 _ROOFLINE_INPUTS = ("log_flops", "is_cublas", "is_splitk", "padding", "wave_efficiency",
@@ -41,7 +42,7 @@ def roofline_arrays(features: Mapping[str, Any]) -> dict[str, np.ndarray]:
             "attainable_fraction": ideal / runtime}
 
 
-class RooflineModel:
+class RooflineModel(RegressorMixin, BaseEstimator):
     """The roofline as an estimator: ``fit`` learns one scale per dataflow (the median ratio of
     measured to roofline time), ``predict`` returns milliseconds."""
 
