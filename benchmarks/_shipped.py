@@ -12,7 +12,8 @@ from perftune.store.db import Store
 
 
 def fresh_store(name: str) -> Path:
-    """A store built from data/dataset at /tmp/perftune-<name>.duckdb (rebuilt every run)."""
+    """A store built from the shipped dataset at /tmp/perftune-<name>.duckdb (rebuilt every
+    run)."""
     db = Path("/tmp") / f"perftune-{name}.duckdb"
     db.unlink(missing_ok=True)
     build_store(db)

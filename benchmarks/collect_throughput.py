@@ -6,7 +6,7 @@ an isolated worker. Each runs in its own process with an empty Triton cache, so 
 inherits the other's compiled kernels. Prints the figures and saves them to
 benchmarks/results/collect_throughput.json.
 
-    python benchmarks/collect_throughput.py            # on a GPU machine
+    python -m benchmarks.collect_throughput            # on a GPU machine
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
 PROBLEMS = ["16x4096x4096", "64x14336x4096", "128x4096x4096", "512x11008x4096",
             "2048x4096x4096", "4096x4096x4096"]
 CONFIGS = 95
@@ -105,7 +105,7 @@ def collector(out: Path) -> None:
     start = time.perf_counter()
     db = out.with_suffix(".duckdb")
     with Store(db) as store:
-        summary = Collector(store, _spec(), command="benchmarks/collect_throughput.py").run()
+        summary = Collector(store, _spec(), command="python -m benchmarks.collect_throughput").run()
         elapsed = time.perf_counter() - start
         frame = store.query("SELECT shape, config, status, runtime_ms, runtime_spread "
                             "FROM measurements")
@@ -117,8 +117,7 @@ def collector(out: Path) -> None:
 
 
 def _run_isolated(role: str, out: Path) -> dict:
-    env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix=f"triton-{role}-"),
-               PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix=f"triton-{role}-"))
     subprocess.run([sys.executable, __file__, "--role", role, "--out", str(out)], env=env,
                    check=True)
     return json.loads(out.read_text())
@@ -134,7 +133,7 @@ def main() -> None:
     parser.add_argument("--role", choices=["naive", "collector"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "collect_throughput.json")
+                        default=RESULTS / "collect_throughput.json")
     args = parser.parse_args()
     if args.role:
         {"naive": naive, "collector": collector}[args.role](args.out)
@@ -165,7 +164,7 @@ def main() -> None:
         "device_id": device["device_id"],
         "software": device["software"],
         "date": dt.date.today().isoformat(),
-        "command": "python benchmarks/collect_throughput.py",
+        "command": "python -m benchmarks.collect_throughput",
         "problems": PROBLEMS, "configs_per_problem": CONFIGS, "dtype": DTYPE,
         "measurements": count,
         "naive_elapsed_s": naive_run["elapsed_s"],

@@ -1,17 +1,16 @@
-"""Power of the same configs by the two stored energy loops, side by side, in one run.
+"""Power of the same configs by the two energy loops and two window lengths, side by side.
 
-    python benchmarks/energy_methods.py            # on a GPU machine (H100)
+    python -m benchmarks.energy_methods            # on a GPU machine (H100)
 
-The shipped H100 rows whose energy came from the Python loop ("busy-queue", 0.5 s windows)
-were trusted for kernels of 0.1 ms or more; 274 of those 1,153 rows read an average power over
-720 W on a GPU whose enforced power limit is 700 W, against 4 of 1,041 CUDA-graph rows. This
-measures again a few of them (the most over the limit, and others at random): with the Python
-loop over 0.5 s (as stored) and over 1 s, and with the CUDA-graph replay over 1 s (the current
-"busy-graph" method), in a rotating order, twice. Beside each: NVML's own sampled power
-(nvmlDeviceGetPowerUsage averaged over the window), SM clock and temperature. Prints the
-summary and saves everything to benchmarks/results/energy_methods.json.
+Takes H100 rows of the shipped dataset whose energy came from the Python loop ("busy-queue")
+for kernels of 0.1 ms or more (the highest-power ones, and others at random) and measures them
+again: with the Python loop over 0.5 s and over 1 s, and with the CUDA-graph replay over 1 s
+(the "busy-graph" method), in a rotating order, twice. Beside each: NVML's own sampled power
+(nvmlDeviceGetPowerUsage averaged over the window), SM clock and temperature. This shows which
+window length and loop give readings that repeat, and which stay under the power limit.
+Prints the summary and saves everything to benchmarks/results/energy_methods.json.
 
-    python benchmarks/energy_methods.py --summarize benchmarks/results/energy_methods.json
+    python -m benchmarks.energy_methods --summarize benchmarks/results/energy_methods.json
 
 recomputes the summary of saved readings (any machine) and saves it in place.
 """
@@ -21,15 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+RESULTS = Path(__file__).resolve().parent / "results"
 
 H100 = "nvidia-h100-80gb-hbm3"
 HIGHEST, AT_RANDOM = 8, 8
@@ -85,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "energy_methods.json")
+                        default=RESULTS / "energy_methods.json")
     parser.add_argument("--summarize", type=Path, metavar="JSON",
                         help="recompute the summary of a saved run's readings (no GPU)")
     args = parser.parse_args()
@@ -99,9 +96,10 @@ def main() -> None:
     from perftune.collect.families import load_family
     from perftune.collect.power.nvml import NVMLObserver, measure_energy
     from perftune.collect.problems import parse_problem
+    from perftune.settings import DATASET_DIR
 
     family = load_family("gemm")
-    chosen = chosen_rows(pd.read_parquet(ROOT / "data" / "dataset" / "measurements.parquet"))
+    chosen = chosen_rows(pd.read_parquet(DATASET_DIR / "measurements.parquet"))
     launchers: list[Callable[[], None]] = []
     for row in chosen.itertuples():
         problem = parse_problem(row.shape, family.dims, row.dtype)
@@ -132,7 +130,7 @@ def main() -> None:
     figures = summary(table, power_limit_w)
     result = {"device": gpu_device_id(torch.cuda.get_device_name()),
               "date": dt.date.today().isoformat(),
-              "command": "python benchmarks/energy_methods.py", "rounds": ROUNDS,
+              "command": "python -m benchmarks.energy_methods", "rounds": ROUNDS,
               "summary": figures, "readings": json.loads(table.to_json(orient="records"))}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2) + "\n")
@@ -143,7 +141,7 @@ def _summarize(path: Path) -> None:
     saved = json.loads(path.read_text())
     saved["summary"] = summary(pd.DataFrame(saved["readings"]),
                                saved["summary"]["power_limit_w"])
-    saved["summary_command"] = f"python benchmarks/energy_methods.py --summarize {path}"
+    saved["summary_command"] = f"python -m benchmarks.energy_methods --summarize {path}"
     path.write_text(json.dumps(saved, indent=2) + "\n")
     print(json.dumps(saved["summary"], indent=2))
 

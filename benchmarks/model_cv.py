@@ -1,8 +1,8 @@
 """Model choices by cross-validation over the *training* problems only (the held-out problems
-stay unseen until benchmarks/model_accuracy.py scores the choice); saves
+stay unseen until benchmarks.model_accuracy scores the choice); saves
 benchmarks/results/model_cv.json.
 
-    python benchmarks/model_cv.py [--folds 4] [--trees 60] [--seeds 2]
+    python -m benchmarks.model_cv [--folds 4] [--trees 60] [--seeds 2]
 
 Each variant is the shipped feature list less some columns or plus some candidates, or the
 shipped features fitted without the problems of some problem files (data choices: the scored
@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,24 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._shipped import gemm_measurements  # noqa: E402
-from perftune.model.features import (  # noqa: E402
+from benchmarks._shipped import gemm_measurements
+from perftune.model.features import (
     CANDIDATE_FEATURES,
     FEATURES,
     gemm_features,
 )
-from perftune.model.forest import PowerForest, RuntimeForest  # noqa: E402
-from perftune.model.metrics import cublas_alone_regret, regret, whole_space_problems  # noqa: E402
+from perftune.model.forest import PowerForest, RuntimeForest
+from perftune.model.metrics import cublas_alone_regret, regret, whole_space_problems
 from perftune.settings import PROBLEMS_DIR
-from perftune.store.dataset import heldout_mask, listed_problems  # noqa: E402
-from perftune.store.rules import busy_energy  # noqa: E402
+from perftune.store.dataset import heldout_mask, listed_problems
+from perftune.store.rules import busy_energy
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 H100 = "nvidia-h100-80gb-hbm3"
 # Each variant: the columns it leaves out of the shipped feature list, the candidate columns
-# (perfmodel.features.CANDIDATE_FEATURES) it adds, and the problem files (data/problems/) whose
+# (perftune.model.features.CANDIDATE_FEATURES) it adds, and the problem files
+# (perftune/data/problems/) whose
 # problems it does not fit on, or the power forest parameters it changes (power_params).
 VARIANTS: dict[str, dict[str, Any]] = {
     "shipped": {},
@@ -104,7 +103,7 @@ def _columns(drops: tuple[str, ...] = (), adds: tuple[str, ...] = (), **_: objec
 
 
 def _problems_of(files: tuple[str, ...]) -> frozenset[str]:
-    """The "shape dtype" labels of the GEMM problems in ``files`` (under data/problems/)."""
+    """The "shape dtype" labels of the GEMM problems in ``files`` (shipped problem lists)."""
     return frozenset(f"{shape} {dtype}" for name in files
                      for _, dtype, shape in listed_problems(PROBLEMS_DIR / name))
 
@@ -112,12 +111,13 @@ def _problems_of(files: tuple[str, ...]) -> frozenset[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", type=Path, help="store (default: a fresh one from data/dataset)")
+    parser.add_argument("--db", type=Path,
+                        help="store (default: a fresh one from the shipped dataset)")
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--trees", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=2, help="forest seeds per fold")
     parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "model_cv.json")
+                        default=RESULTS / "model_cv.json")
     args = parser.parse_args()
     h100 = gemm_measurements(args.db, "model-cv", device=H100)
     train = h100[~heldout_mask(h100)].reset_index(drop=True)
@@ -130,9 +130,9 @@ def main() -> None:
     whole = _whole_space(train)
     whole_rows = train[(train["shape"] + " " + train["dtype"]).isin(whole)]
     result = {"device": H100, "date": dt.date.today().isoformat(),
-              "command": f"python benchmarks/model_cv.py --folds {args.folds} "
+              "command": f"python -m benchmarks.model_cv --folds {args.folds} "
                          f"--trees {args.trees} --seeds {args.seeds}",
-              "data": "data/dataset (shipped), training problems only",
+              "data": "perftune/data/dataset (shipped), training problems only",
               "train_problems": int(train.groupby(["shape", "dtype"]).ngroups),
               "folds": args.folds, "seeds": args.seeds,
               "whole_space_problems": len(whole),

@@ -1,12 +1,14 @@
-"""What re-measuring rows changed in the shipped dataset, against the dataset of an earlier
-commit (by default bc16092, the last one before the re-measure of short rows of 2026-11-24).
+"""What measuring rows again in place (``perftune collect --retime-below``, ``--energy-only``)
+changed in the shipped dataset: the dataset now against the one at an earlier git revision.
 
-    python benchmarks/retime_effect.py [--before bc16092] [--results FILE]
-    python benchmarks/retime_effect.py --before 74607c5 \
-        --results benchmarks/results/energy_requeue_effect.json   # the busy-queue rows
+    python -m benchmarks.retime_effect [--before REV] [--results FILE]
+    python -m benchmarks.retime_effect --before 74607c5 \
+        --results benchmarks/results/energy_requeue_effect.json   # the busy-queue energy rows
 
-CPU only: reads data/dataset/measurements.parquet now and at ``--before`` (through git), joins
-the rows by key and saves the figures to benchmarks/results/retime_effect.json.
+CPU only: reads the shipped measurements now and at ``--before`` (through git), joins the rows
+by key and saves the figures to benchmarks/results/retime_effect.json: re-timed rows against
+their earlier timings, re-measured energy rows against their earlier readings, and the rows
+left as they were.
 """
 
 from __future__ import annotations
@@ -21,17 +23,23 @@ from typing import Any
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-MEASUREMENTS = "data/dataset/measurements.parquet"
+from perftune.settings import DATASET_DIR
+
+MEASUREMENTS = "perftune/data/dataset/measurements.parquet"
+# Where revisions before the one-package layout kept the shipped measurements.
+EARLIER_MEASUREMENTS = "data/dataset/measurements.parquet"
 H100 = "nvidia-h100-80gb-hbm3"
-DEFAULT = ROOT / "benchmarks" / "results" / "retime_effect.json"
+DEFAULT = Path(__file__).resolve().parent / "results" / "retime_effect.json"
 DISTURBED = 1.3  # a median this far over the fastest repetition: host time in the window
 
 
 def _at(revision: str) -> pd.DataFrame:
-    blob = subprocess.run(["git", "show", f"{revision}:{MEASUREMENTS}"], cwd=ROOT,
-                          capture_output=True, check=True).stdout
-    return pd.read_parquet(io.BytesIO(blob))
+    for path in (MEASUREMENTS, EARLIER_MEASUREMENTS):
+        shown = subprocess.run(["git", "show", f"{revision}:{path}"],
+                               cwd=Path(__file__).resolve().parent, capture_output=True)
+        if shown.returncode == 0:
+            return pd.read_parquet(io.BytesIO(shown.stdout))
+    raise SystemExit(f"no shipped measurements at revision {revision}")
 
 
 def _share_disturbed(rows: pd.DataFrame) -> float:
@@ -91,11 +99,12 @@ def main() -> None:
     parser.add_argument("--before", default="bc16092", help="git revision of the earlier data")
     parser.add_argument("--results", type=Path, default=DEFAULT)
     args = parser.parse_args()
-    devices = pd.read_parquet(ROOT / "data" / "dataset" / "devices.parquet")
+    devices = pd.read_parquet(DATASET_DIR / "devices.parquet")
     limit = float(devices.loc[devices["device_id"] == H100, "power_limit_w"].iloc[0])
-    figures = effect(_at(args.before), pd.read_parquet(ROOT / MEASUREMENTS), limit)
+    figures = effect(_at(args.before), pd.read_parquet(DATASET_DIR / "measurements.parquet"),
+                     limit)
     result = {"device": H100, "date": dt.date.today().isoformat(),
-              "command": f"python benchmarks/retime_effect.py --before {args.before}"
+              "command": f"python -m benchmarks.retime_effect --before {args.before}"
                          + (f" --results {args.results}" if args.results != DEFAULT else ""),
               "data": f"{MEASUREMENTS} now against {args.before}", **figures}
     args.results.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,13 +1,13 @@
-"""Launch bubbles in short-kernel timings and energy, old method against new, in one run.
+"""Launch bubbles in short-kernel timings and energy: an unheld stream against a held one.
 
-    python benchmarks/timer_bubbles.py            # on a GPU machine
+    python -m benchmarks.timer_bubbles            # on a GPU machine
 
-Times short GEMM configs of two problems whose stored medians sat far above their fastest
-repetition: with the first timer (flush, start event, call, end event) and with the current one
-(the stream held ahead by a GPU spin, collectors/timers/cuda_events.py), each with the CPU idle
-and with every core but two busy (as while a sweep compiles the next configs). Then measures
-energy per call of a few of them with Python calls back to back (the first "busy-queue" loop)
-and with a CUDA graph replay (the current "busy-graph" one). Prints the figures and saves them
+Times short GEMM configs of two problems whose stored medians sit far above their fastest
+repetition: with a plain timer (flush, start event, call, end event) and with perftune's (the
+stream held ahead by a GPU spin, perftune/collect/timers/cuda_events.py), each with the CPU
+idle and with every core but two busy (as while a sweep compiles the next configs). Then
+measures energy per call of a few of them with Python calls back to back (the "busy-queue"
+loop) and with a CUDA graph replay (the "busy-graph" one). Prints the figures and saves them
 with the stored dataset values to benchmarks/results/timer_bubbles.json.
 """
 
@@ -19,7 +19,6 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,8 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+RESULTS = Path(__file__).resolve().parent / "results"
 
 H100 = "nvidia-h100-80gb-hbm3"
 PROBLEMS = [("m=1,n=1024,k=4096", "fp16"), ("m=32,n=4096,k=4096", "bf16")]
@@ -54,7 +52,7 @@ def _chosen(measurements: Path) -> pd.DataFrame:
 
 
 def _unheld_samples(fn: Callable[[], None], flush: Any, reps: int) -> list[float]:
-    """The first timer: flush, start event, call, end event, nothing holding the stream."""
+    """A plain timer: flush, start event, call, end event, nothing holding the stream."""
     import torch
 
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
@@ -93,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "timer_bubbles.json")
+                        default=RESULTS / "timer_bubbles.json")
     args = parser.parse_args()
     import torch
 
@@ -102,9 +100,10 @@ def main() -> None:
     from perftune.collect.power.nvml import NVMLObserver, measure_energy
     from perftune.collect.problems import parse_problem
     from perftune.collect.timers.cuda_events import CudaEventTimer
+    from perftune.settings import DATASET_DIR
 
     family = load_family("gemm")
-    chosen = _chosen(ROOT / "data" / "dataset" / "measurements.parquet")
+    chosen = _chosen(DATASET_DIR / "measurements.parquet")
     timer = CudaEventTimer()
     launchers: list[Callable[[], None]] = []
     inputs_by_problem: dict[tuple[str, str], Any] = {}
@@ -138,7 +137,7 @@ def main() -> None:
     summary = _summary(table)
     result = {"device": gpu_device_id(torch.cuda.get_device_name()),
               "date": dt.date.today().isoformat(),
-              "command": "python benchmarks/timer_bubbles.py", "reps": REPS,
+              "command": "python -m benchmarks.timer_bubbles", "reps": REPS,
               "busy_cores_when_loaded": cores, "summary": summary, "energy": energy,
               "configs": json.loads(table.to_json(orient="records"))}
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,14 @@
 """Tuner regret against budget, by replay of recorded H100 measurements (CPU only).
 
-    python benchmarks/tuner_budget.py [--seeds 5]
+    python -m benchmarks.tuner_budget [--seeds 5]
 
 On the held-out, whole-space H100 GEMM problems (their true best is known): regret = best
 known time / time of the tuner's answer, geomean over problems, within the `triton` dataflow
 and across dataflows, at budgets 1, 2, 4, 8, 16, 32, for perftune's model-guided search
 (forest trained on the other H100 problems), Optuna TPE from cold, random search (both
 averaged over seeds), the Triton tutorial's 8 configs, NVIDIA's nvMatmulHeuristics' top-k
-(k = budget distinct configs of our space, mapped as in perfmodel/nvmmh.py), and cuBLAS alone.
-Saves
-benchmarks/results/tuner_budget.json.
+(k = budget distinct configs of our space, mapped as in perftune/model/nvmmh.py), and cuBLAS
+alone. Saves benchmarks/results/tuner_budget.json.
 """
 
 from __future__ import annotations
@@ -17,20 +16,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks._shipped import fresh_store
+from perftune.collect.problems import Problem
+from perftune.model.metrics import WHOLE_SPACE_TRITON, geomean
+from perftune.model.runtime import Predictor, fit_model
+from perftune.store.dataset import heldout_problems
+from perftune.store.db import Store
+from perftune.tune.replay import ReplayBackend
+from perftune.tune.search import tune
 
-from benchmarks._shipped import fresh_store  # noqa: E402
-from perftune.model.metrics import WHOLE_SPACE_TRITON, geomean  # noqa: E402
-from perftune.model.runtime import Predictor, fit_model  # noqa: E402
-from perftune.store.dataset import heldout_problems  # noqa: E402
-from perftune.store.db import Store  # noqa: E402
-from perftune.tune._base import Problem  # noqa: E402
-from perftune.tune.replay import ReplayBackend  # noqa: E402
-from perftune.tune.search import tune  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"
 
 H100 = "nvidia-h100-80gb-hbm3"
 BUDGETS = [1, 2, 4, 8, 10, 16, 32]
@@ -45,7 +42,7 @@ def whole_space_heldout(store: Store) -> list[Problem]:
                          "WHERE device_id = ? AND family = 'gemm' AND dataflow = 'triton' "
                          "GROUP BY ALL ORDER BY dtype, m, n, k", [H100])
     held = heldout_problems()
-    return [Problem(int(r.m), int(r.n), int(r.k), r.dtype, H100)
+    return [Problem.of(r.dtype, m=int(r.m), n=int(r.n), k=int(r.k)).on(H100)
             for r in counts.itertuples()
             if r.triton > WHOLE_SPACE_TRITON and ("gemm", r.dtype, r.shape) in held]
 
@@ -55,7 +52,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "tuner_budget.json")
+                        default=RESULTS / "tuner_budget.json")
     args = parser.parse_args()
     with Store(fresh_store("tuner-budget"), read_only=True) as store:
         model, meta = fit_model(store, devices=[H100])
@@ -89,7 +86,8 @@ def main() -> None:
     within = results["perftune"]["within_triton"]
     result = {
         "device": H100, "date": dt.date.today().isoformat(), "backend": "replay",
-        "command": "python benchmarks/tuner_budget.py", "data": "data/dataset (shipped)",
+        "command": "python -m benchmarks.tuner_budget",
+        "data": "perftune/data/dataset (shipped)",
         "problems": [f"{p.shape} {p.dtype}" for p in problems], "budgets": BUDGETS,
         "seeds": args.seeds, "regret": results,
         "regret_at_10": within[BUDGETS.index(10)],

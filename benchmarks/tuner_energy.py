@@ -1,22 +1,23 @@
 """Time and energy, live on the GPU: the Pareto front of GEMM configs and the energy that a
 small slowdown saves, on held-out whole-space H100 problems, in one run.
 
-    python benchmarks/tuner_energy.py --store data/runs/h100_dataset.duckdb   # on a GPU
+    python -m benchmarks.tuner_energy --store STORE     # on a GPU
 
 For each problem (the held-out whole-space ones, the most work first): perftune's
 model-guided tuner, Optuna's multi-objective TPE and random search, each with ``--budget``
 measurements and objectives (time, energy), live through the collector (timings already in
-the store are reused; energy per call is measured with NVML's busy-queue window and added to
-the store); then a reference: energy of the ``--reference`` fastest configs of the whole space
-(their timings are known). Reported per method: its front, and the energy per call saved within
+the store are reused; energy per call is measured through NVML and added to the store); then
+a reference: energy of the ``--reference`` fastest configs of the whole space (their timings
+are known). Reported per method: its front, and the energy per call saved within
 ``--max-time-loss`` of the fastest config it measured and of the whole space's fastest config.
 
-    python benchmarks/tuner_energy.py --analyze data/perftune.duckdb   # CPU, after the run
+    python -m benchmarks.tuner_energy --analyze STORE   # CPU, after the run
 
 adds, from every energy row of those problems in the store (the run's measurements), the front
 across dataflows and within the ``triton`` dataflow, with the energy *and the average power*
-(the figure the seed paper reports) saved within the time-loss limit.
-Saves benchmarks/results/tuner_energy.json.
+(the figure power studies often report) saved within the time-loss limit.
+Saves benchmarks/results/tuner_energy.json. STORE is a writable store that holds the problems'
+whole-space timings, e.g. one built from the shipped dataset with ``perftune db init --db STORE``.
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from perftune.collect.problems import Problem
+from perftune.model.runtime import Predictor, fit_model
+from perftune.store.dataset import build_store
+from perftune.store.db import Store
+from perftune.store.rules import BUSY_SQL
+from perftune.tune.search import Trial, TuneResult, tune
 
-from perftune.model.runtime import Predictor, fit_model  # noqa: E402
-from perftune.store.dataset import build_store  # noqa: E402
-from perftune.store.db import Store  # noqa: E402
-from perftune.store.rules import BUSY_SQL  # noqa: E402
-from perftune.tune._base import Problem  # noqa: E402
-from perftune.tune.search import Trial, TuneResult, tune  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"
 
 METHODS = {"perftune": "model", "optuna_tpe": "tpe", "random": "random"}
 OBJECTIVES = ("time", "energy")
@@ -58,7 +58,7 @@ def main() -> None:
                         help="fastest configs of the whole space measured for energy")
     parser.add_argument("--max-time-loss", type=float, default=0.05)
     parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "tuner_energy.json")
+                        default=RESULTS / "tuner_energy.json")
     args = parser.parse_args()
     if args.analyze:
         result = json.loads(args.results.read_text())
@@ -89,7 +89,8 @@ def main() -> None:
         rows.append(record)
         print(json.dumps(_summary_line(record)), flush=True)
         result = {"device": torch.cuda.get_device_name(0), "date": dt.date.today().isoformat(),
-                  "command": " ".join(["python", *sys.argv]), "budget": args.budget,
+                  "command": " ".join(["python -m benchmarks.tuner_energy", *sys.argv[1:]]),
+                  "budget": args.budget,
                   "max_time_loss": args.max_time_loss, "problems": rows,
                   "summary": summarize(rows)}
         args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,8 @@ def analyze(store: Store, problem: str, max_time_loss: float) -> dict[str, Any]:
     out: dict[str, Any] = {"problem": problem, "energy_rows": len(rows)}
     for scope, chosen in (("across_dataflows", rows),
                           ("within_triton", rows[rows["dataflow"] == "triton"])):
-        result = TuneResult("measured", Problem(0, 0, 0, dtype, H100), objectives=OBJECTIVES,
+        result = TuneResult("measured", Problem.of(dtype, m=0, n=0, k=0).on(H100),
+                            objectives=OBJECTIVES,
                             trials=[Trial(r.dataflow, r.config, r.runtime_ms,
                                           r.energy_per_call_j, r.avg_power_w)
                                     for r in chosen.itertuples()])

@@ -1,6 +1,6 @@
 """Live tuning on the GPU against triton.autotune over the whole space, in one run.
 
-    python benchmarks/tuner_live.py [--budget 10] [--problems 5]
+    python -m benchmarks.tuner_live [--budget 10] [--problems 5]
 
 On held-out whole-space H100 problems: perftune's model-guided tuner (forest trained on the
 shipped data without the held-out problems), random search and the Triton tutorial's 8 configs
@@ -26,16 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from perftune.collect.problems import Problem
+from perftune.model.metrics import geomean
+from perftune.model.runtime import Predictor, fit_model
+from perftune.store.dataset import build_store
+from perftune.store.db import Store
+from perftune.tune.replay import ReplayBackend
+from perftune.tune.search import tune
 
-from perftune.model.metrics import geomean  # noqa: E402
-from perftune.model.runtime import Predictor, fit_model  # noqa: E402
-from perftune.store.dataset import build_store  # noqa: E402
-from perftune.store.db import Store  # noqa: E402
-from perftune.tune._base import Problem  # noqa: E402
-from perftune.tune.replay import ReplayBackend  # noqa: E402
-from perftune.tune.search import tune  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"
 
 METHODS = {"perftune": "model", "random": "random", "triton_tutorial_8": "tutorial",
            "nvmmh_top_k": "nvmmh"}
@@ -98,7 +97,7 @@ def main() -> None:
     parser.add_argument("--reuse-autotune", type=Path,
                         help="earlier tuner_live.json: reuse its triton.autotune runs")
     parser.add_argument("--results", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "tuner_live.json")
+                        default=RESULTS / "tuner_live.json")
     args = parser.parse_args()
     if args.merge:
         summary = merge([json.loads(path.read_text()) for path in args.merge], args.budget)
@@ -127,7 +126,6 @@ def run_live(budget: int, count: int, only: list[int] | None, results: Path,
     from benchmarks.tuner_budget import H100, whole_space_heldout
     from perftune.collect.device import limits_of
     from perftune.collect.families import load_family
-    from perftune.collect.problems import Problem as FamilyProblem
     from perftune.collect.timers.cuda_events import CudaEventTimer
     from perftune.tune.live import LiveBackend
 
@@ -155,8 +153,7 @@ def run_live(budget: int, count: int, only: list[int] | None, results: Path,
                 started = time.perf_counter()
                 backend = LiveBackend(store)
                 try:
-                    result = tune(Problem(problem.m, problem.n, problem.k, problem.dtype,
-                                          backend.device_id), backend, budget=budget,
+                    result = tune(problem.on(backend.device_id), backend, budget=budget,
                                   method=method, dataflows=("triton",), predictor=predictor,
                                   store=store)
                 finally:
@@ -166,7 +163,7 @@ def run_live(budget: int, count: int, only: list[int] | None, results: Path,
                                 "measurements": len(result.trials),
                                 "config": json.loads(best.config) if best else None,
                                 "runtime_ms": best.runtime_ms if best else None}
-        target = FamilyProblem.of(problem.dtype, m=problem.m, n=problem.n, k=problem.k)
+        target = problem.on(None)
         if earlier_autotune and record["problem"] in earlier_autotune:
             reused = earlier_autotune[record["problem"]]
             record["triton_autotune"] = {key: reused[key] for key in ("wall_s", "configs",
@@ -188,7 +185,7 @@ def run_live(budget: int, count: int, only: list[int] | None, results: Path,
         rows.append(record)
         print(json.dumps(record), flush=True)
         part = {"device": torch.cuda.get_device_name(0), "date": dt.date.today().isoformat(),
-                "command": f"python benchmarks/tuner_live.py --budget {budget} --problems "
+                "command": f"python -m benchmarks.tuner_live --budget {budget} --problems "
                            f"{count} --only {' '.join(map(str, only or []))}"
                            + (" --reuse-autotune <earlier>" if earlier_autotune else ""),
                 "budget": budget, "problems": rows}
@@ -219,7 +216,7 @@ def merge(parts: list[dict[str, Any]], budget: int) -> dict[str, Any]:
     return {
         "device": parts[0]["device"], "date": parts[0]["date"],
         "command": "; ".join(part["command"] for part in parts)
-                   + "; then (CPU) python benchmarks/tuner_live.py --merge <parts>",
+                   + "; then (CPU) python -m benchmarks.tuner_live --merge <parts>",
         "budget": budget, "problems": rows, "repeated_runs": repeats,
         "live_speed_vs_best_answer": live, "replay_regret": replay,
         "ranking_agrees": (sorted(ranked, key=lambda m: live[m])

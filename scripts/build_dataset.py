@@ -1,38 +1,35 @@
-"""Build the shipped dataset (data/dataset/) from the GPU stores the device runs returned.
+"""Build the shipped dataset (perftune/data/dataset/) from perftune stores of GPU measurements.
 
-    python scripts/build_dataset.py data/runs/h100_dataset.duckdb data/runs/h200_dataset.duckdb \
-        data/runs/h100_fullspace.duckdb
-    python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb DELTA.duckdb
-    python scripts/build_dataset.py --merge-into data/runs/h100_dataset.duckdb --replace DELTA
-
-    python scripts/build_dataset.py --export-delta "2026-11-24 10:00:00" STORE DELTA.duckdb
-
-(``--replace``: the delta's measurements replace stored ones of the same key, as after
-``perftune collect --retime-below``; the merged store is compacted, as ``perftune db
-compact`` does, so that it stays small enough to carry to the device. ``--export-delta
-SINCE``, on the GPU machine: the campaigns started since SINCE (UTC) and their rows, as a
-small store to bring back: a whole store can be over what a device call may return.)
+    python -m scripts.build_dataset STORE [STORE ...]          # rewrite perftune/data/dataset/
+    python -m scripts.build_dataset --out DIR STORE [STORE ...]  # or write it elsewhere
+    python -m scripts.build_dataset --merge-into STORE DELTA [DELTA ...]
+    python -m scripts.build_dataset --merge-into STORE --replace DELTA
+    python -m scripts.build_dataset --export-delta "YYYY-MM-DD HH:MM:SS" STORE DELTA
 
 Merges the stores (GPU devices only: interpreter rows never ship), marks campaigns that a time
 limit ended without a clean finish as interrupted, counts what each campaign wrote, and writes
 Parquet plus a manifest (devices, software, dates, commands, problem files, counts per status)
-through `Store.export_parquet`. The held-out problems are data/problems/heldout.csv.
+through `Store.export_parquet`. The held-out problems are perftune/data/problems/heldout.csv.
+
+``--merge-into STORE``: only merge the other stores into STORE (and compact it, as ``perftune
+db compact`` does); with ``--replace`` their measurements replace stored ones of the same key,
+as after ``perftune collect --retime-below``. ``--export-delta SINCE``, on the GPU machine:
+copy the campaigns started since SINCE (UTC) and their rows into a new, small store, to bring
+back instead of the whole store. docs/gpu.md shows the whole round trip.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from perftune.settings import DATASET_DIR, HELDOUT_FILE, PACKAGE_DATA, PROBLEMS_DIR
+from perftune.store.dataset import heldout_problems
+from perftune.store.db import Store, compact_store
 
-from perftune.settings import DATASET_DIR, HELDOUT_FILE
-from perftune.store.dataset import heldout_problems  # noqa: E402
-from perftune.store.db import Store, compact_store  # noqa: E402
+REPOSITORY = PACKAGE_DATA.parents[1]  # the manifest names files relative to the checkout
 
 
 def merge(sources: list[Path], target: Path, *, replace: bool = False) -> None:
@@ -85,12 +82,12 @@ def manifest_extra(store: Store) -> dict[str, object]:
         "software": json.loads(software.to_json(orient="records", date_format="iso")),
         "counts_per_status": json.loads(statuses.to_json(orient="records")),
         "campaigns": json.loads(commands.to_json(orient="records")),
-        "problem_files": sorted(str(p.relative_to(ROOT))
-                                for p in (ROOT / "data" / "problems").glob("*.csv")),
-        "heldout_file": str(HELDOUT_FILE.relative_to(ROOT)),
+        "problem_files": sorted(str(p.relative_to(REPOSITORY))
+                                for p in PROBLEMS_DIR.glob("*.csv")),
+        "heldout_file": str(HELDOUT_FILE.relative_to(REPOSITORY)),
         "heldout_problems": len(heldout_problems()),
-        "collected_with": "scripts/device_dataset.sh and scripts/device_session2.sh through the "
-                          "device tool (see data/README.md)",
+        "collected_with": "the perftune collect commands listed with each campaign "
+                          "(docs/dataset.md)",
     }
 
 
@@ -100,8 +97,8 @@ def main() -> None:
     parser.add_argument("stores", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=DATASET_DIR)
     parser.add_argument("--merge-into", type=Path, metavar="STORE",
-                        help="only merge the stores into STORE (a device call's delta into the "
-                             "running store), export nothing")
+                        help="only merge the other stores into STORE (e.g. a GPU run's delta "
+                             "into the store so far), export nothing")
     parser.add_argument("--replace", action="store_true",
                         help="with --merge-into: measurements of a key already in STORE are "
                              "replaced by the delta's (re-timed rows)")

@@ -1,19 +1,18 @@
-"""Write the GEMM problem lists of the shipped dataset (issue 4) under data/problems/.
+"""Write the GEMM problem lists of the shipped dataset under perftune/data/problems/.
 
 Linear layers of several LLM families (y = x W^T: M tokens, N output features, K input
 features), decode to prefill, plus random sizes that are not multiples of 16 or 64.
 Deterministic: re-running rewrites the same files.
 
-    python scripts/make_problem_lists.py
+    python -m scripts.make_problem_lists
 """
 
 from __future__ import annotations
 
 import csv
 import random
-from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "data" / "problems"
+from perftune.settings import PROBLEMS_DIR as OUT
 
 # name: (hidden, intermediate, kv width)
 MODELS = {

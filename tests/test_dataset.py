@@ -112,7 +112,7 @@ def test_energy_rows_are_plausible(shipped: Path) -> None:
     average over ~1 s above the device's enforced power limit (+5%): 0.5 s windows of the first
     Python loop read up to 824 W on the 700 W H100 before they were measured again."""
     energy = _busy_energy(shipped)
-    assert len(energy) >= 2000 and energy["shape"].nunique() >= 100  # issue 4's target
+    assert len(energy) >= 2000 and energy["shape"].nunique() >= 100  # energy coverage
     assert energy["avg_power_w"].between(50, 1.05 * energy["power_limit_w"]).all()
     ratio = energy["energy_per_call_j"] / (energy["runtime_ms"] * 1e-3 * energy["avg_power_w"])
     busy = ratio[energy["runtime_ms"] >= 0.1]

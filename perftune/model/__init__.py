@@ -1,1 +1,1 @@
-"""Models of runtime and power: the roofline and learned estimators (issue 5)."""
+"""Models of runtime and power: the roofline and learned estimators."""

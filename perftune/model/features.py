@@ -77,8 +77,8 @@ def gemm_features(frame: pd.DataFrame, *, names: Sequence[str] = FEATURES) -> pd
 def gemm_feature_arrays(frame: Columns, *, names: Sequence[str] = FEATURES
                         ) -> dict[str, np.ndarray]:
     """:func:`gemm_features` as plain arrays, for callers that already checked the columns:
-    the service ranks ~750 candidates per request, and pandas' per-operation overhead was most
-    of that time."""
+    the service ranks ~750 candidates per request, and pandas' per-operation overhead would be
+    most of that time."""
     length = len(np.asarray(frame["m"]))
 
     def column(name: str) -> np.ndarray:

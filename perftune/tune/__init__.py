@@ -1,1 +1,1 @@
-"""Search for the best dataflow and config of a problem (issue 6)."""
+"""Search for the best dataflow and config of a problem in few measurements."""
