@@ -12,6 +12,7 @@ import pandas as pd
 
 from perftune.errors import PerftuneInputError
 from perftune.store.db import Store
+from perftune.store.queries import measurements_with_devices
 
 GEMM_PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages", "SPLIT_K")
 DATAFLOWS = ("cublas", "triton", "triton_splitk")
@@ -41,16 +42,8 @@ VECTOR_BYTES = 16  # the widest global load: a row stride that is a multiple of 
 def load_measurements(store: Store, *, family: str = "gemm", device: str | None = None,
                       status: str = "ok") -> pd.DataFrame:
     """Measurements of a family joined with their device's properties, configs as columns."""
-    where = ["m.family = ?", "m.status = ?", "d.kind = 'gpu'"]
-    params: list[object] = [family, status]
-    if device:
-        where.append("m.device_id = ?")
-        params.append(device)
-    device_columns = ", ".join(f"d.{c}" for c in DEVICE_COLUMNS)
-    frame = store.query(
-        f"SELECT m.*, {device_columns}, d.power_limit_w FROM measurements m "
-        "JOIN devices d USING (device_id) "
-        f"WHERE {' AND '.join(where)} ORDER BY m.key", params)
+    frame = measurements_with_devices(store, family=family, device_columns=DEVICE_COLUMNS,
+                                      device=device, status=status)
     return with_config_columns(frame)
 
 

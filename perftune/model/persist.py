@@ -14,8 +14,7 @@ from typing import Any
 import skops.io as sio
 
 from perftune.errors import PerftuneInputError
-from perftune.model.forest import EnergyForest, PowerForest, RuntimeForest
-from perftune.model.roofline import RooflineModel
+from perftune.model.registry import estimator_classes
 
 FORMAT = "perftune-model"
 FORMAT_VERSION = 3  # 2: log ratio to the roofline; 3: a forest per part, new features
@@ -27,8 +26,8 @@ _SKLEARN_TYPES = frozenset({"sklearn.tree._tree.Tree"})
 
 def trusted_types() -> frozenset[str]:
     """The exact type names a model file may hold beyond skops' own safe defaults."""
-    ours = (RuntimeForest, PowerForest, EnergyForest, RooflineModel)
-    return _SKLEARN_TYPES | {f"{cls.__module__}.{cls.__qualname__}" for cls in ours}
+    return _SKLEARN_TYPES | {f"{cls.__module__}.{cls.__qualname__}"
+                             for cls in estimator_classes()}
 
 
 def save_model(path: str | Path, model: Any, meta: dict[str, Any]) -> Path:

@@ -24,16 +24,17 @@ from perftune.model.features import (
     load_measurements,
     shared_memory_bytes,
 )
-from perftune.model.forest import EnergyForest, PowerForest, RuntimeForest
+from perftune.model.forest import RuntimeForest
 from perftune.model.metrics import runtime_metrics
 from perftune.model.persist import load_model, save_model
-from perftune.model.roofline import RooflineModel, roofline_arrays
+from perftune.model.registry import RUNTIME_MODELS, TARGET_MODELS
+from perftune.model.roofline import roofline_arrays
 from perftune.settings import default_model_path
 from perftune.store.dataset import heldout_mask
 from perftune.store.db import Store
-from perftune.store.rules import BUSY_SQL, busy_energy
+from perftune.store.queries import gpu_devices, has_trusted_energy, known_configs, snapshot
+from perftune.store.rules import busy_energy
 
-MODELS = {"forest": RuntimeForest, "roofline": RooflineModel}
 # What a model predicts -> the measurement column it learns.
 TARGETS = {"runtime": "runtime_ms", "power": "avg_power_w", "energy": "energy_per_call_j"}
 ENERGY_TARGETS = ("power", "energy")
@@ -63,8 +64,9 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
     busy-GPU energy rows) on the store, held-out problems left out."""
     if target not in TARGETS:
         raise PerftuneInputError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
-    if kind not in MODELS:
-        raise PerftuneInputError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+    if kind not in RUNTIME_MODELS:
+        raise PerftuneInputError(f"unknown model {kind!r}; choose from "
+                                 f"{', '.join(RUNTIME_MODELS)}")
     if target != "runtime" and kind != "forest":
         raise PerftuneInputError(f"a {target} model is a forest; the roofline models runtime "
                                  f"only")
@@ -76,7 +78,7 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
         raise PerftuneInputError(f"no ok {family} measurements{what} to train on in "
                                  f"{store.path}")
     features = gemm_features(rows)
-    forest = {"runtime": MODELS[kind], "power": PowerForest, "energy": EnergyForest}[target]
+    forest = RUNTIME_MODELS[kind] if target == "runtime" else TARGET_MODELS[target]
     model = forest(**params)
     if isinstance(model, RuntimeForest):
         model.fit(features, rows[TARGETS[target]], groups=rows["device_id"] + rows["shape"]
@@ -87,7 +89,7 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
     meta = {"kind": kind, "target": target, "family": family, "features": list(FEATURES),
             "devices": trained_on, "rows": len(rows),
             "problems": int(rows.groupby(["shape", "dtype"]).ngroups),
-            "snapshot": _snapshot(store), "trained_at": dt.datetime.now(dt.timezone.utc)
+            "snapshot": snapshot(store), "trained_at": dt.datetime.now(dt.timezone.utc)
             .isoformat(timespec="seconds"),
             "accuracy": heldout_accuracy(store, model, target=target, family=family,
                                          devices=trained_on)}
@@ -133,11 +135,6 @@ def model_path(target: str, runtime_model: str | Path | None = None) -> Path:
     return path.with_name(stem + path.suffix)
 
 
-def _snapshot(store: Store) -> str:
-    frame = store.query("SELECT count(*) AS n, max(measured_at) AS last FROM measurements")
-    return f"{store.path.name}: {int(frame['n'][0])} rows up to {frame['last'][0]}"
-
-
 @dataclass(frozen=True)
 class Catalog:
     """What a prediction reads from a store: the GPUs with their properties and ceilings, and
@@ -153,10 +150,8 @@ class Catalog:
     def of(cls, store: Store) -> Catalog:
         from perftune.model.features import with_config_columns
 
-        columns = ", ".join(DEVICE_COLUMNS)
-        devices = store.query(f"SELECT device_id, {columns} FROM devices WHERE kind = 'gpu'")
-        known = store.query("SELECT DISTINCT dataflow, config FROM measurements "
-                            "WHERE family = 'gemm' AND status = 'ok' ORDER BY dataflow, config")
+        devices = gpu_devices(store, DEVICE_COLUMNS)
+        known = known_configs(store, family="gemm")
         return cls(devices, with_config_columns(known))
 
     def device_rows(self, device_ids: Any) -> pd.DataFrame:
@@ -207,8 +202,7 @@ class Predictor:
         if not path.exists():
             announce(f"no model at {path}: training one on {store.path.name} (once, ~20 s)")
             save_model(path, *fit_model(store))
-        has_energy = store.query(
-            f"SELECT count(*) AS n FROM measurements WHERE {BUSY_SQL}")["n"][0] > 0
+        has_energy = has_trusted_energy(store)
         for target in ENERGY_TARGETS:
             if has_energy and not model_path(target, path).exists():
                 announce(f"training the {target} model on {store.path.name} (once)")

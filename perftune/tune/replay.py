@@ -8,6 +8,7 @@ import pandas as pd
 
 from perftune.errors import PerftuneInputError
 from perftune.store.db import Store
+from perftune.store.queries import problem_measurements
 from perftune.store.rules import busy_energy
 from perftune.tune._base import Backend, Measurement, Problem
 
@@ -15,26 +16,23 @@ from perftune.tune._base import Backend, Measurement, Problem
 class ReplayBackend(Backend):
     name = "replay"
 
-    def __init__(self, store: Store, *, energy: bool = False):
-        self.store = store
+    def __init__(self, store: Store, *, energy: bool = False, family: str = "gemm"):
+        self.store, self.family = store, family
         self.energy = energy
         self._recorded: dict[Problem, pd.DataFrame] = {}
         self.measured: list[tuple[str, str]] = []
 
     def _rows(self, problem: Problem) -> pd.DataFrame:
         if problem not in self._recorded:
-            rows = self.store.query(
-                "SELECT dataflow, config, status, runtime_ms, energy_per_call_j, avg_power_w, "
-                "energy_method, energy_window_s FROM measurements WHERE family = 'gemm' AND "
-                "device_id = ? AND shape = ? AND dtype = ?",
-                [problem.device, problem.shape, problem.dtype])
+            rows = problem_measurements(self.store, family=self.family, device=str(problem.device),
+                                        shape=problem.shape, dtype=problem.dtype)
             what = "measurements"
             if self.energy:
                 rows = rows[(rows["status"] != "ok") | busy_energy(rows)]
                 what = "energy measurements"
             if rows.empty:
                 raise PerftuneInputError(
-                    f"no {what} recorded for gemm {problem.shape} {problem.dtype} on "
+                    f"no {what} recorded for {self.family} {problem.shape} {problem.dtype} on "
                     f"{problem.device}; replay can only answer recorded problems")
             self._recorded[problem] = rows.set_index(["dataflow", "config"])
         return self._recorded[problem]
