@@ -127,9 +127,10 @@ def main() -> None:
 
 def large_whole_space(sampled: list[dict[str, object]],
                      heldout: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Compute-bound training problems for a whole-space sweep: the first whole-space list
-    drew only M <= 1024, so no model saw the best tiles of a large GEMM. Smallest first (a
-    time-limited sweep finishes the cheap ones), held-out problems left out."""
+    """Compute-bound training problems for a whole-space sweep: the main whole-space list
+    draws M <= 1024 only, and a model learns the best tiles of a large GEMM from these.
+    Smallest first (a time-limited sweep finishes the cheap ones), held-out problems left
+    out."""
     held = {_key(r) for r in heldout}
     large = [r for r in sampled if int(r["m"]) >= 512  # type: ignore[call-overload]
              and _volume(r) <= 2**38 and _key(r) not in held]
@@ -140,7 +141,7 @@ def narrow_whole_space(sampled: list[dict[str, object]],
                        heldout: list[dict[str, object]]) -> list[dict[str, object]]:
     """Narrow training problems with a long K for a whole-space sweep: their output has few
     tiles, fewer CTAs than SMs, so how fast one CTA streams its K (tile shape, stages), not
-    the SM count, sets the time; the whole-space lists held two such problems. LLM layers
+    the SM count, sets the time; the other whole-space lists hold two such problems. LLM layers
     first (a time-limited sweep finishes them), held-out problems left out."""
     held = {_key(r) for r in heldout}
     narrow = [r for r in sampled if int(r["m"]) <= 128 and int(r["n"]) <= 1024  # type: ignore[call-overload]
@@ -152,7 +153,7 @@ def breadth_problems(listed: list[dict[str, object]],
                      heldout: list[dict[str, object]]) -> list[dict[str, object]]:
     """Training problems for breadth: every LLM layer x token count the lists above did not
     draw, plus new random sizes, up to 2**38 multiply-adds. A model ranks dataflows by its
-    cuBLAS forest, which had one row per problem (~100): these give it (and the tiled
+    cuBLAS forest, which has one row per training problem: these give it (and the tiled
     forests) more problems rather than more configs of the same ones. Shapes of held-out
     problems are left out in either dtype; the order is shuffled, so a time-limited sweep
     still covers the range."""
@@ -183,9 +184,9 @@ def breadth_random(listed: list[dict[str, object]],
 def regime_whole_space(breadth: list[dict[str, object]],
                        per_regime: int = 10) -> list[dict[str, object]]:
     """Breadth training problems to re-sweep over the whole space, from the three regimes
-    with the smallest whole-space share among the training problems (2026-11-24: decode
-    M <= 16 12 of 276, a narrow N or K <= 300 9 of 364, 2^30 to 2^35 multiply-adds 10 of 162;
-    small and large problems had 17%): the rankings are learned from whole-space problems.
+    with the smallest whole-space share among the training problems (decode M <= 16, a narrow
+    N or K <= 300, 2^30 to 2^35 multiply-adds): the rankings are learned from whole-space
+    problems.
     ``per_regime`` each, seeded, the regimes interleaved so that a time-limited sweep stays
     balanced. The breadth lists already exclude held-out shapes."""
     def regime(row: dict[str, object]) -> str:
