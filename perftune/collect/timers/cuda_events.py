@@ -4,9 +4,9 @@ the stream held ahead of the host so that launch latency never lands inside a ti
 Without the hold, a repetition's start event can run on the GPU before the host has finished
 launching the timed call (a Triton split-K call is two Python launches; a sweep compiles the
 next configs on the other cores at the same time): the GPU then idles between the events and
-the "kernel time" is host time. In the H100 dataset of 2026-11-23/24, 11% of the split-K rows
-under 0.1 ms had a median over 1.3x (up to 3x) their fastest repetition. Like nvbench's
-blocking kernel, each repetition now enqueues a GPU spin longer than the host needs to launch
+the "kernel time" is host time, and short split-K calls read well above their fastest
+repetition (benchmarks/timer_bubbles.py measures it). Like nvbench's blocking kernel, each
+repetition enqueues a GPU spin longer than the host needs to launch
 the repetition, before its start event: by the time the GPU reaches the start event, the whole
 call is queued behind it.
 """
