@@ -51,5 +51,21 @@ class Settings(BaseSettings):
                         description="the runtime model (trained if absent)")
     token: SecretStr | None = Field(default=None, description="write token (unset: no writes)")
     read_token: SecretStr | None = Field(default=None, description="if set, reads need it too")
+    # The service's limits (docs/security.md): what one request, or all of them together, may
+    # cost in bytes, model runs and memory.
     max_batch: int = Field(default=256, ge=1, description="most items per request")
-    max_body_bytes: int = Field(default=4_000_000, ge=1024, description="largest request body")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024,
+                                description="largest request body, counted as it is read")
+    max_choices: int = Field(default=2048, ge=1, description="most choices one request asks "
+                             "for: the sum over its problems of top_k + 1")
+    max_model_problems: int = Field(default=64, ge=1, description="most problems in one "
+                                    "request that need the model (not stored, not cached)")
+    model_workers: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2),
+                               ge=1, description="requests computing answers at once (each "
+                               "uses about a core); default half the cores")
+    model_queue: int = Field(default=8, ge=0, description="requests that may wait for a "
+                             "worker; more are answered 503 with Retry-After")
+    model_wait_s: float = Field(default=10.0, gt=0, description="longest wait for a worker "
+                                "before a 503")
+    cache_bytes: int = Field(default=64 << 20, ge=0, description="memory for cached answers "
+                             "(JSON bytes; least recently used dropped first)")

@@ -45,9 +45,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(db: Path, model: Path, log: Path) -> Server:
+def start_server(db: Path, model: Path, log: Path, **settings: str) -> Server:
+    """`perftune serve` on a free loopback port; ``settings`` as PERFTUNE_<NAME> variables."""
     port = _free_port()
-    env = {**os.environ, "PERFTUNE_TOKEN": TOKEN}
+    env = {**os.environ, "PERFTUNE_TOKEN": TOKEN,
+           **{f"PERFTUNE_{name.upper()}": value for name, value in settings.items()}}
     process = subprocess.Popen(
         [sys.executable, "-m", "perftune", "serve", "--db", str(db), "--model", str(model),
          "--port", str(port)], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
@@ -70,7 +72,7 @@ def server(shipped: Path, model_file: Path, tmp_path_factory: pytest.TempPathFac
     work = tmp_path_factory.mktemp("serve")
     db = work / "served.duckdb"
     shutil.copy(shipped, db)
-    running = _start(db, model_file, work / "serve.log")
+    running = start_server(db, model_file, work / "serve.log")
     yield running
     running.process.terminate()
     running.process.wait(30)
@@ -221,15 +223,17 @@ def test_ingest_stores_once_and_survives_a_crash(server: Server) -> None:
     assert first.status_code == 201 and first.json() == {"received": 2, "stored": 2}
     assert again.json() == {"received": 2, "stored": 0}
     answer = server.get("/v1/recommendation", **_query(m=77, n=333, k=999)).json()
-    assert answer["source"] == "measured" and answer["best"]["runtime_ms"] == 0.0123
+    # only client rows: the answer says whose they are
+    assert answer["source"] == "client" and answer["confidence"] == "low"
+    assert answer["best"]["runtime_ms"] == 0.0123 and answer["best"]["client"]
     assert answer["speedup_over_cublas"] == pytest.approx(0.02 / 0.0123)
     server.process.kill()  # no shutdown at all: what was acknowledged must be on disk
     server.process.wait(30)
     assert _stored(server.db, "m=77,n=333,k=999") == 2
-    restarted = _start(server.db, server.model, server.log)
+    restarted = start_server(server.db, server.model, server.log)
     server.process, server.url = restarted.process, restarted.url
     again = server.get("/v1/recommendation", **_query(m=77, n=333, k=999)).json()
-    assert again["source"] == "measured" and again["best"]["runtime_ms"] == 0.0123
+    assert again["source"] == "client" and again["best"]["runtime_ms"] == 0.0123
 
 
 def test_catalog_health_metrics_and_docs(server: Server) -> None:

@@ -11,7 +11,9 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from perftune.service.recommend import Knowledge
+from perftune.service.limits import WorkGate
+from perftune.service.recommend import Knowledge, needs_model
+from perftune.service.schemas import ProblemQuery
 from perftune.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
@@ -23,6 +25,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_knowledge(request: Request) -> Knowledge:
     return request.app.state.knowledge
+
+
+async def get_gate(request: Request) -> WorkGate:
+    return request.app.state.gate
 
 
 def _check(expected: SecretStr | None, given: HTTPAuthorizationCredentials | None,
@@ -63,5 +69,23 @@ def limit_batch(items: list[object], settings: Settings, field: str) -> None:
                             f"{settings.max_batch}; split it")
 
 
+def limit_work(problems: list[ProblemQuery], knowledge: Knowledge, settings: Settings) -> None:
+    """413 for a batch asking for more choices than ``max_choices`` (each problem: top_k + 1)
+    or with more problems that need the model than ``max_model_problems``."""
+    choices = sum(q.top_k + 1 for q in problems)
+    if choices > settings.max_choices:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"problems: {choices} choices asked for (top_k + 1 per problem), "
+                            f"at most {settings.max_choices} per request; ask for a smaller "
+                            f"top_k or split the batch")
+    modelled = sum(needs_model(knowledge, q) for q in problems)
+    if modelled > settings.max_model_problems:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"problems: {modelled} need the model (neither stored nor cached), "
+                            f"at most {settings.max_model_problems} per request; split the "
+                            f"batch")
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 KnowledgeDep = Annotated[Knowledge, Depends(get_knowledge)]
+GateDep = Annotated[WorkGate, Depends(get_gate)]

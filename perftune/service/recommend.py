@@ -2,16 +2,21 @@
 
 Read paths never touch the store file: it is read once, read-only, into memory at start-up
 (measured bests per problem, the device table, the model's candidate catalog). The one write
-path, :func:`ingest`, opens the store for writing under a lock and refreshes what it changed.
+path, :func:`perftune.service.ingest.ingest`, opens the store for writing under a lock and
+refreshes what it changed.
+
+Answers are kept as their JSON bytes in an :class:`AnswerCache` bounded by bytes; an answer
+computed while an ingest changed what is known is not kept (generations).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import json
 import math
+import sys
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +24,16 @@ from typing import Any
 import pandas as pd
 
 from perftune.model.runtime import Catalog, Predictor
-from perftune.service.schemas import Choice, MeasurementCreate, ProblemQuery, RecommendationPublic
+from perftune.service.schemas import Choice, ProblemQuery, RecommendationPublic
 from perftune.store.db import Store
-from perftune.store.keys import canonical_config, canonical_shape, measurement_key, software_key
+from perftune.store.keys import canonical_shape
 from perftune.store.rules import BUSY_SQL
 
 ProblemKey = tuple[str, str, int, int, int]  # device, dtype, m, n, k
+CacheKey = tuple[Any, ...]
 WHOLE_SPACE_ROWS = 300  # a problem with this many Triton rows was swept over its whole space
-INGEST_CAMPAIGN = "service-ingest"
+CLIENT_TIMER = "client"  # the timer of rows sent through POST /v1/measurements
+DEFAULT_CACHE_BYTES = 64 << 20
 
 
 class UnknownDevice(LookupError):
@@ -43,6 +50,62 @@ class NoAnswer(ValueError):
     """The query is well formed but this service cannot answer it (says why)."""
 
 
+class AnswerCache:
+    """Answers as JSON bytes, least recently used dropped first once their bytes (with each
+    entry's key and bookkeeping) would pass ``max_bytes``. Each answer is stored with the
+    generation it was computed under and kept only if that is still the current one: an
+    ingest moves the generation on and empties the cache, so an answer computed from what
+    was known before it is never kept after it. Safe from several threads."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.generation = 0
+        self.bytes = 0
+        self._entries: OrderedDict[CacheKey, tuple[bytes, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: CacheKey, value: bytes, generation: int) -> bool:
+        """Keep ``value`` if ``generation`` is still current and it fits; says whether kept."""
+        cost = len(value) + _key_bytes(key) + _ENTRY_BYTES
+        with self._lock:
+            if generation != self.generation or cost > self.max_bytes:
+                return False
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            while self._entries and self.bytes + cost > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self.bytes -= dropped
+            self._entries[key] = (value, cost)
+            self.bytes += cost
+            return True
+
+    def invalidate(self) -> None:
+        """What is known changed: forget every answer, and refuse those being computed."""
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+            self.bytes = 0
+
+
+_ENTRY_BYTES = 200  # the dict slot, the (value, cost) tuple and the bytes object's header
+
+
+def _key_bytes(key: CacheKey) -> int:
+    return sys.getsizeof(key) + sum(sys.getsizeof(part) for part in key)
+
+
 @dataclass
 class Knowledge:
     """What the service knows, loaded once: measured problems, devices, the model."""
@@ -55,48 +118,52 @@ class Knowledge:
     counts: dict[str, int]
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     # Answers are pure functions of the query and what is known: kept until an ingest.
-    answers: dict[tuple[Any, ...], RecommendationPublic] = field(default_factory=dict)
-    max_answers: int = 200_000
+    cache: AnswerCache = field(default_factory=AnswerCache)
 
-    def cached(self, query: ProblemQuery) -> RecommendationPublic | None:
-        return self.answers.get(_cache_key(query))
-
-    def remember(self, query: ProblemQuery, answer: RecommendationPublic) -> None:
-        if len(self.answers) >= self.max_answers:
-            self.answers.clear()
-        self.answers[_cache_key(query)] = answer
+    def cached(self, query: ProblemQuery) -> bytes | None:
+        return self.cache.get(cache_key(query))
 
     @classmethod
-    def load(cls, db: Path, predictor: Predictor) -> Knowledge:
-        with Store(db, read_only=True) as store:
-            catalog = Catalog.of(store)
-            rows = _measured_rows(store)
-            counts = store.query("SELECT device_id, count(*) AS n FROM measurements "
-                                 "GROUP BY ALL")
-            devices = store.query("SELECT * FROM devices WHERE kind = 'gpu'")
-        measured = {key: _ranked(group) for key, group
+    def load(cls, db: Path, predictor: Predictor,
+             cache_bytes: int = DEFAULT_CACHE_BYTES) -> Knowledge:
+        """What the store at ``db`` holds (read through a copy while a writer holds it)."""
+        from perftune.service.storefile import reading
+
+        with reading(db) as store:
+            return cls.of(store, db, predictor, cache_bytes)
+
+    @classmethod
+    def of(cls, store: Store, db: Path, predictor: Predictor,
+           cache_bytes: int = DEFAULT_CACHE_BYTES) -> Knowledge:
+        """What ``store`` holds; ``db`` is where ingest writes (``store`` may be a copy)."""
+        catalog = Catalog.of(store)
+        rows = measured_rows(store)
+        counts = store.query("SELECT device_id, count(*) AS n FROM measurements GROUP BY ALL")
+        devices = store.query("SELECT * FROM devices WHERE kind = 'gpu'")
+        measured = {key: rank_rows(group) for key, group
                     in rows.groupby(["device_id", "dtype", "m", "n", "k"], sort=False)}
         return cls(db, predictor, catalog, measured,
                    devices.set_index("device_id", drop=False),
-                   dict(zip(counts["device_id"], counts["n"].astype(int), strict=True)))
+                   dict(zip(counts["device_id"], counts["n"].astype(int), strict=True)),
+                   cache=AnswerCache(cache_bytes))
 
 
-def _cache_key(query: ProblemQuery) -> tuple[Any, ...]:
+def cache_key(query: ProblemQuery) -> CacheKey:
     return (query.device, query.nearest, query.dtype, query.m, query.n, query.k,
             query.objective, query.top_k, tuple(query.dataflows or ()))
 
 
-def _measured_rows(store: Store, where: str = "", params: list[Any] | None = None
-                   ) -> pd.DataFrame:
+def measured_rows(store: Store, where: str = "", params: list[Any] | None = None
+                  ) -> pd.DataFrame:
     return store.query(
-        "SELECT device_id, dtype, m, n, k, dataflow, config, runtime_ms, "
+        "SELECT device_id, dtype, m, n, k, dataflow, config, runtime_ms, timer, "
         f"CASE WHEN {BUSY_SQL} THEN avg_power_w END AS avg_power_w, "
         f"CASE WHEN {BUSY_SQL} THEN energy_per_call_j END "
         "AS energy_per_call_j FROM measurements WHERE family = 'gemm' AND status = 'ok' "
         f"AND runtime_ms > 0 {where}", params)
 
 
-def _ranked(group: pd.DataFrame) -> pd.DataFrame:
+def rank_rows(group: pd.DataFrame) -> pd.DataFrame:
     return group.sort_values("runtime_ms", kind="stable").reset_index(drop=True)
 
 
@@ -138,18 +205,29 @@ def _guess_properties(device: str) -> dict[str, float] | None:
     return None
 
 
+def recommend_json(knowledge: Knowledge, query: ProblemQuery) -> bytes:
+    """The answer as JSON bytes: from the cache, or computed and then kept."""
+    key = cache_key(query)
+    body = knowledge.cache.get(key)
+    if body is None:
+        generation = knowledge.cache.generation  # before anything known is read
+        body = _recommend(knowledge, query).model_dump_json().encode()
+        knowledge.cache.put(key, body, generation)
+    return body
+
+
 def recommend(knowledge: Knowledge, query: ProblemQuery) -> RecommendationPublic:
-    cached = knowledge.cached(query)
-    if cached is None:
-        cached = _recommend(knowledge, query)
-        knowledge.remember(query, cached)
-    return cached
+    return RecommendationPublic.model_validate_json(recommend_json(knowledge, query))
 
 
-def is_measured(knowledge: Knowledge, query: ProblemQuery) -> bool:
-    """Whether the answer is a cheap lookup (cached or a stored problem), not a model run."""
-    return (knowledge.cached(query) is not None or
-            (query.device, query.dtype, query.m, query.n, query.k) in knowledge.measured)
+def is_stored(knowledge: Knowledge, query: ProblemQuery) -> bool:
+    """Whether the problem is in the store: its answer is a lookup (~2 ms), not a model run."""
+    return (query.device, query.dtype, query.m, query.n, query.k) in knowledge.measured
+
+
+def needs_model(knowledge: Knowledge, query: ProblemQuery) -> bool:
+    """Whether answering runs the model: neither cached nor stored."""
+    return knowledge.cached(query) is None and not is_stored(knowledge, query)
 
 
 def _recommend(knowledge: Knowledge, query: ProblemQuery) -> RecommendationPublic:
@@ -176,7 +254,8 @@ def _choice(row: Any) -> Choice:
     return Choice(dataflow=row.dataflow, config=json.loads(row.config),
                   runtime_ms=float(row.runtime_ms), low_ms=number("low_ms"),
                   high_ms=number("high_ms"), avg_power_w=number("avg_power_w"),
-                  energy_per_call_j=number("energy_per_call_j"))
+                  energy_per_call_j=number("energy_per_call_j"),
+                  client=getattr(row, "timer", None) == CLIENT_TIMER)
 
 
 def _cublas_ms(rows: pd.DataFrame, column: str = "runtime_ms") -> float | None:
@@ -206,7 +285,11 @@ def _from_measured(query: ProblemQuery, device: str, rows: pd.DataFrame
             raise NoAnswer(f"no energy was measured for {query.m}x{query.n}x{query.k} "
                            f"{query.dtype} on {device}; use objective=time")
         rows = rows.sort_values("energy_per_call_j", kind="stable")
-    whole = (rows["dataflow"] == "triton").sum() >= WHOLE_SPACE_ROWS
+    # Client rows are not verified: one may rank first, but then the answer says so.
+    verified = rows["timer"] != CLIENT_TIMER
+    if not verified.iloc[0]:
+        return _answer(query, device, rows, "client", "low", cublas_ms=_cublas_ms(rows))
+    whole = ((rows["dataflow"] == "triton") & verified).sum() >= WHOLE_SPACE_ROWS
     return _answer(query, device, rows, "measured", "high" if whole else "medium",
                    cublas_ms=_cublas_ms(rows))
 
@@ -237,45 +320,3 @@ def family_spaces() -> dict[str, dict[str, dict[str, tuple[int, ...]]]]:
 
     families = {name: load_family(name) for name in BUILTIN}
     return {name: {d: dict(f.space(d)) for d in f.dataflows} for name, f in families.items()}
-
-
-def ingest(knowledge: Knowledge, measurements: list[MeasurementCreate]) -> int:
-    """Store client measurements exactly once (natural keys), then refresh their problems."""
-    unknown = sorted({m.device for m in measurements} - set(knowledge.devices.index))
-    if unknown:
-        raise NoAnswer(f"unknown device(s) {unknown}: register a device by running `perftune "
-                       f"device --calibrate` on it and importing that store")
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    rows = [_row(m, now) for m in measurements]
-    with knowledge.write_lock, Store(knowledge.db) as store:
-        stored = store.insert("measurements", rows)
-        keys = {(r["device_id"], r["dtype"], r["m"], r["n"], r["k"]) for r in rows}
-        for key in keys:
-            fresh = _measured_rows(store, "AND device_id = ? AND dtype = ? AND m = ? AND n = ? "
-                                   "AND k = ?", list(key))
-            if not fresh.empty:
-                knowledge.measured[key] = _ranked(fresh)
-        knowledge.answers.clear()
-    return stored
-
-
-def _row(m: MeasurementCreate, now: dt.datetime) -> dict[str, Any]:
-    shape = canonical_shape({"m": m.m, "n": m.n, "k": m.k})
-    config = canonical_config(m.config)
-    software = software_key(m.torch_version, m.triton_version, m.cuda_version, m.driver_version)
-    if m.status == "ok" and m.runtime_ms is None:
-        raise NoAnswer("measurements[].runtime_ms is required when status is 'ok'")
-    space = family_spaces()["gemm"][m.dataflow]
-    if set(m.config) != set(space) or any(v not in space[k] for k, v in m.config.items()):
-        raise NoAnswer(f"measurements[].config of a {m.dataflow} measurement needs exactly the "
-                       f"parameters {sorted(space)}, each from {space}; got {m.config}")
-    return {"key": measurement_key(device_id=m.device, family=m.family, dataflow=m.dataflow,
-                                   dtype=m.dtype, shape=shape, config=config, software=software),
-            "campaign_id": INGEST_CAMPAIGN, "device_id": m.device, "family": m.family,
-            "dataflow": m.dataflow, "dtype": m.dtype, "m": m.m, "n": m.n, "k": m.k,
-            "shape": shape, "config": config, "status": m.status,
-            "runtime_ms": m.runtime_ms if m.status == "ok" else None,
-            "avg_power_w": m.avg_power_w, "energy_per_call_j": m.energy_per_call_j,
-            "timer": "client", "torch_version": m.torch_version,
-            "triton_version": m.triton_version, "cuda_version": m.cuda_version,
-            "driver_version": m.driver_version, "software_key": software, "measured_at": now}

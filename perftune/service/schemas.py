@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from perftune.collect.problems import Problem, check_gemm
 
 Objective = Literal["time", "energy"]
-Source = Literal["measured", "model"]
+Source = Literal["measured", "client", "model"]
 Confidence = Literal["high", "medium", "low"]
 DataflowName = Literal["cublas", "triton", "triton_splitk"]
-Size = Field(gt=0, le=1 << 24, description="a GEMM size, 1 .. 16,777,216")
+Size = Field(gt=0, le=1 << 24, description="a GEMM size, 1 .. 16,777,216; no operand "
+             "(m x k, k x n, m x n) over 2^31 elements")
+# Requests: unknown fields refused, and no NaN or infinity (JSON as Python parses it allows
+# them; they are never a measurement).
+_REQUEST = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ProblemQuery(BaseModel):
     """One problem to answer: C[m, n] = A[m, k] @ B[k, n]."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
 
     family: Literal["gemm"] = "gemm"
     device: str = Field(min_length=1, max_length=200, description="a device_id, see /v1/devices")
@@ -29,6 +35,11 @@ class ProblemQuery(BaseModel):
     nearest: bool = Field(False, description="an unknown device: answer for the nearest known")
     dataflows: list[DataflowName] | None = Field(None, description="restrict the dataflows")
 
+    @model_validator(mode="after")
+    def _indexable(self) -> ProblemQuery:
+        check_gemm(Problem.of(self.dtype, m=self.m, n=self.n, k=self.k))  # as the CLI checks
+        return self
+
 
 class Choice(BaseModel):
     """A dataflow and config with its (measured or predicted) figures."""
@@ -40,6 +51,8 @@ class Choice(BaseModel):
     high_ms: float | None = Field(None, description="upper end of the 90% interval (model)")
     avg_power_w: float | None = None
     energy_per_call_j: float | None = None
+    client: bool = Field(False, description="a row a client sent (POST /v1/measurements), "
+                         "not measured by perftune")
 
 
 class RecommendationPublic(BaseModel):
@@ -50,7 +63,9 @@ class RecommendationPublic(BaseModel):
     problem: str
     dtype: str
     objective: Objective
-    source: Source = Field(description="measured: an exact stored problem; model: predicted")
+    source: Source = Field(description="measured: an exact stored problem, best row measured "
+                           "by perftune; client: the same, but the best row was sent by a "
+                           "client and is not verified; model: predicted")
     confidence: Confidence
     best: Choice
     alternatives: list[Choice]
@@ -60,7 +75,7 @@ class RecommendationPublic(BaseModel):
 
 
 class BatchCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
 
     problems: list[ProblemQuery] = Field(min_length=1)
 
@@ -70,9 +85,10 @@ class BatchPublic(BaseModel):
 
 
 class MeasurementCreate(BaseModel):
-    """One measurement from a client; stored under its natural key (sent twice, stored once)."""
+    """One measurement from a client; stored under its natural key (sent twice, stored once).
+    Figures are checked against the device's ceilings before anything is stored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
 
     device: str = Field(min_length=1, max_length=200)
     family: Literal["gemm"] = "gemm"
@@ -91,9 +107,14 @@ class MeasurementCreate(BaseModel):
     cuda_version: str | None = Field(None, max_length=64)
     driver_version: str | None = Field(None, max_length=64)
 
+    @model_validator(mode="after")
+    def _indexable(self) -> MeasurementCreate:
+        check_gemm(Problem.of(self.dtype, m=self.m, n=self.n, k=self.k))  # as the CLI checks
+        return self
+
 
 class MeasurementsCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
 
     measurements: list[MeasurementCreate] = Field(min_length=1)
 

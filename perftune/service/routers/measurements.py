@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, status
 
 from perftune.service.deps import KnowledgeDep, SettingsDep, limit_batch, require_write_token
-from perftune.service.recommend import NoAnswer, ingest
+from perftune.service.ingest import StoreBusy, ingest
+from perftune.service.recommend import NoAnswer
 from perftune.service.schemas import IngestPublic, MeasurementsCreate
 
 router = APIRouter(prefix="/v1", tags=["measurements"])
@@ -15,13 +16,20 @@ router = APIRouter(prefix="/v1", tags=["measurements"])
              dependencies=[Depends(require_write_token)],
              responses={401: {"description": "missing or wrong token"},
                         403: {"description": "writes are disabled (no token configured)"},
-                        413: {"description": "too many measurements in one request"}})
+                        413: {"description": "too many measurements in one request"},
+                        422: {"description": "invalid or physically implausible figures"},
+                        503: {"description": "another process is writing the store; retry "
+                                             "after the Retry-After header's seconds"}})
 def post_measurements(knowledge: KnowledgeDep, settings: SettingsDep,
                       body: MeasurementsCreate) -> IngestPublic:
-    """Store measurements once each (by natural key); acknowledged means committed."""
+    """Store measurements once each (by natural key); acknowledged means committed. Figures
+    faster or more power-hungry than the device can be are refused (docs/security.md)."""
     limit_batch(list(body.measurements), settings, "measurements")
     try:
         stored = ingest(knowledge, body.measurements)
     except NoAnswer as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    except StoreBusy as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc),
+                            headers={"Retry-After": str(exc.retry_after_s)}) from exc
     return IngestPublic(received=len(body.measurements), stored=stored)

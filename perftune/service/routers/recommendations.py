@@ -1,14 +1,31 @@
-"""GET /v1/recommendation and POST /v1/recommendations."""
+"""GET /v1/recommendation and POST /v1/recommendations.
+
+Answers are served as the cached JSON bytes. Cached answers and stored problems are answered
+on the event loop (a lookup); anything that runs the model waits for a worker thread
+(:class:`~perftune.service.limits.WorkGate`: 503 with Retry-After when too many wait)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from perftune.service.deps import KnowledgeDep, SettingsDep, limit_batch, require_read_token
-from perftune.service.recommend import NoAnswer, UnknownDevice, is_measured, recommend
+from perftune.service.deps import (
+    GateDep,
+    KnowledgeDep,
+    SettingsDep,
+    limit_batch,
+    limit_work,
+    require_read_token,
+)
+from perftune.service.recommend import (
+    Knowledge,
+    NoAnswer,
+    UnknownDevice,
+    is_stored,
+    recommend_json,
+)
 from perftune.service.schemas import BatchCreate, BatchPublic, ProblemQuery, RecommendationPublic
 
 router = APIRouter(prefix="/v1", tags=["recommendations"],
@@ -16,12 +33,14 @@ router = APIRouter(prefix="/v1", tags=["recommendations"],
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown device (the answer lists the known ones)"},
-    422: {"description": "invalid input, or a query this service cannot answer"}}
+    422: {"description": "invalid input, or a query this service cannot answer"},
+    503: {"description": "busy: too many requests are computing answers; retry after the "
+                         "Retry-After header's seconds"}}
 
 
-def answer(knowledge: KnowledgeDep, query: ProblemQuery) -> RecommendationPublic:
+def answer(knowledge: Knowledge, query: ProblemQuery) -> bytes:
     try:
-        return recommend(knowledge, query)
+        return recommend_json(knowledge, query)
     except UnknownDevice as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             {"message": str(exc), "known_devices": exc.known}) from exc
@@ -29,19 +48,39 @@ def answer(knowledge: KnowledgeDep, query: ProblemQuery) -> RecommendationPublic
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
 
 
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
 @router.get("/recommendation", response_model=RecommendationPublic, responses=_ERRORS)
-async def get_recommendation(knowledge: KnowledgeDep,
-                             query: Annotated[ProblemQuery, Query()]) -> RecommendationPublic:
+async def get_recommendation(knowledge: KnowledgeDep, gate: GateDep,
+                             query: Annotated[ProblemQuery, Query()]) -> Response:
     """The best dataflow and config for one problem on one device, with alternatives."""
-    if is_measured(knowledge, query):  # a lookup: answered on the event loop
-        return answer(knowledge, query)
-    return await run_in_threadpool(answer, knowledge, query)  # a model run: off the loop
+    cached = knowledge.cached(query)
+    if cached is not None:
+        return _json(cached)
+    if is_stored(knowledge, query):  # a lookup: answered on the event loop
+        return _json(answer(knowledge, query))
+    async with gate.slot():  # a model run: in a worker thread, when one is free
+        return _json(await run_in_threadpool(answer, knowledge, query))
+
+
+def _answers(knowledge: Knowledge, problems: list[ProblemQuery]) -> list[bytes]:
+    return [answer(knowledge, q) for q in problems]
 
 
 @router.post("/recommendations", response_model=BatchPublic,
-             responses={**_ERRORS, 413: {"description": "too many problems in one batch"}})
-def post_recommendations(knowledge: KnowledgeDep, settings: SettingsDep,
-                         batch: BatchCreate) -> BatchPublic:
-    """Answers for a batch of problems, in order (at most ``max_batch``)."""
-    limit_batch(list(batch.problems), settings, "problems")
-    return BatchPublic(recommendations=[answer(knowledge, q) for q in batch.problems])
+             responses={**_ERRORS, 413: {"description": "too many problems, choices or "
+                                                        "problems needing the model"}})
+async def post_recommendations(knowledge: KnowledgeDep, settings: SettingsDep, gate: GateDep,
+                               batch: BatchCreate) -> Response:
+    """Answers for a batch of problems, in order (at most ``max_batch`` problems, ``max_choices``
+    choices and ``max_model_problems`` problems that need the model)."""
+    problems = batch.problems
+    limit_batch(list(problems), settings, "problems")
+    limit_work(problems, knowledge, settings)
+    parts = [knowledge.cached(q) for q in problems]
+    if any(part is None for part in parts):
+        async with gate.slot():
+            parts = list(await run_in_threadpool(_answers, knowledge, problems))
+    return _json(b'{"recommendations":[' + b",".join(p or b"" for p in parts) + b"]}")
