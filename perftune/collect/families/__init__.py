@@ -16,6 +16,7 @@ from perftune.errors import PerftuneInputError
 BUILTIN: dict[str, str] = {
     "gemm": "perftune.collect.families.gemm:GemmFamily",
     "rmsnorm": "perftune.collect.families.rmsnorm:RMSNormFamily",
+    "decode_attention": "perftune.collect.families.decode_attention:DecodeAttentionFamily",
 }
 
 
