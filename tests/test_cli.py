@@ -52,7 +52,8 @@ BAD_COLLECTS = [
     (["--problem=-3x16x16"], "must be a positive integer"),
     (["--problem", "16x16"], "has 2 sizes"),
     (["--problem", "3000000x3000000x16"], "more than the 2^31"),
-    (["--problem", "16x16x16", "--sample", "0"], "--sample must be at least 1"),
+    (["--problem", "16x16x16", "--sample", "0"],
+     "argument --sample: must be a whole number of at least 1"),
     (["--problems-file", "/nonexistent/problems.csv"], "does not exist"),
     (["--energy-only", "--problem", "16x32x32"], "needs a GPU"),
 ]
@@ -126,3 +127,131 @@ def test_older_store_is_migrated_on_request(db: Path, cli: Cli) -> None:
     code, out, _ = cli("db", "migrate", "--db", db)
     assert code == 0 and "schema v2" in out
     assert cli("db", "stats", "--db", db)[0] == 0
+
+
+# Flags out of range: argparse's error, as perftune's one line, before anything is opened.
+BAD_FLAGS = [
+    (["collect", "--compile-workers", "-5"],
+     "argument --compile-workers: must be a whole number of at least 1, not -5"),
+    (["collect", "--energy-window", "0"], "argument --energy-window: must be a positive number"),
+    (["collect", "--energy-window", "nan"], "argument --energy-window: must be a positive"),
+    (["collect", "--rounds", "0"], "argument --rounds: must be a whole number of at least 1"),
+    (["collect", "--rounds", "two"], "argument --rounds: must be a whole number of at least 1, "
+                                     "not 'two'"),
+    (["collect", "--timeout", "-1"], "argument --timeout: must be a positive number"),
+    (["collect", "--timeout", "inf"], "argument --timeout: must be a positive number"),
+    (["collect", "--sample", "-3"], "argument --sample: must be a whole number of at least 1"),
+    (["collect", "--seed", "-1"], "argument --seed: must be a whole number of at least 0"),
+    (["collect", "--chunk-size", "0"], "argument --chunk-size: must be a whole number"),
+    (["collect", "--retime-below", "0"], "argument --retime-below: must be a positive number"),
+    (["collect", "--bogus"], "unrecognized arguments: --bogus"),
+    (["tune", "--problem", "16x16x16", "--budget", "0"],
+     "argument --budget: must be a whole number of at least 1"),
+    (["tune", "--problem", "16x16x16", "--seed", "-2"],
+     "argument --seed: must be a whole number of at least 0"),
+    (["tune", "--problem", "16x16x16", "--max-time-loss", "1.5"],
+     "argument --max-time-loss: must be a number in [0, 1)"),
+    (["tune", "--problem", "16x16x16", "--energy-window", "-1"],
+     "argument --energy-window: must be a positive number"),
+    (["predict", "--problem", "16x16x16", "--device", "x", "--top", "0"],
+     "argument --top: must be a whole number of at least 1"),
+    (["fit", "--trees", "0"], "argument --trees: must be a whole number of at least 1"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_FLAGS)
+def test_flags_out_of_range_exit_2_in_one_line(db: Path, cli: Cli, args: list[str],
+                                              message: str) -> None:
+    code, out, err = cli(*args, "--db", db)
+    assert code == 2, (out, err)
+    assert err.startswith("perftune: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not db.exists()
+
+
+# Problems that used to end in a traceback, or were taken silently.
+BAD_PROBLEM_FILES: list[tuple[str, bytes, str]] = [
+    ("binary.csv", bytes(range(256)), "is binary, not CSV or JSON text"),
+    ("latin1.csv", "m,n,k\n1,2,3 # größe\n".encode("latin-1"), "is not UTF-8 text"),
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ("twice.json", b'[{"m": 1, "m": 2, "n": 3, "k": 4}]', "gives the size m twice"),
+    ("case.json", b'[{"m": 1, "M": 2, "n": 3, "k": 4}]', "gives the size m twice"),
+    ("twice.csv", b"m,m,n,k\n1,2,3,4\n", "gives the size m twice"),
+    ("object.json", b'{"m": 1, "n": 2, "k": 3}', "must hold a JSON list of objects"),
+    ("long.csv", b"m,n,k\n1,2,3,4\n", "more values than the header has names"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), BAD_PROBLEM_FILES,
+                         ids=[name for name, _, _ in BAD_PROBLEM_FILES])
+def test_bad_problem_files_exit_2_in_one_line(tmp_path: Path, db: Path, cli: Cli, name: str,
+                                             content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    code, _, err = cli("collect", "--problems-file", path, "--db", db)
+    assert code == 2 and err.startswith("perftune: error: ") and err.count("\n") == 1, err
+    assert message in err and str(path) in err, err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("m=1,n", "'n' is not name=size"),
+    ("m=1,m=2,n=3,k=4", "gives the size m twice"),
+    ("m=1,=2,k=3", "'=2' is not name=size"),
+])
+def test_bad_problem_flags_exit_2_in_one_line(db: Path, cli: Cli, text: str,
+                                              message: str) -> None:
+    for command in (["collect"], ["tune", "--device", "x"],
+                    ["predict", "--device", "x"]):
+        code, _, err = cli(*command, "--problem", text, "--db", db)
+        assert code == 2 and err.startswith("perftune: error: ") and err.count("\n") == 1, err
+        assert message in err, (command, err)
+    assert not db.exists()
+
+
+H100 = "nvidia-h100-80gb-hbm3"
+
+
+def _small_store(path: Path) -> str:
+    """A store of four H100 GEMM problems with busy-GPU energy rows, from the shipped data
+    (models train on it in seconds). Returns one of its problems, as MxNxK."""
+    from perftune.settings import DATASET_DIR
+    from perftune.store.dataset import heldout_mask
+    from perftune.store.db import read_export
+    from perftune.store.rules import busy_energy
+
+    frames = read_export(DATASET_DIR)
+    rows = frames["measurements"]
+    rows = rows[(rows["device_id"] == H100) & (rows["family"] == "gemm")]
+    rows = rows[~heldout_mask(rows)]
+    busy = rows[busy_energy(rows).fillna(False).astype(bool)]
+    shapes = list(busy["shape"].value_counts().index[:4])
+    with Store(path) as store:
+        store.import_frames({"devices": frames["devices"],
+                             "campaigns": frames["campaigns"].iloc[:0],
+                             "measurements": rows[rows["shape"].isin(shapes)]})
+    sizes = dict(part.split("=") for part in shapes[0].split(","))
+    return "x".join(sizes[d] for d in ("m", "n", "k"))
+
+
+def test_json_output_is_only_json(tmp_path: Path, cli: Cli) -> None:
+    """Progress and notices (training a model, once) go to stderr beside --json's output."""
+    small = tmp_path / "small.duckdb"
+    problem = _small_store(small)
+    code, out, err = cli("tune", "--db", small, "--device", H100, "--problem", problem,
+                         "--budget", "3", "--json")
+    assert code == 0, err
+    assert 1 <= json.loads(out)["measurements"] <= 3
+    assert "training the power model" in err  # said, on stderr
+    model = tmp_path / "home" / "models" / "gemm_runtime.skops"
+    code, out, err = cli("predict", "--db", small, "--device", H100, "--problem", problem,
+                         "--top", "3", "--json", "--model", model)
+    assert code == 0, err
+    assert len(json.loads(out)) == 3
+    for args in (["db", "stats"], ["db", "stats", "--campaigns"]):
+        code, out, err = cli(*args, "--db", small, "--json")
+        assert code == 0, err
+        assert isinstance(json.loads(out), list)
+    code, out, err = cli("device", "--interpret", "--json")
+    assert code == 0 and json.loads(out)["device_id"] == "cpu-triton-interpreter"
+

@@ -133,7 +133,7 @@ def test_sigkilled_run_resumes_with_every_measurement_once(db: Path, tmp_path: P
             break
     os.killpg(proc.pid, signal.SIGKILL)  # the collector and its worker, no clean-up
     proc.wait(timeout=30)
-    with Store(db) as store:
+    with Store(db, read_only=True) as store:  # a writer would close the dead campaign
         stored_before = int(store.query("SELECT count(*) AS n FROM measurements")["n"][0])
         campaign = store.query("SELECT status FROM campaigns")["status"].tolist()
     assert 0 < stored_before < total
@@ -147,3 +147,8 @@ def test_sigkilled_run_resumes_with_every_measurement_once(db: Path, tmp_path: P
                              "count(DISTINCT dataflow || config || shape) AS distinct_configs "
                              "FROM measurements")
     assert counts["n"][0] == counts["keys"][0] == counts["distinct_configs"][0] == total
+    assert "marked 1 campaign(s) interrupted" in finished.stdout.replace("\n", " ")
+    with Store(db, read_only=True) as store:
+        statuses = store.query("SELECT status, finished_at FROM campaigns ORDER BY started_at")
+    assert list(statuses["status"]) == ["interrupted", "finished"]
+    assert statuses["finished_at"].notna().all()

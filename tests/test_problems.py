@@ -26,6 +26,10 @@ def test_parse_forms(text: str) -> None:
     ("16x16", "has 2 sizes"),
     ("axbxc", "not an integer"),
     ("m=1,n=2,q=3", "missing k; unknown q"),
+    ("m=1,n", "'n' is not name=size"),
+    ("m=1,m=2,n=3,k=4", "gives the size m twice"),
+    ("M=1,m=2,n=3,k=4", "gives the size m twice"),
+    ("=1,n=2,k=3", "'=1' is not name=size"),
 ])
 def test_malformed_problems(text: str, message: str) -> None:
     with pytest.raises(PerftuneInputError, match=message):
@@ -56,6 +60,38 @@ def test_csv_and_json_files(tmp_path: Path) -> None:
 
 
 def test_shipped_problem_lists_parse() -> None:
-    root = Path(__file__).resolve().parents[1] / "data" / "problems"
-    for path in root.glob("gemm*.csv"):
+    from perftune.settings import PROBLEMS_DIR
+
+    lists = sorted(PROBLEMS_DIR.glob("gemm*.csv"))
+    assert lists
+    for path in lists:
         assert read_problems_file(path, GEMM, "fp16")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\x00\x01\x02", "is binary"),
+    (b"m,n,k\n\xff,2,3\n", "is not UTF-8 text (byte 0xff at offset 6)"),
+    (b"m,m,n,k\n1,2,3,4\n", "header gives the size m twice"),
+    (b"m,n,k\n1,2,3,4\n", "more values than the header has names"),
+    (b"m,n,k\n" + b"1" * 200_000 + b",2,3\n", "is not readable CSV: field larger"),
+])
+def test_unreadable_csv_files(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "p.csv"
+    path.write_bytes(content)
+    with pytest.raises(PerftuneInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_problems_file(path, GEMM, "fp16")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('[{"m": 1, "m": 2, "n": 3, "k": 4}]', "gives the size m twice"),
+    ('[{"m": 1, "n": 2, "k": {"deep": [1, 2]}}]', "is not an integer"),
+    ('[{"m": 1e999, "n": 2, "k": 3}]', "is not an integer"),
+    ('[{"m": true, "n": 2, "k": 3}]', "is not an integer"),
+    ("[1, 2]", "entry 1 is not an object"),
+])
+def test_unreadable_json_files(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    with pytest.raises(PerftuneInputError, match=message):
+        read_problems_file(path, GEMM, "fp16")

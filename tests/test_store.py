@@ -178,3 +178,71 @@ def test_compact_refuses_what_is_not_a_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         compact_store(text)
     assert text.read_text() == "not a database"
+
+
+def _dead_campaign(db: Path) -> None:
+    """A store as a SIGKILLed collection leaves it: a running campaign with two rows."""
+    with Store(db) as store:
+        store.insert("measurements", [_row("a", campaign_id="dead",
+                                           measured_at="2026-11-23 10:00:00"),
+                                      _row("b", campaign_id="dead",
+                                           measured_at="2026-11-23 10:05:00")])
+    con = duckdb.connect(str(db))  # written behind the store's back, as by another process
+    con.execute("INSERT INTO campaigns (campaign_id, started_at, status) VALUES "
+                "('dead', '2026-11-23 09:59:00', 'running'), "
+                "('empty', '2026-11-23 11:00:00', 'running')")
+    con.close()
+
+
+def test_a_writer_closes_campaigns_left_running_by_dead_processes(db: Path) -> None:
+    _dead_campaign(db)
+    before = fingerprint(db)
+    with Store(db, read_only=True) as store:
+        assert store.recovered == 0  # readers change nothing
+    assert fingerprint(db) == before
+    with Store(db) as store:
+        assert store.recovered == 2
+        rows = store.query("SELECT campaign_id, status, finished_at, written FROM campaigns "
+                           "ORDER BY campaign_id").to_dict("records")
+    assert [r["status"] for r in rows] == ["interrupted", "interrupted"]
+    by_id = {r["campaign_id"]: r for r in rows}
+    dead, empty = by_id["dead"], by_id["empty"]
+    assert str(dead["finished_at"]) == "2026-11-23 10:05:00"  # its last stored row
+    assert dead["written"] == 2
+    assert str(empty["finished_at"]) == "2026-11-23 11:00:00" and empty["written"] == 0
+    with Store(db) as store:
+        assert store.recovered == 0
+
+
+def test_a_running_campaign_of_this_process_is_left_running(db: Path) -> None:
+    with Store(db) as first:
+        first.start_campaign({"campaign_id": "live"})
+        with Store(db) as second:  # the same process: its campaign is alive
+            assert second.recovered == 0
+        first.finish_campaign("live", status="finished", written=0)
+        first.finish_campaign("live", status="interrupted", written=5)  # closed: kept
+        row = first.query("SELECT status, written FROM campaigns").iloc[0]
+    assert row["status"] == "finished" and row["written"] == 0
+
+
+def test_campaigns_without_finished_at_read_fine(shipped: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped data has interrupted campaigns without finished_at."""
+    import json
+
+    from perftune.cli import main
+
+    with Store(shipped, read_only=True) as store:
+        campaigns = store.campaigns()
+        counts = store.campaign_counts()
+    open_ended = campaigns[campaigns["finished_at"].isna()]
+    assert len(open_ended) > 0 and open_ended["duration_s"].isna().all()
+    assert set(open_ended["status"]) == {"interrupted"}
+    assert counts["campaigns"].sum() == len(campaigns)
+    assert main(["db", "stats", "--campaigns", "--json", "--db", str(shipped)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == len(campaigns)
+    assert sum(c["finished_at"] is None for c in listed) == len(open_ended)
+    assert main(["db", "stats", "--db", str(shipped)]) == 0
+    assert "with_finished_at" in capsys.readouterr().out
+

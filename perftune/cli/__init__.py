@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from perftune.cli import collect, db, device, model, serve, tune
-from perftune.cli._common import EXIT_BAD_INPUT
+from perftune.cli._common import EXIT_BAD_INPUT, STOP_SIGNALS, Parser, StopToken
 from perftune.errors import PerftuneInputError
 
 COMMANDS = (device, collect, db, model, tune, serve)
@@ -33,44 +35,55 @@ interpreter on CPU; those rows are stored under the device 'cpu-triton-interpret
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="perftune", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="perftune", description=DESCRIPTION,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
     return parser
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (a batch system's time limit, `timeout`) ends a run as Ctrl-C does: the
-    campaign is marked interrupted and the store closed cleanly."""
-    import signal
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-
-
 def main(argv: list[str] | None = None) -> int:
-    _interrupt_on_sigterm()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_BAD_INPUT
+    """Run one command; returns its exit code: 0, 2 for bad input (one line on stderr), 130 or
+    143 when SIGINT or SIGTERM stopped it (one line on stderr saying what was kept)."""
+    stop = StopToken()
+    installed = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, stop.handle) for sig in STOP_SIGNALS} if installed \
+        else {}
     try:
+        return _run(argv, stop)
+    finally:
+        for sig, handler in previous.items():
+            # Once stopping, a late signal must not kill the process in its last steps.
+            signal.signal(sig, signal.SIG_IGN if stop.is_set() else
+                          handler if handler is not None else signal.SIG_DFL)
+
+
+def _run(argv: list[str] | None, stop: StopToken) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        args.stop = stop
         _bootstrap_default_store(args)
         return int(args.handler(args))
+    except KeyboardInterrupt as exc:
+        return _interrupted(stop, str(exc))
     except PerftuneInputError as exc:
         print(f"perftune: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("perftune: interrupted; finished chunks are stored, re-run to resume",
-              file=sys.stderr)
-        return 130
+    except Exception:
+        if stop.is_set():  # what the signal broke off (DuckDB: "Query interrupted")
+            return _interrupted(stop, "")
+        raise
+
+
+def _interrupted(stop: StopToken, what: str) -> int:
+    print(f"perftune: interrupted by {stop.name}" + (f": {what}" if what else ""),
+          file=sys.stderr)
+    return stop.exit_code
 
 
 def _bootstrap_default_store(args: argparse.Namespace) -> None:

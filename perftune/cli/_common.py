@@ -1,13 +1,111 @@
-"""Options, output helpers and exit codes shared by the commands."""
+"""Options, output helpers, exit codes and the stop token shared by the commands."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
+
+from perftune.errors import PerftuneInputError
 
 EXIT_BAD_INPUT = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as perftune's one line (``perftune: error: ...``, exit 2)
+    instead of the usage text followed by the error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise PerftuneInputError(f"{message} (see `{self.prog} --help`)")
+
+
+class StopToken:
+    """The first SIGTERM or SIGINT sets it (a batch system's time limit, GNU timeout, Ctrl-C);
+    later ones, while stopping, are ignored: GNU timeout signals the process and then its
+    group, so two arrive microseconds apart.
+
+    Inside :meth:`polled`, a signal only sets the token, and the running code (the collector,
+    the live tuner) stops at its next safe point: a chunk boundary, with the campaign closed
+    as interrupted. Elsewhere the first signal raises KeyboardInterrupt, as Ctrl-C does.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.polling = False
+
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "SIGINT"
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process that a signal ended."""
+        return 128 + int(self.signum or signal.SIGINT)
+
+    @contextlib.contextmanager
+    def polled(self) -> Iterator[StopToken]:
+        before, self.polling = self.polling, True
+        try:
+            yield self
+        finally:
+            self.polling = before
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            return  # stopping already
+        self.signum = signum
+        if not self.polling:
+            raise KeyboardInterrupt
+
+
+# -- argument types: a bad value is argparse's one-line error, naming the flag ---------------
+def _number(text: str, kind: type[int] | type[float], what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value: int = _number(text, int, "a whole number of at least 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value: int = _number(text, int, "a whole number of at least 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, not {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value: float = _number(text, float, "a positive number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share in [0, 1)."""
+    value: float = _number(text, float, "a number in [0, 1)")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), not {text}")
+    return value
 
 
 def db_option(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +130,14 @@ def gemm_problem_options(parser: argparse.ArgumentParser, device_required: bool 
 
 
 
-def make_console() -> Any:
+def make_console(*, stderr: bool = False) -> Any:
+    """A rich console on stdout, or on stderr for progress and notices beside machine-readable
+    output (``--json``)."""
     from rich.console import Console
 
+    stream = sys.stderr if stderr else sys.stdout
     # Logs and pipes get wide lines rather than rich's 80-column default.
-    return Console(width=None if sys.stdout.isatty() else 160)
+    return Console(width=None if stream.isatty() else 160, stderr=stderr)
 
 
 

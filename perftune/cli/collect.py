@@ -10,10 +10,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from perftune.cli._common import db_option, make_console
+from perftune.cli._common import (
+    db_option,
+    make_console,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from perftune.errors import PerftuneInputError
 
 PLAIN_PROGRESS_EVERY_S = 10.0
+
 
 def register(sub: Any) -> None:
     collect = sub.add_parser(
@@ -23,7 +30,9 @@ def register(sub: Any) -> None:
         "against a reference\n(wrong ones are stored as wrong_result, untimed), then timed in "
         "two or more rounds\n(CUDA events, L2 flushed, the stream held ahead of the host). "
         "Launches run in a worker\nprocess that is restarted after a crash or a timeout. "
-        "Re-running the same sweep resumes it:\nstored measurements are skipped.",
+        "Re-running the same sweep resumes it:\nstored measurements are skipped. SIGTERM or "
+        "Ctrl-C stops it at the next chunk boundary\n(exit 143 or 130), its campaign marked "
+        "interrupted.",
         epilog="examples:\n"
         "  perftune collect                                   # the embedded default sweep\n"
         "  perftune collect --problem 16x4096x4096 --problem 4096x4096x4096 --sample 50\n"
@@ -41,22 +50,26 @@ def register(sub: Any) -> None:
     collect.add_argument("--dtype", default="fp16", help="fp16, bf16 or fp32 (default fp16)")
     collect.add_argument("--dataflows", help="comma-separated dataflows (default: all of the "
                          "family's, e.g. cublas,triton,triton_splitk)")
-    collect.add_argument("--sample", type=int,
+    collect.add_argument("--sample", type=positive_int,
                          help="a seeded sample of N configs per dataflow (default: all)")
     collect.add_argument("--all", action="store_true",
                          help="every config, also for the default problems")
-    collect.add_argument("--seed", type=int, default=0, help="seed of inputs and sampling")
+    collect.add_argument("--seed", type=non_negative_int, default=0,
+                         help="seed of inputs and sampling")
     collect.add_argument("--energy", action="store_true",
                          help="also measure power and energy per call through NVML (GPU)")
-    collect.add_argument("--energy-window", type=float, default=1.0, metavar="SECONDS",
+    collect.add_argument("--energy-window", type=positive_float, default=1.0, metavar="SECONDS",
                          help="energy window per config, between NVML counter updates")
-    collect.add_argument("--rounds", type=int, default=2,
+    collect.add_argument("--rounds", type=positive_int, default=2,
                          help="timing rounds per config (re-measured up to 4 when they "
                          "disagree by more than 3%%)")
-    collect.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
+    collect.add_argument("--timeout", type=positive_float, default=180.0, metavar="SECONDS",
                          help="per-config limit, compilation included (default 180)")
-    collect.add_argument("--compile-workers", type=int,
+    collect.add_argument("--compile-workers", type=positive_int,
                          help="processes compiling configs ahead of timing (default: cores-2)")
+    collect.add_argument("--chunk-size", type=positive_int, default=32, metavar="N",
+                         help="configs measured and stored together (default 32); a stop "
+                         "waits for the chunk in flight, a kill loses it")
     mode = collect.add_mutually_exclusive_group()
     mode.add_argument("--interpret", action="store_true", default=None,
                       help="run under the Triton interpreter on CPU even with a GPU")
@@ -65,7 +78,7 @@ def register(sub: Any) -> None:
     collect.add_argument("--energy-only", action="store_true",
                          help="measure NVML energy of the sweep's stored ok configs that lack "
                          "it (or have it from the first, idle-gap loop); timings are kept")
-    collect.add_argument("--retime-below", type=float, metavar="MS",
+    collect.add_argument("--retime-below", type=positive_float, metavar="MS",
                          help="time again, with the current timer, the sweep's stored ok "
                          "configs faster than MS that an older timer measured (with --energy, "
                          "also the energy of those whose energy came from the Python loop; "
@@ -107,23 +120,35 @@ def cmd_collect(args: argparse.Namespace) -> int:
     dataflows = [d.strip() for d in args.dataflows.split(",")] if args.dataflows else None
     if args.energy_only and mode != GPU:
         raise PerftuneInputError("--energy-only measures NVML energy and needs a GPU")
-    if args.retime_below is not None and args.retime_below <= 0:
-        raise PerftuneInputError("--retime-below needs a positive time in ms, e.g. 0.1")
     spec = SweepSpec(family=args.family, problems=problems, dataflows=dataflows,
                      sample=sample, seed=args.seed, energy=args.energy,
                      energy_window_s=args.energy_window, rounds=args.rounds,
                      max_rounds=max(4, args.rounds), timeout_s=args.timeout,
-                     compile_workers=args.compile_workers, interpret=mode != GPU,
-                     energy_only=args.energy_only, retime_below_ms=args.retime_below)
+                     compile_workers=args.compile_workers, chunk_size=args.chunk_size,
+                     interpret=mode != GPU, energy_only=args.energy_only,
+                     retime_below_ms=args.retime_below)
     validate(spec)
     console = make_console()
     where = "GPU" if mode == GPU else ("Triton interpreter on CPU: timings are NOT GPU "
                                        "timings")
     console.print(f"[bold]perftune collect[/] {family.name} on {where}; "
                   f"{len(problems)} problems, store {args.db or default_db_path()}")
-    with Store(args.db) as store, _Progress(console, enabled=not args.no_progress) as bar:
-        summary = Collector(store, spec, on_progress=bar.update).run()
-    _print_summary(console, summary)
+    # A signal from here on only asks the collector to stop at its next chunk boundary.
+    with args.stop.polled():
+        with Store(args.db) as store, _Progress(console, enabled=not args.no_progress) as bar:
+            if store.recovered:
+                console.print(f"marked {store.recovered} campaign(s) interrupted: left running "
+                              f"by a process that was killed")
+            summary = Collector(store, spec, on_progress=bar.update, stop=args.stop).run()
+        _print_summary(console, summary)
+    if summary.interrupted:
+        from perftune.collect.sweep import Interrupted
+
+        if summary.campaign_id is None:
+            raise Interrupted("stopped before anything was measured")
+        raise Interrupted(f"campaign {summary.campaign_id} stopped at a chunk boundary with "
+                          f"{summary.written} measurements stored; run the same command again "
+                          f"to resume")
     return 0
 
 

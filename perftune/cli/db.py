@@ -13,8 +13,13 @@ from perftune.errors import PerftuneInputError
 def register(sub: Any) -> None:
     db = sub.add_parser("db", help="inspect, export and import the store")
     db_sub = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
-    stats = db_sub.add_parser("stats", help="per device and family: problems, configs, "
-                              "ok/failed, energy coverage")
+    stats = db_sub.add_parser(
+        "stats", help="per device and family: problems, configs, ok/failed, energy coverage",
+        description="Per device and family: problems, configs, ok/failed counts and energy "
+        "coverage, after reading every stored value once (a damaged file is reported, exit 2).")
+    stats.add_argument("--campaigns", action="store_true",
+                       help="list the campaigns instead (status, start, finish, duration, "
+                       "rows written)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     db_option(stats)
     export = db_sub.add_parser("export", help="write the store (or a filtered part) as Parquet")
@@ -74,9 +79,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "import":
         from perftune.store.db import read_export
 
-        read_export(args.directory)  # check before the store is opened for writing
+        frames = read_export(args.directory)  # every file checked before the store is opened
         with Store(args.db) as store:
-            counts = store.import_parquet(args.directory)
+            counts = store.import_frames(frames)  # one transaction
         print("imported (new rows; refreshed: stored rows the export measured later): "
               + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
@@ -87,11 +92,17 @@ def cmd_db(args: argparse.Namespace) -> int:
             print(f"exported to {args.directory}: "
                   + ", ".join(f"{k} {v}" for k, v in counts.items()))
             return 0
-        frame = store.stats()
+        store.verify()
+        frame = store.campaigns() if args.campaigns else store.stats()
         if args.json:
-            print(frame.to_json(orient="records", indent=2))
+            print(frame.to_json(orient="records", indent=2, date_format="iso"))
             return 0
-        print_frame(frame, f"perftune store {store.path} (schema v{store.schema_version()})")
+        title = f"perftune store {store.path} (schema v{store.schema_version()})"
+        if args.campaigns:
+            print_frame(frame.drop(columns=["command"]), f"campaigns of {title}")
+            return 0
+        print_frame(frame, title)
+        print_frame(store.campaign_counts(), "campaigns (seconds: of those with finished_at)")
     return 0
 
 

@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from perftune.cli._common import db_option, gemm_problem_options, model_option, print_frame
+from perftune.cli._common import (
+    db_option,
+    gemm_problem_options,
+    model_option,
+    positive_int,
+    print_frame,
+)
 from perftune.errors import PerftuneInputError
 
 
@@ -26,8 +32,8 @@ def register(sub: Any) -> None:
                      "runtime model as gemm_power.skops / gemm_energy.skops)")
     fit.add_argument("--device", action="append", help="train on this device only "
                      "(repeatable; default: every GPU in the store)")
-    fit.add_argument("--trees", type=int, help="forest size (default: 60 for runtime, 100 for "
-                     "power and energy)")
+    fit.add_argument("--trees", type=positive_int,
+                     help="forest size (default: 60 for runtime, 100 for power and energy)")
     fit.add_argument("--out", type=Path, default=None,
                      help="model file (default data/models/gemm_runtime.skops)")
     db_option(fit)
@@ -41,7 +47,8 @@ def register(sub: Any) -> None:
     predict.add_argument("--config", help="one config as JSON, e.g. "
                          "'{\"BLOCK_M\":128,\"BLOCK_N\":128,\"BLOCK_K\":64,\"GROUP_M\":8,"
                          "\"num_warps\":8,\"num_stages\":3}'")
-    predict.add_argument("--top", type=int, default=10, help="how many ranked configs to show")
+    predict.add_argument("--top", type=positive_int, default=10,
+                         help="how many ranked configs to show")
     predict.add_argument("--objective", choices=["time", "energy"], default="time",
                          help="rank by predicted runtime (default) or energy per call")
     model_option(predict)
@@ -67,8 +74,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from perftune.store.db import Store
 
     params = {"n_estimators": args.trees} if args.model == "forest" and args.trees else {}
-    if args.trees is not None and args.trees < 1:
-        raise PerftuneInputError("--trees must be at least 1")
     with Store(args.db, read_only=True) as store:
         model, meta = fit_model(store, kind=args.model, devices=args.device,
                                 target=args.target, **params)
@@ -81,12 +86,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from perftune.collect.problems import normalize_dtype, parse_problem
+    from perftune.collect.problems import GEMM_DIMS, check_gemm, normalize_dtype, parse_problem
     from perftune.model.runtime import Predictor, parse_config
     from perftune.store.db import Store
 
     dtype = normalize_dtype(args.dtype)
-    problem = parse_problem(args.problem, ("m", "n", "k"), dtype)
+    problem = check_gemm(parse_problem(args.problem, GEMM_DIMS, dtype))
     predictor = Predictor.load(args.model)
     sizes = problem.sizes
     with Store(args.db, read_only=True) as store:

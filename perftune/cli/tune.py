@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from typing import Any
 
-from perftune.cli._common import db_option, gemm_problem_options, make_console, model_option
+from perftune.cli._common import (
+    db_option,
+    fraction,
+    gemm_problem_options,
+    make_console,
+    model_option,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from perftune.errors import PerftuneInputError
 
 
@@ -29,18 +39,19 @@ def register(sub: Any) -> None:
         "nvidia-h100-80gb-hbm3 --budget 8\n  perftune tune --problem 64x11008x4096 --backend "
         "live --objectives time,energy --budget 16")
     gemm_problem_options(tune, device_required=False)
-    tune.add_argument("--budget", type=int, default=8, help="most measurements (default 8)")
+    tune.add_argument("--budget", type=positive_int, default=8,
+                      help="most measurements (default 8)")
     tune.add_argument("--method", default="model",
                       help="model, tpe, gp, random, tutorial or cublas (default model)")
     tune.add_argument("--dataflows", help="comma-separated subset, e.g. triton")
     tune.add_argument("--backend", choices=["replay", "live"], default="replay",
                       help="replay recorded measurements (default) or measure live")
-    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--seed", type=non_negative_int, default=0)
     tune.add_argument("--objectives", default="time",
                       help="time (default), or time,energy for the time-energy front")
-    tune.add_argument("--max-time-loss", type=float, default=0.05,
+    tune.add_argument("--max-time-loss", type=fraction, default=0.05,
                       help="with energy: the slowdown accepted to save energy (default 0.05)")
-    tune.add_argument("--energy-window", type=float, default=1.0,
+    tune.add_argument("--energy-window", type=positive_float, default=1.0,
                       help="live energy: NVML window per config in seconds (default 1; "
                       "shorter windows are noisier, and under 0.9 s not trusted for models)")
     tune.add_argument("--storage", help="Optuna storage URL to keep the study in, e.g. "
@@ -52,17 +63,15 @@ def register(sub: Any) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from perftune.collect.problems import normalize_dtype, parse_problem
+    from perftune.collect.problems import GEMM_DIMS, check_gemm, normalize_dtype, parse_problem
     from perftune.model.runtime import Predictor
     from perftune.store.db import Store
-    from perftune.tune._base import Backend, Problem
+    from perftune.tune._base import Backend
     from perftune.tune.replay import ReplayBackend
     from perftune.tune.search import METHODS, OBJECTIVES, tune
 
     dtype = normalize_dtype(args.dtype)
-    sizes = parse_problem(args.problem, ("m", "n", "k"), dtype).sizes
-    if args.budget < 1:
-        raise PerftuneInputError(f"--budget must be at least 1, not {args.budget}")
+    asked = check_gemm(parse_problem(args.problem, GEMM_DIMS, dtype))
     if args.method not in METHODS:
         raise PerftuneInputError(f"unknown --method {args.method!r}; choose from "
                                  f"{', '.join(METHODS)}")
@@ -72,28 +81,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise PerftuneInputError(f"unknown --objectives {args.objectives!r}; use time or "
                                  "time,energy")
     energy = "energy" in objectives
-    if not 0 <= args.max_time_loss < 1 or args.energy_window <= 0:
-        raise PerftuneInputError("--max-time-loss must be in [0, 1) and --energy-window "
-                                 "positive")
-    problem = Problem(sizes["m"], sizes["n"], sizes["k"], dtype, args.device)
+    live = args.backend == "live"
+    if not live and not args.device:
+        raise PerftuneInputError("--device is needed to replay a device's measurements (see "
+                                 "`perftune db stats`)")
+    problem = asked.on(args.device)
     console = make_console()
-    with Store(args.db, read_only=args.backend == "replay") as store:
-        backend: Backend
-        if args.backend == "live":
-            from perftune.tune.live import LiveBackend
-
-            backend = LiveBackend(store, seed=args.seed, energy=energy,
-                                  energy_window_s=args.energy_window)
-            problem = Problem(sizes["m"], sizes["n"], sizes["k"], dtype, backend.device_id)
-        else:
-            if not args.device:
-                raise PerftuneInputError("--device is needed to replay a device's "
-                                         "measurements (see `perftune db stats`)")
-            backend = ReplayBackend(store, energy=energy)
+    notices = make_console(stderr=True)  # beside --json's output, never in it
+    with Store(args.db, read_only=not live) as store:
         predictor = None
         if args.method == "model":
             predictor = (Predictor.load(args.model) if args.model is not None else
-                         Predictor.load_or_train(None, store, console.print))
+                         Predictor.load_or_train(None, store, notices.print))
 
         def show(result: Any) -> None:
             trial, best = result.trials[-1], result.best
@@ -103,13 +102,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
                               + (f" {_joules(trial.energy_j)}" if energy else "")
                               + f"   best {_ms(best.runtime_ms if best else None)}")
 
-        try:
-            result = tune(problem, backend, budget=args.budget, method=args.method,
-                          dataflows=dataflows, predictor=predictor, store=store,
-                          seed=args.seed, storage=args.storage, objectives=objectives,
-                          on_trial=show)
-        finally:
-            backend.close()
+        # Live, a signal asks the tuner to stop before its next measurement.
+        with args.stop.polled() if live else contextlib.nullcontext():
+            backend: Backend
+            if live:
+                from perftune.tune.live import LiveBackend
+
+                backend = LiveBackend(store, seed=args.seed, energy=energy,
+                                      energy_window_s=args.energy_window, stop=args.stop)
+                problem = asked.on(backend.device_id)
+            else:
+                backend = ReplayBackend(store, energy=energy)
+            try:
+                result = tune(problem, backend, budget=args.budget, method=args.method,
+                              dataflows=dataflows, predictor=predictor, store=store,
+                              seed=args.seed, storage=args.storage, objectives=objectives,
+                              on_trial=show)
+            finally:
+                backend.close()
     best = result.best
     library = result.best_of("cublas")
     answer = {"problem": args.problem, "dtype": dtype, "device": problem.device,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from perftune.errors import PerftuneInputError
 from perftune.store.keys import canonical_shape
@@ -20,14 +22,29 @@ _INT32_ELEMENTS = 2**31 - 1
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem of a family: named sizes (e.g. m, n, k) and an element type."""
+    """One problem of a family: named sizes (e.g. m, n, k) and an element type, and where a
+    tuner or the service asks about one device, that device. Sizes read as attributes too
+    (``problem.m``)."""
 
     dims: tuple[tuple[str, int], ...]
     dtype: str
+    device: str | None = None
 
     @classmethod
     def of(cls, dtype: str, **dims: int) -> Problem:
         return cls(tuple(dims.items()), dtype)
+
+    def on(self, device: str | None) -> Problem:
+        """The same problem on ``device``."""
+        return Problem(self.dims, self.dtype, device)
+
+    def __getattr__(self, name: str) -> int:
+        if name.startswith("_") or name == "dims":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        for size, value in self.dims:
+            if size == name:
+                return value
+        raise AttributeError(f"problem {self} has no size {name!r}")
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -59,8 +76,18 @@ def parse_problem(text: str, dim_names: Sequence[str], dtype: str) -> Problem:
     """Parse ``128x4096x4096`` (sizes in the family's order) or ``m=128,n=4096,k=4096``."""
     text = text.strip()
     if "=" in text:
-        pairs = [p.split("=", 1) for p in re.split(r"[,\s]+", text) if p]
-        sizes = {name.strip().lower(): value.strip() for name, value in pairs}
+        sizes: dict[str, str] = {}
+        for part in re.split(r"[,\s]+", text):
+            if not part:
+                continue
+            name, equals, value = part.partition("=")
+            name = name.strip().lower()
+            if not equals or not name:
+                raise PerftuneInputError(
+                    f"problem {text!r}: {part!r} is not name=size; write e.g. "
+                    f"{','.join(f'{d}=4096' for d in dim_names)}")
+            _refuse_repeat(name, sizes, f"problem {text!r}")
+            sizes[name] = value.strip()
     else:
         values = re.split(r"[x×,\s]+", text.lower())
         if len(values) != len(dim_names):
@@ -70,6 +97,11 @@ def parse_problem(text: str, dim_names: Sequence[str], dtype: str) -> Problem:
                 f"{'x'.join(['4096'] * len(dim_names))}")
         sizes = dict(zip(dim_names, values, strict=True))
     return make_problem(sizes, dim_names, dtype, source=text)
+
+
+def _refuse_repeat(name: str, seen: Iterable[str], where: str) -> None:
+    if name in seen:
+        raise PerftuneInputError(f"{where} gives the size {name} twice; give each size once")
 
 
 def make_problem(sizes: Mapping[str, object], dim_names: Sequence[str], dtype: str,
@@ -110,6 +142,18 @@ def check_fits(problem: Problem, bytes_needed: float, memory_bytes: int | None,
             f"device's {memory_bytes / 2**30:.1f} GiB allows; use smaller sizes")
 
 
+GEMM_DIMS = ("m", "n", "k")
+
+
+def check_gemm(problem: Problem) -> Problem:
+    """Refuse GEMM sizes the kernels cannot index (an operand over 2^31 elements): the one
+    check of a GEMM problem that every command and the service's schemas apply. Returns the
+    problem, so that it reads ``check_gemm(parse_problem(...))``."""
+    m, n, k = (problem[d] for d in GEMM_DIMS)
+    check_fits(problem, 0.0, None, max(m * k, k * n, m * n))
+    return problem
+
+
 def read_problems_file(path: str | Path, dim_names: Sequence[str], dtype: str,
                        family: str | None = None) -> list[Problem]:
     """Problems from a CSV with a header of size names (and optionally ``dtype``), or from a
@@ -118,22 +162,21 @@ def read_problems_file(path: str | Path, dim_names: Sequence[str], dtype: str,
     source = Path(path)
     if not source.is_file():
         raise PerftuneInputError(f"problems file {source} does not exist")
-    rows: Iterable[Mapping[str, object]]
-    if source.suffix.lower() == ".json":
-        try:
-            rows = json.loads(source.read_text())
-        except json.JSONDecodeError as exc:
-            raise PerftuneInputError(f"problems file {source} is not valid JSON: {exc}") from None
-        if not isinstance(rows, list):
-            raise PerftuneInputError(f"problems file {source} must hold a JSON list of objects")
-    else:
-        with source.open(newline="") as handle:
-            rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    text = _read_text(source)
+    json_file = source.suffix.lower() == ".json"
+    rows = _json_rows(source, text) if json_file else _csv_rows(source, text)
     problems = []
     for index, row in enumerate(rows, start=1):
         if not isinstance(row, Mapping):
             raise PerftuneInputError(f"{source}: entry {index} is not an object of sizes")
-        fields = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
+        if None in row:  # csv: more values than the header names
+            raise PerftuneInputError(f"{source}:{index}: more values than the header has "
+                                     f"names")
+        fields: dict[str, object] = {}
+        for raw_name, value in row.items():
+            name = str(raw_name).strip().lower()
+            _refuse_repeat(name, fields, f"{source}: entry {index}")
+            fields[name] = value
         fields = {k: v for k, v in fields.items() if k not in ("name", "comment", "source")}
         row_dtype = str(fields.pop("dtype", "") or dtype)
         row_family = str(fields.pop("family", "") or "")
@@ -143,3 +186,46 @@ def read_problems_file(path: str | Path, dim_names: Sequence[str], dtype: str,
     if not problems:
         raise PerftuneInputError(f"problems file {source} holds no problems")
     return problems
+
+
+def _read_text(source: Path) -> str:
+    data = source.read_bytes()
+    if b"\0" in data:
+        raise PerftuneInputError(f"problems file {source} is binary, not CSV or JSON text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PerftuneInputError(f"problems file {source} is not UTF-8 text (byte "
+                                 f"0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
+def _json_rows(source: Path, text: str) -> list[Any]:
+    def unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for name, _ in pairs:
+            _refuse_repeat(name.strip().lower(), seen, f"problems file {source}")
+            seen.add(name.strip().lower())
+        return dict(pairs)
+
+    try:
+        rows = json.loads(text, object_pairs_hook=unique_names)
+    except json.JSONDecodeError as exc:
+        raise PerftuneInputError(f"problems file {source} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PerftuneInputError(f"problems file {source} is nested too deeply to be a list "
+                                 f"of problems") from None
+    if not isinstance(rows, list):
+        raise PerftuneInputError(f"problems file {source} must hold a JSON list of objects")
+    return rows
+
+
+def _csv_rows(source: Path, text: str) -> list[dict[Any, Any]]:
+    lines = [line for line in io.StringIO(text, newline="") if not line.startswith("#")]
+    try:
+        reader = csv.DictReader(lines)
+        header = [str(name).strip().lower() for name in reader.fieldnames or ()]
+        for position, name in enumerate(header):
+            _refuse_repeat(name, header[:position], f"problems file {source}'s header")
+        return list(reader)
+    except csv.Error as exc:
+        raise PerftuneInputError(f"problems file {source} is not readable CSV: {exc}") from None

@@ -4,11 +4,16 @@ Per problem, configs go in chunks: round 1 checks each config against the refere
 it; later rounds time the passing configs again (other configs run in between), and configs
 whose rounds disagree are re-measured. Each chunk is written in one transaction, so a killed
 sweep loses at most the chunk in flight, and a re-run resumes from the natural keys.
+
+One core, :class:`Session`, owns the device (through the isolated worker), the compile pool and
+the campaign lifecycle; :func:`sweep`, :func:`remeasure_energy` and :func:`retime` are runs of
+chunks over it (:class:`Collector` picks one from the spec), and :class:`Measurer` measures one
+config at a time for the live tuner. A stop request (the CLI sets one on SIGTERM or SIGINT) is
+polled at chunk boundaries: the run ends there and its campaign is closed as interrupted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import socket
@@ -17,16 +22,23 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from perftune.collect.compile import Precompiler, compile_targets
 from perftune.collect.device import GPU, limits_of, select_mode
 from perftune.collect.families import KernelFamily, load_family
 from perftune.collect.families._base import Config
 from perftune.collect.problems import Problem, check_fits
-from perftune.collect.worker import COMPILE_ERROR, OK, IsolatedWorker, Task, WorkerFailed
+from perftune.collect.worker import (
+    COMPILE_ERROR,
+    OK,
+    Interrupted,
+    IsolatedWorker,
+    Task,
+    WorkerFailed,
+)
 from perftune.errors import PerftuneInputError
 from perftune.store.db import Store, now
 from perftune.store.keys import canonical_config, measurement_key
@@ -76,6 +88,8 @@ class SweepSummary:
     elapsed_s: float = 0.0
     best: dict[str, tuple[str, Config, float]] = field(default_factory=dict)
     restarts: int = 0
+    campaign_id: str | None = None
+    interrupted: bool = False  # a stop request ended the run before its last chunk
 
     @property
     def per_minute(self) -> float:
@@ -98,8 +112,14 @@ def validate(spec: SweepSpec) -> KernelFamily:
         raise PerftuneInputError("--sample must be at least 1 (leave it out for every config)")
     if spec.rounds < 1 or spec.max_rounds < spec.rounds:
         raise PerftuneInputError("--rounds must be at least 1 and at most max_rounds")
-    if spec.timeout_s <= 0:
+    if not spec.timeout_s > 0:
         raise PerftuneInputError("--timeout must be positive")
+    if not spec.energy_window_s > 0:
+        raise PerftuneInputError("--energy-window must be positive")
+    if spec.chunk_size < 1:
+        raise PerftuneInputError("--chunk-size must be at least 1")
+    if spec.compile_workers is not None and spec.compile_workers < 1:
+        raise PerftuneInputError("--compile-workers must be at least 1")
     return family
 
 
@@ -133,237 +153,149 @@ def plan(family: KernelFamily, spec: SweepSpec, device: dict[str, Any]) -> list[
     return planned
 
 
-class Collector:
-    """Runs a :class:`SweepSpec` against a store (this process is the store's one writer)."""
+class StopRequest(Protocol):
+    """What the measuring loops poll to stop at their next safe point (the CLI's stop token,
+    set by SIGTERM or SIGINT; a ``threading.Event`` does too)."""
 
-    def __init__(self, store: Store, spec: SweepSpec, *,
-                 on_progress: Callable[[int, int, Counter[str]], None] | None = None,
-                 command: str | None = None):
+    def is_set(self) -> bool: ...
+
+
+class _NeverStop:
+    def is_set(self) -> bool:
+        return False
+
+
+@dataclass
+class Campaign:
+    """A campaign row: opened before the first measurement, closed once."""
+
+    campaign_id: str
+    planned: int
+    written: int = 0
+
+
+Progress = Callable[[SweepSummary], None]
+
+
+class Session:
+    """The measuring core that the sweep, the energy-only re-measurement, the re-timing and the
+    live tuner share: it owns the device (through the isolated worker), the compile pool and
+    the campaign lifecycle, and measures chunks of planned configs. Its store is written by
+    this process alone."""
+
+    def __init__(self, store: Store, spec: SweepSpec, *, command: str | None = None,
+                 stop: StopRequest | None = None):
         self.store = store
         self.spec = spec
         self.family = validate(spec)
-        self.on_progress = on_progress
         self.command = command or " ".join(sys.argv)
+        self.stop: StopRequest = stop or _NeverStop()
         self.mode = select_mode(spec.interpret)
         self.worker = IsolatedWorker(spec.family, self.mode, energy=spec.energy)
         self.device: dict[str, Any] = {}
         self.precompiler: Precompiler | None = None
 
-    # -- the sweep ----------------------------------------------------------------------------
-    def run(self) -> SweepSummary:
-        if not self.spec.problems:
-            raise PerftuneInputError("no problems given; pass --problem or --problems-file")
-        started = time.perf_counter()
-        self.device = self.worker.start()
+    @property
+    def stopping(self) -> bool:
+        return self.stop.is_set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker and learn the device (raises :class:`Interrupted` if a stop is
+        requested before it is ready)."""
+        if self.stopping:
+            raise Interrupted("stopped before anything was measured")
+        self.device = self.worker.start(should_stop=self.stop.is_set)
+
+    def close(self) -> None:
         try:
-            return self._run(started)
-        finally:
             self.worker.stop()
+        finally:
             if self.precompiler is not None:
                 self.precompiler.close()
+                self.precompiler = None
 
-    def _run(self, started: float) -> SweepSummary:
+    def open_campaign(self, campaign: Campaign) -> None:
+        """Store the device and a ``running`` campaign row."""
         device = self.device
-        for problem in self.spec.problems:
-            check_fits(problem, *self._memory(problem))
-        planned = plan(self.family, self.spec, device)
-        if self.spec.retime_below_ms is not None:
-            return self._retime(planned, started, self.spec.retime_below_ms)
-        if self.spec.energy_only:
-            return self._remeasure_energy(planned, started)
-        stored = self.store.existing_keys(p.key for p in planned)
-        pending = [p for p in planned if p.key not in stored]
-        summary = SweepSummary(device["device_id"], device["kind"], self.worker_timer_name(),
-                               planned=len(planned), already_stored=len(stored))
-        with self._campaign(summary, len(pending), started) as campaign_id:
-            self._precompile(pending)
-            self._report(summary)
-            for chunk in _chunks(pending, self.spec.chunk_size):
-                rows = self._measure_chunk(chunk, campaign_id)
-                summary.written += self.store.insert("measurements", rows)
-                summary.statuses.update(r["status"] for r in rows)
-                _track_best(summary, rows)
-                self._report(summary)
-        return summary
+        record = {k: v for k, v in device.items() if k not in ("software", "cuda_version",
+                                                                "driver_version")}
+        self.store.upsert_device({**record, "cuda_version": device.get("cuda_version"),
+                                  "driver_version": device.get("driver_version")})
+        self.store.start_campaign({"campaign_id": campaign.campaign_id,
+                                   "device_id": device["device_id"],
+                                   "family": self.family.name, "command": self.command,
+                                   "host": socket.gethostname(), "planned": campaign.planned})
 
-    @contextlib.contextmanager
-    def _campaign(self, summary: SweepSummary, planned: int, started: float
-                  ) -> Iterator[str]:
-        """A campaign row around a run: finished, or interrupted if the run raised."""
-        campaign_id = self._start_campaign(planned)
-        status = "interrupted"
-        try:
-            yield campaign_id
-            status = "finished"
-        finally:
-            summary.elapsed_s = time.perf_counter() - started
-            summary.restarts = self.worker.restarts
-            self.store.finish_campaign(campaign_id, status=status, written=summary.written)
+    def close_campaign(self, campaign: Campaign, *, finished: bool) -> None:
+        """Mark the campaign finished, or interrupted (a stop request, an error); a campaign
+        that was never stored, or is closed already, is left as it is."""
+        self.store.finish_campaign(campaign.campaign_id,
+                                   status="finished" if finished else "interrupted",
+                                   written=campaign.written)
 
-    def _remeasure_energy(self, planned: list[Planned], started: float) -> SweepSummary:
-        """Energy of stored ok measurements that lack it (or have it from the first, idle-gap
-        loop), with the current method; their timings stay as they are."""
-        if self.mode != GPU:
-            raise PerftuneInputError("--energy-only measures NVML energy: it needs a GPU")
-        runtimes = self.store.energy_targets([p.key for p in planned])
-        targets = [p for p in planned if p.key in runtimes]
-        summary = SweepSummary(self.device["device_id"], self.device["kind"],
-                               self.worker_timer_name(), planned=len(targets))
-        with self._campaign(summary, len(targets), started) as campaign_id:
-            self._precompile(targets)
-            for chunk in _chunks(targets, self.spec.chunk_size):
-                updates = {}
-                for item in chunk:
-                    update = self._energy_update(item, runtimes[item.key], campaign_id, summary)
-                    if update:
-                        updates[item.key] = update
-                summary.written += self.store.update_measurements(updates)
-                self._report(summary)
-        return summary
+    # -- what to measure ----------------------------------------------------------------------
+    @property
+    def timer_name(self) -> str:
+        from perftune.collect.timers.cuda_events import CudaEventTimer
+        from perftune.collect.timers.wall_clock import WallClockTimer
 
-    def _retime(self, planned: list[Planned], started: float, below_ms: float) -> SweepSummary:
-        """Measure again the stored ok measurements under ``below_ms`` that an older timer
-        took, and with ``energy``, the energy of those that have some from an older method
-        (the Python loop that short kernels left idle): updated in place, each row moved to
-        this campaign; with ``energy_only``, only the energy. Keys hold the device, so the
-        interpreter never re-times a GPU's rows."""
-        from perftune.store.rules import EAGER_METHOD
+        return CudaEventTimer.name if self.mode == GPU else WallClockTimer.name
 
-        stale = self.store.retime_targets(
-            [p.key for p in planned], timer=self.worker_timer_name(), below_ms=below_ms,
-            energy_method=EAGER_METHOD if self.spec.energy else None,
-            timing=not self.spec.energy_only)
-        targets = [p for p in planned if p.key in stale]
-        summary = SweepSummary(self.device["device_id"], self.device["kind"],
-                               self.worker_timer_name(), planned=len(targets))
-        with self._campaign(summary, len(targets), started) as campaign_id:
-            self._precompile(targets)
-            self._report(summary)
-            for chunk in _chunks(targets, self.spec.chunk_size):
-                updates = self._retime_chunk(chunk, stale, campaign_id, summary)
-                summary.written += self.store.update_measurements(updates)
-                self._report(summary)
-        return summary
+    def check_fits(self, problem: Problem) -> None:
+        bytes_needed, largest = self.family.memory_needed(problem)
+        check_fits(problem, bytes_needed, self.device.get("memory_bytes"), largest)
 
-    def _retime_chunk(self, chunk: Sequence[Planned], stale: dict[str, tuple[bool, bool, float]],
-                      campaign_id: str, summary: SweepSummary) -> dict[str, dict[str, Any]]:
-        """The new values of a chunk's stale rows: (timing stale, has energy, runtime) each."""
-        timed = [p for p in chunk if stale[p.key][0]]
-        energy = {p.key for p in timed if stale[p.key][1] and self.spec.energy}
-        rows = self._measure_chunk(timed, campaign_id, energy_keys=energy)
-        summary.statuses.update(r["status"] for r in rows)
-        _track_best(summary, rows)
-        updates = {r["key"]: _retimed(r, r["key"] in energy) for r in rows if r["status"] == OK}
-        for item in chunk:
-            if not stale[item.key][0]:  # timed by the current timer; only the energy is stale
-                update = self._energy_update(item, stale[item.key][2], campaign_id, summary)
-                if update:
-                    updates[item.key] = update
-        return updates
+    def key(self, problem: Problem, dataflow: str, config: Config) -> str:
+        return measurement_key(device_id=self.device["device_id"], family=self.family.name,
+                               dataflow=dataflow, dtype=problem.dtype, shape=problem.shape,
+                               config=canonical_config(config),
+                               software=self.device["software"]["software_key"])
 
-    def _energy_update(self, item: Planned, call_ms: float, campaign_id: str,
-                       summary: SweepSummary) -> dict[str, Any] | None:
-        """A stored row's new energy columns, moved to this campaign (so that an export of
-        the campaign, or an import into an older store, carries them); None if it failed."""
-        result = self._energy_of(item, call_ms)
-        summary.statuses[result["status"]] += 1
-        if result["status"] != OK:
-            return None
-        return {"campaign_id": campaign_id, **{k: result.get(k) for k in ENERGY_FIELDS}}
+    def summary(self, planned: int, already_stored: int = 0) -> SweepSummary:
+        return SweepSummary(self.device["device_id"], self.device["kind"], self.timer_name,
+                            planned=planned, already_stored=already_stored)
 
-    def _precompile(self, items: Sequence[Planned]) -> None:
+    def precompile(self, items: Sequence[Planned]) -> None:
         """Compile the items' kernels in a process pool ahead of the worker (GPU only)."""
         if self.mode == GPU and items and self.precompiler is None:
             self.precompiler = Precompiler(self.family, self.spec.family,
                                            self.spec.compile_workers)
             self.precompiler.submit(compile_targets(self.family, (p.task for p in items)))
 
-    def _energy_of(self, item: Planned, call_ms: float) -> dict[str, Any]:
-        """NVML power and energy per call of one config over the spec's window (no timing)."""
-        if self.precompiler is not None:
-            self.precompiler.wait(item.task.problem, item.task.dataflow, item.task.config)
-        return self._request(_retime(item.task, time=False,
-                                     energy_window_s=self.spec.energy_window_s,
-                                     call_ms=call_ms))
-
-    def _start_campaign(self, planned: int) -> str:
-        device = self.device
-        record = {k: v for k, v in device.items() if k not in ("software", "cuda_version",
-                                                                "driver_version")}
-        self.store.upsert_device({**record, "cuda_version": device.get("cuda_version"),
-                                  "driver_version": device.get("driver_version")})
-        campaign_id = uuid.uuid4().hex[:16]
-        self.store.start_campaign({"campaign_id": campaign_id, "device_id": device["device_id"],
-                                   "family": self.family.name, "command": self.command,
-                                   "host": socket.gethostname(), "planned": planned})
-        return campaign_id
-
-    # -- one config at a time (the tuner's live backend) --------------------------------------
-    def __enter__(self) -> Collector:
-        self.device = self.worker.start()
-        self.session_campaign = self._start_campaign(planned=0)
-        self.session_written = 0
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        try:
-            self.store.finish_campaign(self.session_campaign, written=self.session_written,
-                                       status="finished" if exc_type is None else "interrupted")
-        finally:
-            self.worker.stop()
-
-    def measure(self, problem: Problem, dataflow: str, config: Config) -> dict[str, Any]:
-        """Measure one config as a sweep would (checked, timed in rounds, isolated, with energy
-        when the spec asks for it) and store it; a measurement already stored is returned
-        instead (with ``reused`` set), its energy measured and added when it lacks one."""
-        self.family.check_dataflow(dataflow)
-        if not self.family.is_valid(problem, dataflow, config, limits_of(self.device)):
-            raise PerftuneInputError(f"{dataflow} {canonical_config(config)} cannot run "
-                                     f"{problem} on this device (its constraints refuse it)")
-        check_fits(problem, *self._memory(problem))
-        key = measurement_key(device_id=self.device["device_id"], family=self.family.name,
-                              dataflow=dataflow, dtype=problem.dtype, shape=problem.shape,
-                              config=canonical_config(config),
-                              software=self.device["software"]["software_key"])
-        item = Planned(Task(problem, self.spec.seed, dataflow, config), key)
-        stored = self.store.query("SELECT * FROM measurements WHERE key = ?", [key])
-        if stored.empty:
-            rows = self._measure_chunk([item], self.session_campaign)
-            self.session_written += self.store.insert("measurements", rows)
-            return {**rows[0], "reused": False}
-        row = stored.iloc[0].to_dict()
-        if self.spec.energy and self.mode == GPU and key in self.store.energy_targets([key]):
-            result = self._energy_of(item, float(row["runtime_ms"]))
-            if result["status"] == OK:
-                values = {k: result.get(k) for k in ENERGY_FIELDS}
-                self.store.update_measurements({key: values})
-                row.update(values)
-        return {**row, "reused": True}
-
-    def worker_timer_name(self) -> str:
-        from perftune.collect.timers.cuda_events import CudaEventTimer
-        from perftune.collect.timers.wall_clock import WallClockTimer
-
-        return CudaEventTimer.name if self.mode == GPU else WallClockTimer.name
-
-    def _memory(self, problem: Problem) -> tuple[float, int | None, int]:
-        bytes_needed, largest = self.family.memory_needed(problem)
-        return bytes_needed, self.device.get("memory_bytes"), largest
-
-    def _report(self, summary: SweepSummary) -> None:
-        if self.on_progress is not None:
-            done = summary.already_stored + sum(summary.statuses.values())
-            self.on_progress(done, summary.planned, summary.statuses)
-
-    # -- one chunk ----------------------------------------------------------------------------
-    def _request(self, task: Task) -> dict[str, Any]:
+    # -- measuring ----------------------------------------------------------------------------
+    def request(self, task: Task) -> dict[str, Any]:
+        """One task's answer; a worker crash or hang is recorded as the task's status. While
+        stopping, a dead worker is not restarted: the chunk in flight is given up."""
+        if self.stopping and not self.worker.running:
+            raise Interrupted("stopped; the chunk in flight was not stored")
         try:
             return self.worker.request(task, self.spec.timeout_s)
         except WorkerFailed as exc:
+            if self.stopping:  # it went down with the stop: not the config's fault
+                raise Interrupted("stopped; the chunk in flight was not stored") from None
             return {"status": exc.status, "error": str(exc)}
 
-    def _measure_chunk(self, chunk: Sequence[Planned], campaign_id: str, *,
-                       energy_keys: set[str] | None = None) -> list[dict[str, Any]]:
+    def energy_of(self, item: Planned, call_ms: float) -> dict[str, Any]:
+        """NVML power and energy per call of one config over the spec's window (no timing)."""
+        if self.precompiler is not None:
+            self.precompiler.wait(item.task.problem, item.task.dataflow, item.task.config)
+        return self.request(_retime(item.task, time=False,
+                                    energy_window_s=self.spec.energy_window_s,
+                                    call_ms=call_ms))
+
+    def energy_update(self, item: Planned, call_ms: float, campaign_id: str,
+                      summary: SweepSummary) -> dict[str, Any] | None:
+        """A stored row's new energy columns, moved to this campaign (so that an export of
+        the campaign, or an import into an older store, carries them); None if it failed."""
+        result = self.energy_of(item, call_ms)
+        summary.statuses[result["status"]] += 1
+        if result["status"] != OK:
+            return None
+        return {"campaign_id": campaign_id, **{k: result.get(k) for k in ENERGY_FIELDS}}
+
+    def measure_chunk(self, chunk: Sequence[Planned], campaign_id: str, *,
+                      energy_keys: set[str] | None = None) -> list[dict[str, Any]]:
         """Check and time a chunk in rounds; energy for every config when the spec asks for
         it, or for ``energy_keys`` where given."""
         spec = self.spec
@@ -373,7 +305,7 @@ class Collector:
             error = self.precompiler.wait(item.task.problem, item.task.dataflow,
                                           item.task.config) if self.precompiler else None
             result = ({"status": COMPILE_ERROR, "error": error} if error
-                      else self._request(item.task))
+                      else self.request(item.task))
             results[item.key] = result
             if result["status"] == OK:
                 rounds[item.key] = [result.pop("samples_ms")]
@@ -383,7 +315,7 @@ class Collector:
             if not again:
                 break
             for item in again:
-                result = self._request(_retime(item.task))
+                result = self.request(_retime(item.task))
                 if result["status"] == OK:
                     rounds[item.key].append(result["samples_ms"])
                 else:  # failed on a later round: record that, not the earlier timing
@@ -393,7 +325,7 @@ class Collector:
             for item in chunk:
                 if item.key in rounds and (energy_keys is None or item.key in energy_keys):
                     median = statistics.median(statistics.median(r) for r in rounds[item.key])
-                    energy = self._energy_of(item, median)
+                    energy = self.energy_of(item, median)
                     if energy["status"] == OK:
                         results[item.key].update(energy)
         return [self._row(item, results[item.key], rounds.get(item.key), campaign_id)
@@ -411,7 +343,7 @@ class Collector:
             **{d: problem.sizes.get(d) for d in ("m", "n", "k")},
             "shape": problem.shape, "config": canonical_config(task.config),
             "status": result["status"], "error": result.get("error"),
-            "rel_error": _finite(result.get("rel_error")), "timer": self.worker_timer_name(),
+            "rel_error": _finite(result.get("rel_error")), "timer": self.timer_name,
             "flops": cost.flops, "bytes": cost.bytes, "measured_at": now(),
             **{k: software[k] for k in ("torch_version", "triton_version", "cuda_version",
                                         "driver_version", "software_key")},
@@ -428,6 +360,232 @@ class Collector:
                        tflops=cost.flops / (runtime * 1e-3) / 1e12,
                        gbps=cost.bytes / (runtime * 1e-3) / 1e9)
         return row
+
+
+ChunkStep = Callable[[Sequence[Planned], str], int]
+
+
+def run_campaign(session: Session, summary: SweepSummary, items: Sequence[Planned],
+                 step: ChunkStep, report: Progress) -> SweepSummary:
+    """One campaign over ``items`` in chunks, ``step`` measuring and storing each (returns
+    how many rows it wrote). A stop request ends it at the next chunk boundary; the campaign
+    is then closed as interrupted, by plain code in this function, before it returns."""
+    if session.stopping:
+        summary.interrupted = True
+        return summary
+    campaign = Campaign(uuid.uuid4().hex[:16], planned=len(items))
+    finished = False
+    try:
+        session.open_campaign(campaign)
+        summary.campaign_id = campaign.campaign_id
+        session.precompile(items)
+        report(summary)
+        for chunk in _chunks(items, session.spec.chunk_size):
+            if session.stopping:
+                break
+            summary.written += step(chunk, campaign.campaign_id)
+            campaign.written = summary.written
+            report(summary)
+        else:
+            finished = True
+    except Interrupted:
+        pass  # the worker went down with the stop: the chunk in flight is not stored
+    finally:
+        summary.interrupted = not finished
+        session.close_campaign(campaign, finished=finished)
+    return summary
+
+
+def sweep(session: Session, planned: Sequence[Planned], report: Progress) -> SweepSummary:
+    """Measure every planned config that the store lacks, chunk by chunk."""
+    store = session.store
+    stored = store.existing_keys(p.key for p in planned)
+    pending = [p for p in planned if p.key not in stored]
+    summary = session.summary(len(planned), already_stored=len(stored))
+
+    def step(chunk: Sequence[Planned], campaign_id: str) -> int:
+        rows = session.measure_chunk(chunk, campaign_id)
+        written = store.insert("measurements", rows)
+        summary.statuses.update(r["status"] for r in rows)
+        _track_best(summary, rows)
+        return written
+
+    return run_campaign(session, summary, pending, step, report)
+
+
+def remeasure_energy(session: Session, planned: Sequence[Planned],
+                     report: Progress) -> SweepSummary:
+    """Energy of stored ok measurements that lack it (or have it from the first, idle-gap
+    loop), with the current method; their timings stay as they are."""
+    if session.mode != GPU:
+        raise PerftuneInputError("--energy-only measures NVML energy: it needs a GPU")
+    runtimes = session.store.energy_targets([p.key for p in planned])
+    targets = [p for p in planned if p.key in runtimes]
+    summary = session.summary(len(targets))
+
+    def step(chunk: Sequence[Planned], campaign_id: str) -> int:
+        updates = {}
+        for item in chunk:
+            update = session.energy_update(item, runtimes[item.key], campaign_id, summary)
+            if update:
+                updates[item.key] = update
+        return session.store.update_measurements(updates)
+
+    return run_campaign(session, summary, targets, step, report)
+
+
+def retime(session: Session, planned: Sequence[Planned], below_ms: float,
+           report: Progress) -> SweepSummary:
+    """Measure again the stored ok measurements under ``below_ms`` that an older timer
+    took, and with ``energy``, the energy of those that have some from an older method
+    (the Python loop that short kernels left idle): updated in place, each row moved to
+    this campaign; with ``energy_only``, only the energy. Keys hold the device, so the
+    interpreter never re-times a GPU's rows."""
+    from perftune.store.rules import EAGER_METHOD
+
+    spec = session.spec
+    stale = session.store.retime_targets(
+        [p.key for p in planned], timer=session.timer_name, below_ms=below_ms,
+        energy_method=EAGER_METHOD if spec.energy else None, timing=not spec.energy_only)
+    targets = [p for p in planned if p.key in stale]
+    summary = session.summary(len(targets))
+
+    def step(chunk: Sequence[Planned], campaign_id: str) -> int:
+        """The chunk's stale rows, (timing stale, has energy, runtime) each, updated."""
+        timed = [p for p in chunk if stale[p.key][0]]
+        energy = {p.key for p in timed if stale[p.key][1] and spec.energy}
+        rows = session.measure_chunk(timed, campaign_id, energy_keys=energy)
+        summary.statuses.update(r["status"] for r in rows)
+        _track_best(summary, rows)
+        updates = {r["key"]: _retimed(r, r["key"] in energy) for r in rows if r["status"] == OK}
+        for item in chunk:
+            if not stale[item.key][0]:  # timed by the current timer; only the energy is stale
+                update = session.energy_update(item, stale[item.key][2], campaign_id, summary)
+                if update:
+                    updates[item.key] = update
+        return session.store.update_measurements(updates)
+
+    return run_campaign(session, summary, targets, step, report)
+
+
+class Collector:
+    """Runs a :class:`SweepSpec` against a store (this process is the store's one writer): a
+    sweep, or with ``energy_only`` / ``retime_below_ms`` a re-measurement of stored rows."""
+
+    def __init__(self, store: Store, spec: SweepSpec, *,
+                 on_progress: Callable[[int, int, Counter[str]], None] | None = None,
+                 command: str | None = None, stop: StopRequest | None = None):
+        self.session = Session(store, spec, command=command, stop=stop)
+        self.on_progress = on_progress
+
+    def run(self) -> SweepSummary:
+        """The summary of the run; ``interrupted`` is set when a stop request ended it early.
+        A stop before the worker was ready raises :class:`Interrupted` (nothing was opened)."""
+        session, spec = self.session, self.session.spec
+        if not spec.problems:
+            raise PerftuneInputError("no problems given; pass --problem or --problems-file")
+        started = time.perf_counter()
+        try:
+            session.start()
+            for problem in spec.problems:
+                session.check_fits(problem)
+            planned = plan(session.family, spec, session.device)
+            if spec.retime_below_ms is not None:
+                summary = retime(session, planned, spec.retime_below_ms, self._report)
+            elif spec.energy_only:
+                summary = remeasure_energy(session, planned, self._report)
+            else:
+                summary = sweep(session, planned, self._report)
+            summary.elapsed_s = time.perf_counter() - started
+            summary.restarts = session.worker.restarts
+            return summary
+        finally:
+            session.close()
+
+    def _report(self, summary: SweepSummary) -> None:
+        if self.on_progress is not None:
+            done = summary.already_stored + sum(summary.statuses.values())
+            self.on_progress(done, summary.planned, summary.statuses)
+
+
+class Measurer:
+    """One config at a time, measured as a sweep measures it (the live tuner's backend):
+    :meth:`open` starts the worker and a campaign, :meth:`close` ends both."""
+
+    def __init__(self, store: Store, spec: SweepSpec, *, command: str | None = None,
+                 stop: StopRequest | None = None):
+        self.session = Session(store, spec, command=command, stop=stop)
+        self.campaign: Campaign | None = None
+
+    @property
+    def family(self) -> KernelFamily:
+        return self.session.family
+
+    @property
+    def device(self) -> dict[str, Any]:
+        return self.session.device
+
+    @property
+    def mode(self) -> str:
+        return self.session.mode
+
+    def open(self) -> Measurer:
+        session = self.session
+        session.start()
+        campaign = Campaign(uuid.uuid4().hex[:16], planned=0)
+        try:
+            session.open_campaign(campaign)
+        except BaseException:
+            session.close_campaign(campaign, finished=False)
+            session.close()
+            raise
+        self.campaign = campaign
+        return self
+
+    def close(self, *, finished: bool = True) -> None:
+        """End the campaign (interrupted unless ``finished`` and no stop was requested) and
+        stop the worker; closing again does nothing."""
+        campaign, self.campaign = self.campaign, None
+        try:
+            if campaign is not None:
+                self.session.close_campaign(campaign,
+                                            finished=finished and not self.session.stopping)
+        finally:
+            self.session.close()
+
+    def measure(self, problem: Problem, dataflow: str, config: Config) -> dict[str, Any]:
+        """Measure one config as a sweep would (checked, timed in rounds, isolated, with energy
+        when the spec asks for it) and store it; a measurement already stored is returned
+        instead (with ``reused`` set), its energy measured and added when it lacks one. A stop
+        request raises :class:`Interrupted` before anything starts."""
+        session, campaign = self.session, self.campaign
+        if campaign is None:
+            raise RuntimeError("Measurer.measure before open()")
+        if session.stopping:
+            raise Interrupted(f"stopped; {campaign.written} measurements of this run are "
+                              f"stored")
+        family = session.family
+        family.check_dataflow(dataflow)
+        if not family.is_valid(problem, dataflow, config, limits_of(session.device)):
+            raise PerftuneInputError(f"{dataflow} {canonical_config(config)} cannot run "
+                                     f"{problem} on this device (its constraints refuse it)")
+        session.check_fits(problem)
+        key = session.key(problem, dataflow, config)
+        item = Planned(Task(problem, session.spec.seed, dataflow, config), key)
+        store = session.store
+        stored = store.query("SELECT * FROM measurements WHERE key = ?", [key])
+        if stored.empty:
+            rows = session.measure_chunk([item], campaign.campaign_id)
+            campaign.written += store.insert("measurements", rows)
+            return {**rows[0], "reused": False}
+        row = stored.iloc[0].to_dict()
+        if session.spec.energy and session.mode == GPU and key in store.energy_targets([key]):
+            result = session.energy_of(item, float(row["runtime_ms"]))
+            if result["status"] == OK:
+                values = {k: result.get(k) for k in ENERGY_FIELDS}
+                store.update_measurements({key: values})
+                row.update(values)
+        return {**row, "reused": True}
 
 
 ENERGY_FIELDS = ("avg_power_w", "energy_per_call_j", "energy_window_s", "sm_clock_mhz",

@@ -3,6 +3,11 @@ or hangs costs one recorded failure and a restart, never the sweep.
 
 The parent (the collector, which alone writes the store) sends one task at a time and waits
 with a timeout; the child owns the device, the inputs and the timer.
+
+The child leaves its parent's process group, so that a signal sent to the group (Ctrl-C in a
+terminal, GNU timeout, a batch system's time limit) reaches only the parent, which stops at a
+safe point and then stops the child. A child whose parent died (SIGKILL, a crash) exits
+quietly: when it next touches the pipe, or within a second if it is busy.
 """
 
 from __future__ import annotations
@@ -10,13 +15,19 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing as mp
+import os
+import signal
+import threading
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from perftune.collect.families._base import Config, Inputs
 from perftune.collect.problems import Problem
+from perftune.store.schema import MEASUREMENT_STATUSES
 
 OK = "ok"
 COMPILE_ERROR = "compile_error"
@@ -24,7 +35,12 @@ LAUNCH_ERROR = "launch_error"
 WRONG_RESULT = "wrong_result"
 TIMEOUT = "timeout"
 OOM = "oom"
-STATUSES = (OK, COMPILE_ERROR, LAUNCH_ERROR, WRONG_RESULT, TIMEOUT, OOM)
+STATUSES = MEASUREMENT_STATUSES  # (OK, ..., OOM): the store checks imported rows against it
+
+# What a pipe to a dead parent raises: EOF when it closed cleanly, ECONNRESET when it died with
+# an answer unread, EPIPE on a send (ConnectionResetError and BrokenPipeError are OSErrors).
+_PIPE_GONE = (EOFError, OSError)
+_PARENT_CHECK_S = 0.5
 
 _COMPILE_ERRORS = {"CompilationError", "OutOfResources", "CompileTimeAssertionFailure",
                    "PTXASError"}
@@ -151,24 +167,49 @@ class _Runner:
         return error if math.isfinite(error) else math.inf
 
 
+def _leave_parent_group() -> None:
+    """Signals to the parent's process group are the parent's to act on: it finishes the
+    chunk in flight and then stops this process itself."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Out of the terminal's foreground group, a write to it must not stop this process.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """Exit, quietly, once the parent is gone, even while a launch hangs: nothing else would
+    ever stop this process."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _child_main(conn: Connection, family_ref: str, mode: str, energy: bool) -> None:
+    parent = os.getppid()
+    _leave_parent_group()
+    _exit_when_orphaned(parent)
     try:
-        runner = _Runner(family_ref, mode, energy)
-    except BaseException as exc:
-        conn.send(("fatal", _error_text(exc) + "\n" + traceback.format_exc(limit=8)))
-        return
-    conn.send(("ready", runner.identity))
-    while True:
         try:
+            runner = _Runner(family_ref, mode, energy)
+        except BaseException as exc:
+            conn.send(("fatal", _error_text(exc) + "\n" + traceback.format_exc(limit=8)))
+            return
+        conn.send(("ready", runner.identity))
+        while True:
             task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
-        result = runner.run(task)
-        conn.send(("result", result))
-        if result.get("fatal"):
-            return
+            if task is None:
+                return
+            result = runner.run(task)
+            conn.send(("result", result))
+            if result.get("fatal"):
+                return
+    except _PIPE_GONE:
+        return  # the parent died or closed the pipe: nobody is left to answer
 
 
 class WorkerFailed(Exception):
@@ -177,6 +218,11 @@ class WorkerFailed(Exception):
     def __init__(self, status: str, message: str):
         super().__init__(message)
         self.status = status
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop was requested (SIGTERM, SIGINT): the work ended at a safe point, with what was
+    finished stored. Its text says what was kept."""
 
 
 class IsolatedWorker:
@@ -192,8 +238,10 @@ class IsolatedWorker:
         self._process: Any = None
         self._conn: Connection | None = None
 
-    def start(self) -> dict[str, Any]:
-        """Start the child; returns its device identity."""
+    def start(self, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Start the child; returns its device identity. Starting takes seconds (imports, the
+        device); if ``should_stop`` turns true meanwhile, the child is killed and
+        :class:`Interrupted` raised."""
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._process = ctx.Process(target=_child_main, daemon=True,
@@ -201,11 +249,28 @@ class IsolatedWorker:
         self._process.start()
         child.close()
         self._conn = parent
-        kind, payload = self._receive(self.startup_timeout_s, "starting the worker")
+        wait_s = self.startup_timeout_s
+        if should_stop is not None:  # wait in short steps, looking at the stop request
+            deadline = time.monotonic() + wait_s
+            while not parent.poll(0.1) and time.monotonic() < deadline:
+                if should_stop():
+                    self.kill()
+                    raise Interrupted("stopped while the measurement worker was starting")
+            wait_s = 0.0
+        try:
+            kind, payload = self._receive(wait_s, "starting the worker")
+        except WorkerFailed:
+            if should_stop is not None and should_stop():
+                raise Interrupted("stopped while the measurement worker was starting") from None
+            raise
         if kind != "ready":
             self.stop()
             raise RuntimeError(f"the measurement worker failed to start: {payload}")
         return dict(payload)
+
+    @property
+    def running(self) -> bool:
+        return self._conn is not None
 
     def _receive(self, timeout_s: float, doing: str) -> tuple[str, Any]:
         assert self._conn is not None

@@ -16,10 +16,21 @@ import pandas as pd
 
 from perftune.errors import StoreError
 from perftune.settings import default_db_path
-from perftune.store.schema import MIGRATIONS, SCHEMA_VERSION, TABLES
+from perftune.store.schema import (
+    CAMPAIGN_STATUSES,
+    MEASUREMENT_STATUSES,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TABLES,
+)
 
 _META = "perftune_meta"
 _KEYS = {"devices": "device_id", "campaigns": "campaign_id", "measurements": "key"}
+
+# Campaigns this process has started and not finished. DuckDB lets one process write a store
+# at a time, so a `running` campaign that a writer finds and did not start is dead: its process
+# was killed before it could close it.
+_OWN_CAMPAIGNS: set[str] = set()
 
 
 def now() -> dt.datetime:
@@ -37,11 +48,16 @@ class Store:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, read_only: bool = False):
         self.path = Path(path) if path is not None else default_db_path()
         self.read_only = read_only
+        self.recovered = 0  # dead `running` campaigns this opening marked interrupted
         self._con = self._connect()
         try:
-            self._check_and_migrate()
+            with self._guard():
+                self._check_and_migrate()
+                if not read_only:
+                    self.recovered = self._close_dead_campaigns()
         except BaseException:
-            self._con.close()
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
             raise
 
     # -- opening ------------------------------------------------------------------------------
@@ -61,7 +77,20 @@ class Store:
         try:
             return duckdb.connect(str(self.path), read_only=self.read_only)
         except duckdb.Error as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open {self.path}: {_one_line(exc)}") from None
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """DuckDB's errors about a damaged file (a block that fails its checksum, a file
+        shorter than its blocks) as one StoreError naming the file."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            if not _is_damage(exc):
+                raise
+            raise StoreError(f"{self.path} is damaged ({_one_line(exc)}); restore it from a "
+                             f"copy, or rebuild it with `perftune db init` and "
+                             f"`perftune db import`") from None
 
     def _check_and_migrate(self) -> None:
         version = self.schema_version()
@@ -93,12 +122,38 @@ class Store:
             return None
         rows = self._con.execute(
             f"SELECT value FROM {_META} WHERE name = 'schema_version'").fetchall()
-        return int(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        try:
+            return int(rows[0][0])
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.path}: {_META} gives schema_version {rows[0][0]!r}, not a "
+                             f"number; the file is not a store this perftune can read") from None
+
+    def _close_dead_campaigns(self) -> int:
+        """Mark ``running`` campaigns that no live process owns as interrupted, finished when
+        they last stored a row (else when they started; a row an energy-only run moved to
+        its campaign keeps the older date of its timing), with the rows they wrote. Returns
+        how many there were."""
+        running = [r[0] for r in self._con.execute(
+            "SELECT campaign_id FROM campaigns WHERE status = 'running'").fetchall()]
+        dead = [c for c in running if c not in _OWN_CAMPAIGNS]
+        if not dead:
+            return 0
+        with self._transaction(), self._registered("_dead", pd.DataFrame({"id": dead})):
+            self._con.execute("""
+                UPDATE campaigns AS c SET status = 'interrupted',
+                    finished_at = coalesce(c.finished_at, greatest(c.started_at, w.last)),
+                    written = coalesce(c.written, w.n, 0)
+                FROM (SELECT d.id, max(m.measured_at) AS last, count(m.key) AS n
+                      FROM _dead d LEFT JOIN measurements m ON m.campaign_id = d.id
+                      GROUP BY d.id) AS w
+                WHERE c.campaign_id = w.id AND c.status = 'running'""")
+        return len(dead)
 
     def _migrate(self, version: int) -> None:
         con = self._con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             if version == 0:
                 con.execute(f"CREATE TABLE {_META} (name VARCHAR PRIMARY KEY, value VARCHAR)")
             for step in range(version, SCHEMA_VERSION):
@@ -106,10 +161,19 @@ class Store:
                     con.execute(statement)
             con.execute(f"INSERT OR REPLACE INTO {_META} VALUES ('schema_version', ?)",
                         [str(SCHEMA_VERSION)])
-            con.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction around the block: committed if it ends normally, else rolled back."""
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield
         except BaseException:
-            con.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
             raise
+        con.execute("COMMIT")
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -134,8 +198,15 @@ class Store:
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> int:
         """Insert rows, skipping any whose key is already stored. Returns how many were new."""
         self._require_writable()
-        columns = TABLES[table]
         frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+        if frame.empty:
+            return 0
+        with self._guard(), self._transaction():
+            return self._insert_frame(table, frame)
+
+    def _insert_frame(self, table: str, frame: pd.DataFrame) -> int:
+        """The rows of ``frame`` whose key is new, inserted in the open transaction."""
+        columns = TABLES[table]
         if frame.empty:
             return 0
         unknown = set(frame.columns) - set(columns)
@@ -145,18 +216,10 @@ class Store:
         frame = frame.drop_duplicates(subset=[_KEYS[table]])
         con = self._con
         with self._registered("_incoming", frame):
-            try:
-                con.execute("BEGIN TRANSACTION")
-                before = _count(con, table)
-                casts = ", ".join(f"CAST({c} AS {columns[c].split()[0]}) AS {c}"
-                                  for c in columns)
-                con.execute(f"INSERT OR IGNORE INTO {table} SELECT {casts} FROM _incoming")
-                inserted = _count(con, table) - before
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        return inserted
+            before = _count(con, table)
+            casts = ", ".join(f"CAST({c} AS {columns[c].split()[0]}) AS {c}" for c in columns)
+            con.execute(f"INSERT OR IGNORE INTO {table} SELECT {casts} FROM _incoming")
+            return _count(con, table) - before
 
     @contextlib.contextmanager
     def _registered(self, name: str, frame: pd.DataFrame) -> Iterator[None]:
@@ -173,8 +236,7 @@ class Store:
         self._require_writable()
         columns = TABLES["measurements"]
         con, updated = self._con, 0
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self._guard(), self._transaction():
             for key, values in updates.items():
                 unknown = set(values) - set(columns)
                 if unknown or "key" in values:
@@ -183,10 +245,6 @@ class Store:
                 rows = con.execute(f"UPDATE measurements SET {assignments} WHERE key = ? "
                                    f"RETURNING key", [*values.values(), key]).fetchall()
                 updated += len(rows)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return updated
 
     def energy_targets(self, keys: Iterable[str]) -> dict[str, float]:
@@ -216,7 +274,7 @@ class Store:
         frame = pd.DataFrame({"key": list(keys)})
         if frame.empty:
             return []
-        with self._registered("_wanted", frame):
+        with self._guard(), self._registered("_wanted", frame):
             return self._con.execute(sql, list(params)).fetchall()
 
     def upsert_device(self, device: Mapping[str, Any]) -> None:
@@ -232,22 +290,31 @@ class Store:
                                                                              "first_seen")}
         if updates:
             assignments = ", ".join(f"{k} = ?" for k in updates)
-            self._con.execute(f"UPDATE devices SET {assignments} WHERE device_id = ?",
-                              [*updates.values(), row["device_id"]])
+            with self._guard():
+                self._con.execute(f"UPDATE devices SET {assignments} WHERE device_id = ?",
+                                  [*updates.values(), row["device_id"]])
 
     def start_campaign(self, campaign: Mapping[str, Any]) -> None:
+        """Store a ``running`` campaign, owned by this process until it is finished."""
+        _OWN_CAMPAIGNS.add(str(campaign["campaign_id"]))
         self.insert("campaigns", [{"status": "running", "started_at": now(), **campaign}])
 
     def finish_campaign(self, campaign_id: str, *, status: str, written: int) -> None:
+        """Close a running campaign as ``finished`` or ``interrupted``; a campaign that is not
+        running (closed already, or never stored) is left as it is."""
         self._require_writable()
-        self._con.execute(
-            "UPDATE campaigns SET status = ?, finished_at = ?, written = ? WHERE campaign_id = ?",
-            [status, now(), written, campaign_id])
+        if status not in CAMPAIGN_STATUSES or status == "running":
+            raise ValueError(f"a campaign finishes as finished or interrupted, not {status!r}")
+        with self._guard():
+            self._con.execute(
+                "UPDATE campaigns SET status = ?, finished_at = ?, written = ? "
+                "WHERE campaign_id = ? AND status = 'running'",
+                [status, now(), written, campaign_id])
+        _OWN_CAMPAIGNS.discard(campaign_id)
 
     # -- reading ------------------------------------------------------------------------------
     def device(self, device_id: str) -> dict[str, Any] | None:
-        frame = self._con.execute("SELECT * FROM devices WHERE device_id = ?",
-                                  [device_id]).fetchdf()
+        frame = self.query("SELECT * FROM devices WHERE device_id = ?", [device_id])
         return None if frame.empty else frame.iloc[0].to_dict()
 
     def existing_keys(self, keys: Iterable[str]) -> set[str]:
@@ -256,7 +323,44 @@ class Store:
         return {r[0] for r in rows}
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
-        return self._con.execute(sql, params or []).fetchdf()
+        with self._guard():
+            return self._con.execute(sql, params or []).fetchdf()
+
+    def verify(self) -> None:
+        """Read every stored value once. DuckDB checks each block's checksum as it reads it,
+        and fails on a block past the end of a file cut short, so a damaged file raises
+        StoreError naming it."""
+        con = self._con
+        with self._guard():
+            for table in sorted(self._tables()):
+                names = [r[0] for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                    "'main' AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()]
+                columns = ", ".join(f'"{name}"' for name in names)
+                con.execute(f'SELECT count(*), bit_xor(hash({columns})) FROM "{table}"'
+                            ).fetchall()
+
+    def campaigns(self) -> pd.DataFrame:
+        """Every campaign, newest first, with its duration in seconds: NULL where it has no
+        finished_at (still running, or interrupted without one, as some shipped campaigns
+        are)."""
+        return self.query("""
+            SELECT campaign_id, device_id, family, status, started_at, finished_at,
+                   CASE WHEN finished_at IS NULL THEN NULL
+                        ELSE epoch(finished_at) - epoch(started_at) END AS duration_s,
+                   planned, written, host, command
+            FROM campaigns ORDER BY started_at DESC, campaign_id""")
+
+    def campaign_counts(self) -> pd.DataFrame:
+        """Campaigns per device and status, with the rows they wrote and their total time
+        (campaigns without finished_at count, their time does not)."""
+        return self.query("""
+            SELECT device_id, status, count(*) AS campaigns,
+                   coalesce(sum(written), 0) AS written,
+                   count(finished_at) AS with_finished_at,
+                   round(coalesce(sum(epoch(finished_at) - epoch(started_at)), 0), 1)
+                       AS seconds
+            FROM campaigns GROUP BY ALL ORDER BY ALL""")
 
     def stats(self) -> pd.DataFrame:
         """Per device and family: problems, configs, ok/failed counts, energy coverage."""
@@ -307,12 +411,22 @@ class Store:
     def import_parquet(self, directory: str | os.PathLike[str]) -> dict[str, int]:
         """Load an export made by :meth:`export_parquet`: new rows are added, and stored
         measurements that the export holds a later measurement of (re-timed rows) are
-        replaced by it (``refreshed``)."""
-        source = Path(directory)
-        frames = read_export(source)
-        counts = {table: self.insert(table, frame) for table, frame in frames.items()}
-        if "measurements" in frames:
-            counts["refreshed"] = self._refresh_measurements(frames["measurements"])
+        replaced by it (``refreshed``). Every file is checked first (:func:`read_export`),
+        then every table is written in one transaction: a bad export changes nothing."""
+        return self.import_frames(read_export(Path(directory)))
+
+    def import_frames(self, frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
+        """Tables read by :func:`read_export`, written in one transaction."""
+        self._require_writable()
+        counts: dict[str, int] = {}
+        try:
+            with self._guard(), self._transaction():
+                for table in ("devices", "campaigns", "measurements"):
+                    counts[table] = self._insert_frame(table, frames[table])
+                counts["refreshed"] = self._refresh_measurements(frames["measurements"])
+        except duckdb.Error as exc:
+            raise StoreError(f"importing into {self.path} failed, nothing was written: "
+                             f"{_one_line(exc)}") from None
         return counts
 
     def _refresh_measurements(self, frame: pd.DataFrame) -> int:
@@ -333,29 +447,139 @@ class Store:
 _STARTED = "(SELECT started_at FROM campaigns c WHERE c.campaign_id = {}.campaign_id)"
 
 
+EXPORT_TABLES = ("devices", "campaigns", "measurements")
+# Measured quantities: a stored value is finite and not negative.
+_MEASURED = ("runtime_ms", "runtime_min_ms", "runtime_max_ms", "runtime_spread", "reps",
+             "rounds", "flops", "bytes", "tflops", "gbps", "avg_power_w", "energy_per_call_j",
+             "energy_window_s")
+_STATUS_SETS = {"measurements": MEASUREMENT_STATUSES, "campaigns": CAMPAIGN_STATUSES}
+
+
 def read_export(source: Path) -> dict[str, pd.DataFrame]:
-    """Read and check an export directory before anything is written."""
-    manifest_path = source / "manifest.json"
-    if not manifest_path.is_file():
-        raise StoreError(f"{source} has no manifest.json; give a directory written by "
-                         f"`perftune db export`")
-    manifest = json.loads(manifest_path.read_text())
-    version = int(manifest.get("schema_version", -1))
-    if version > SCHEMA_VERSION:
-        raise StoreError(f"{source} was exported with schema version {version}, newer than "
-                         f"this perftune understands ({SCHEMA_VERSION}); upgrade perftune")
+    """Read and check an export directory before anything is written: the manifest (a JSON
+    object with this perftune's schema version or an older one, and row counts that match
+    the files), then each table's file (readable Parquet, no unknown columns, each column of
+    its type, no NULL or repeated key, no NULL where the schema forbids it, statuses from the
+    known set, measured quantities finite and not negative). The first fault raises one
+    StoreError naming the file and the field."""
+    manifest = _read_manifest(source)
     frames: dict[str, pd.DataFrame] = {}
-    for table in ("devices", "campaigns", "measurements"):
+    for table in EXPORT_TABLES:
         path = source / f"{table}.parquet"
         if not path.is_file():
             raise StoreError(f"{source} lacks {table}.parquet; the export is incomplete")
-        frame = pd.read_parquet(path)
-        missing = {c for c, t in TABLES[table].items() if "NOT NULL" in t or "PRIMARY" in t}
-        missing -= set(frame.columns)
-        if missing:
-            raise StoreError(f"{path} lacks required columns {sorted(missing)}")
-        frames[table] = frame
+        frames[table] = _read_table(path, table)
+    rows = manifest.get("rows")
+    if rows is not None:
+        if not isinstance(rows, dict):
+            raise StoreError(f"{source / 'manifest.json'}: 'rows' must be an object of row "
+                             f"counts per table, not {type(rows).__name__}")
+        for table, count in rows.items():
+            if table not in frames:
+                raise StoreError(f"{source / 'manifest.json'}: 'rows' names an unknown table "
+                                 f"{table!r}")
+            if isinstance(count, bool) or not isinstance(count, int) \
+                    or count != len(frames[table]):
+                raise StoreError(f"{source / 'manifest.json'}: rows.{table} is {count!r} but "
+                                 f"{table}.parquet holds {len(frames[table])} rows")
     return frames
+
+
+def _read_manifest(source: Path) -> dict[str, Any]:
+    path = source / "manifest.json"
+    if not path.is_file():
+        raise StoreError(f"{source} has no manifest.json; give a directory written by "
+                         f"`perftune db export`")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else _one_line(exc)
+        raise StoreError(f"{path} is not valid JSON ({reason})") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{path} must hold a JSON object, not a {type(manifest).__name__}")
+    version = manifest.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise StoreError(f"{path}: schema_version must be a whole number, not {version!r}")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{source} was exported with schema version {version}, newer than "
+                         f"this perftune understands ({SCHEMA_VERSION}); upgrade perftune")
+    if version < 1:
+        raise StoreError(f"{path}: schema_version {version} is not a perftune schema version "
+                         f"(1 to {SCHEMA_VERSION})")
+    return manifest
+
+
+def _read_table(path: Path, table: str) -> pd.DataFrame:
+    """One exported table, checked (see :func:`read_export`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        data = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise StoreError(f"{path} is not a readable Parquet file ({_one_line(exc)})") from None
+    columns = TABLES[table]
+    unknown = [c for c in data.column_names if c not in columns]
+    if unknown:
+        raise StoreError(f"{path}: unknown columns {unknown}; {table} has "
+                         f"{', '.join(columns)}")
+    if len(set(data.column_names)) != len(data.column_names):
+        raise StoreError(f"{path}: a column appears twice")
+    required = [c for c, sql in columns.items() if "NOT NULL" in sql or "PRIMARY" in sql]
+    missing = [c for c in required if c not in data.column_names]
+    if missing:
+        raise StoreError(f"{path} lacks required columns {missing}")
+    for name in data.column_names:
+        column = data.column(name)
+        sql_type = columns[name].split()[0]
+        if not _arrow_fits(column.type, sql_type):
+            raise StoreError(f"{path}: column {name} is {column.type}, not {sql_type}")
+        if name in required and column.null_count:
+            raise StoreError(f"{path}: column {name} has {column.null_count} NULL values; it "
+                             f"must be set in every row")
+        if pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py():
+            raise StoreError(f"{path}: column {name} holds NaN; a missing value is NULL")
+        if name in _MEASURED and len(column) > column.null_count:
+            values = pc.cast(column, pa.float64())
+            if not pc.all(pc.is_finite(pc.drop_null(values))).as_py():
+                raise StoreError(f"{path}: column {name} holds an infinite value")
+            if pc.min(values).as_py() < 0:
+                raise StoreError(f"{path}: column {name} holds a negative value")
+    if data.num_rows == 0:
+        return data.to_pandas()
+    key = _KEYS[table]
+    if pc.count_distinct(data.column(key)).as_py() != data.num_rows:
+        raise StoreError(f"{path}: column {key} repeats a key; each row must have its own")
+    allowed = _STATUS_SETS.get(table)
+    if allowed is not None:
+        found = set(pc.unique(data.column("status")).to_pylist()) - set(allowed)
+        if found:
+            raise StoreError(f"{path}: column status holds {sorted(found)}; the known statuses "
+                             f"are {', '.join(allowed)}")
+    return data.to_pandas()
+
+
+def _arrow_fits(arrow_type: Any, sql_type: str) -> bool:
+    """Whether a Parquet column of ``arrow_type`` holds values of the store's ``sql_type``
+    (an all-NULL column fits any type)."""
+    import pyarrow as pa
+
+    types = pa.types
+    if types.is_null(arrow_type):
+        return True
+    if types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if sql_type == "VARCHAR":
+        return bool(types.is_string(arrow_type) or types.is_large_string(arrow_type)
+                    or getattr(types, "is_string_view", lambda _: False)(arrow_type))
+    if sql_type in ("BIGINT", "INTEGER"):
+        return bool(types.is_integer(arrow_type))
+    if sql_type == "DOUBLE":
+        return bool(types.is_floating(arrow_type) or types.is_integer(arrow_type))
+    if sql_type == "TIMESTAMP":
+        return bool(types.is_timestamp(arrow_type))
+    return False
 
 
 def _filters(**filters: str | None) -> tuple[str, list[str]]:
@@ -391,9 +615,12 @@ def compact_store(path: str | os.PathLike[str]) -> tuple[int, int]:
                 raise StoreError(f"compacting {source}: the copy of {table} lost rows; the "
                                  f"store is left as it was")
         con.execute("DETACH dst")
-    except BaseException:
+    except BaseException as exc:
         con.close()
         copy.unlink(missing_ok=True)
+        if isinstance(exc, duckdb.Error) and _is_damage(exc):
+            raise StoreError(f"{source} is damaged ({_one_line(exc)}); it is left as it "
+                             f"was") from None
         raise
     con.close()
     before = source.stat().st_size
@@ -403,6 +630,19 @@ def compact_store(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line (DuckDB's messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _is_damage(exc: duckdb.Error) -> bool:
+    """Whether DuckDB's error says the file is damaged rather than the query wrong."""
+    text = str(exc)
+    return (isinstance(exc, (duckdb.IOException, duckdb.InternalException,
+                             duckdb.FatalException, duckdb.SerializationException))
+            or "Corrupt database" in text or "database has been invalidated" in text)
 
 
 def _looks_like_duckdb(path: Path) -> bool:

@@ -7,6 +7,10 @@ is opened for writing.
 
 from __future__ import annotations
 
+# A measurement's outcome (perftune.collect.worker names each) and a campaign's state.
+MEASUREMENT_STATUSES = ("ok", "compile_error", "launch_error", "wrong_result", "timeout", "oom")
+CAMPAIGN_STATUSES = ("running", "finished", "interrupted")
+
 MEASUREMENT_COLUMNS: dict[str, str] = {
     "key": "VARCHAR PRIMARY KEY",
     "campaign_id": "VARCHAR",
