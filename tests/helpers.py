@@ -68,3 +68,8 @@ class HangingGemm(_FaultyGemm):
 
     def fault(self, correct: Callable[[], None], inputs: Inputs) -> Callable[[], None]:
         return lambda: time.sleep(3600)
+
+
+def gemm(m: int, n: int, k: int, dtype: str, device: str) -> Problem:
+    """A GEMM problem on a device, as the tuner takes it."""
+    return Problem.of(dtype, m=m, n=n, k=k).on(device)

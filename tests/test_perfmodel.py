@@ -361,3 +361,29 @@ def test_models_are_scikit_learn_estimators(estimator: Any, rows: pd.DataFrame) 
     learned = set(vars(fresh)) - before
     assert learned and all(name.endswith("_") for name in learned)
     assert np.all(np.isfinite(fresh.predict(features)))
+
+
+def test_a_model_for_another_family(shipped: Path) -> None:
+    """RMSNorm is modelled like GEMM: its family's features, its held-out problems left out
+    and measured in the file's metadata, every known config ranked for a new problem."""
+    from perftune.collect.families import load_family
+    from perftune.collect.problems import Problem
+
+    with Store(shipped, read_only=True) as store:
+        model, meta = fit_model(store, family="rmsnorm", n_estimators=12)
+        predictor = Predictor(model, meta)
+        ranked = predictor.rank_problem(store, Problem.of("bf16", m=3000, n=7168)
+                                        .on("nvidia-h100-80gb-hbm3"))
+        heldout = training_rows(store, family="rmsnorm", heldout=True)
+    assert meta["family"] == "rmsnorm"
+    assert meta["features"] == list(load_family("rmsnorm").feature_names())
+    assert meta["accuracy"]["heldout_problems"] == heldout.groupby(["shape", "dtype"]).ngroups
+    assert 0 < meta["accuracy"]["runtime_mape"] < 1
+    assert set(ranked["dataflow"]) == {"torch", "triton"}
+    assert ranked["predicted_ms"].is_monotonic_increasing and (ranked["predicted_ms"] > 0).all()
+    assert (ranked["BLOCK_SIZE"].dropna() <= 8192).all()  # a 7168-wide row fits an 8192 block
+    with pytest.raises(PerftuneInputError, match="catalog"):
+        from perftune.model.runtime import Catalog
+
+        with Store(shipped, read_only=True) as store:
+            predictor.predict(Catalog.of(store), heldout)

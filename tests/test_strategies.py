@@ -17,9 +17,10 @@ from perftune.tune._base import Backend, Measurement, Problem
 from perftune.tune.replay import ReplayBackend
 from perftune.tune.search import tune
 from perftune.tune.strategies import STRATEGIES, Strategy, make_strategy
+from tests.helpers import gemm
 
 H100 = "nvidia-h100-80gb-hbm3"
-WHOLE = Problem(64, 11008, 4096, "fp16", H100)  # swept over the whole space in the dataset
+WHOLE = gemm(64, 11008, 4096, "fp16", H100)  # swept over the whole space in the dataset
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_every_backend_conforms_live_under_the_interpreter(method: str, db: Path
     with Store(db) as store:
         backend = LiveBackend(store, interpret=True, timeout_s=120)
         try:
-            problem = Problem(16, 32, 32, "fp16", backend.device_id)
+            problem = gemm(16, 32, 32, "fp16", backend.device_id)
             _conforms(problem, backend, method, 2, None, store)
         finally:
             backend.close()
@@ -107,3 +108,28 @@ def test_model_strategy_needs_the_model(shipped: Path) -> None:
         make_strategy("model")
     with pytest.raises(PerftuneInputError, match="unknown method"):
         make_strategy("annealing")
+
+
+RMSNORM = Problem.of("fp16", m=256, n=4096).on(H100)  # a held-out RMSNorm problem
+
+
+@pytest.fixture(scope="module")
+def rmsnorm_predictor(shipped: Path) -> Predictor:
+    with Store(shipped, read_only=True) as store:
+        return Predictor(*fit_model(store, family="rmsnorm", n_estimators=12))
+
+
+@pytest.mark.parametrize("method", ["model", "tpe", "random", "library"])
+def test_strategies_conform_for_another_family(method: str, shipped: Path,
+                                               rmsnorm_predictor: Predictor) -> None:
+    """Nothing in the tuner is GEMM's: RMSNorm's dataflows, configs and library (torch) come
+    from its family."""
+    with Store(shipped, read_only=True) as store:
+        backend = ReplayBackend(store, family="rmsnorm")
+        _conforms(RMSNORM, backend, method, 5, rmsnorm_predictor, store)
+        result = tune(RMSNORM, ReplayBackend(store, family="rmsnorm"), budget=5,
+                      method=method, predictor=rmsnorm_predictor, store=store)
+    dataflows = {t.dataflow for t in result.trials}
+    assert dataflows <= {"torch", "triton"}
+    if method == "library":
+        assert dataflows == {"torch"}

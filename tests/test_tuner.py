@@ -17,13 +17,13 @@ from perftune.model.persist import save_model
 from perftune.model.runtime import Predictor, fit_model
 from perftune.store.db import Store
 from perftune.store.rules import BUSY_SQL
-from perftune.tune._base import Problem
 from perftune.tune.replay import ReplayBackend
 from perftune.tune.search import Trial, TuneResult, tune
+from tests.helpers import gemm
 
 H100 = "nvidia-h100-80gb-hbm3"
-WHOLE = Problem(64, 11008, 4096, "fp16", H100)  # a whole-space problem of the dataset
-ENERGY = Problem(4096, 3072, 3072, "fp16", H100)  # whole space, 67 CUDA-graph energy rows
+WHOLE = gemm(64, 11008, 4096, "fp16", H100)  # a whole-space problem of the dataset
+ENERGY = gemm(4096, 3072, 3072, "fp16", H100)  # whole space, 67 CUDA-graph energy rows
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_bad_input_is_refused(shipped: Path) -> None:
             tune(WHOLE, ReplayBackend(store), budget=3, method="annealing")
         with pytest.raises(PerftuneInputError, match="needs a trained model"):
             tune(WHOLE, ReplayBackend(store), budget=3, method="model")
-        unseen = Problem(3, 5, 7, "fp16", H100)
+        unseen = gemm(3, 5, 7, "fp16", H100)
         with pytest.raises(PerftuneInputError, match="no measurements recorded"):
             tune(unseen, ReplayBackend(store), budget=3, method="random")
 
@@ -155,7 +155,7 @@ def test_live_backend_under_the_interpreter(db: Path,
     with Store(db) as store:
         backend = LiveBackend(store, interpret=True, timeout_s=120)
         try:
-            problem = Problem(16, 32, 64, "fp16", backend.device_id)
+            problem = gemm(16, 32, 64, "fp16", backend.device_id)
             candidates = backend.candidates(problem)
             result = tune(problem, backend, budget=3, method="random", seed=2)
         finally:
@@ -223,7 +223,7 @@ def test_energy_objective_bad_input(shipped: Path, db: Path,
                  objectives=("time", "energy"))
         with pytest.raises(PerftuneInputError, match="no energy measurements recorded"):
             # every H100 problem has some energy rows; the H200's have none
-            tune(Problem(1, 18944, 3584, "bf16", "nvidia-h200"),
+            tune(gemm(1, 18944, 3584, "bf16", "nvidia-h200"),
                  ReplayBackend(store, energy=True),
                  budget=3, method="random", objectives=("time", "energy"))
     with Store(db) as store, pytest.raises(PerftuneInputError, match="needs a GPU"):

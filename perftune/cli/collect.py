@@ -101,7 +101,7 @@ def _problems(args: argparse.Namespace, family: Any, gpu: bool) -> tuple[list[An
     if args.problems_file:
         problems += read_problems_file(args.problems_file, family.dims, dtype, family.name)
     if not problems:
-        defaults, default_sample = default_problems(family.name, gpu)
+        defaults, default_sample = default_problems(family, gpu)
         problems = [parse_problem(t, family.dims, dtype) for t in defaults]
         if sample is None and not args.all:
             sample = default_sample

@@ -17,7 +17,7 @@ from perftune.errors import PerftuneInputError
 from perftune.model.registry import estimator_classes
 
 FORMAT = "perftune-model"
-FORMAT_VERSION = 3  # 2: log ratio to the roofline; 3: a forest per part, new features
+FORMAT_VERSION = 4  # 2: log ratio to the roofline; 3: a forest per part; 4: any family
 # Types skops does not trust by itself that a perftune model file holds: its estimator classes
 # and scikit-learn's tree structure. Exact names, never a module prefix: a prefix such as
 # ``builtins.`` would let a crafted file call ``builtins.exec`` while loading.

@@ -13,16 +13,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perftune.collect.families import KernelFamily, load_family
+from perftune.collect.problems import Problem, normalize_dtype
 from perftune.errors import PerftuneInputError
 from perftune.model.features import (
     DEVICE_COLUMNS,
-    ELEMENT_BYTES,
-    FEATURES,
     Columns,
-    gemm_feature_arrays,
-    gemm_features,
+    family_features,
     load_measurements,
-    shared_memory_bytes,
+    with_config_columns,
 )
 from perftune.model.forest import RuntimeForest
 from perftune.model.metrics import runtime_metrics
@@ -44,8 +43,6 @@ def training_rows(store: Store, *, family: str = "gemm", devices: list[str] | No
                   heldout: bool = False) -> pd.DataFrame:
     """Ok measurements of ``family`` on ``devices`` (all GPUs by default), held-out problems
     removed (or, with ``heldout``, only those)."""
-    if family != "gemm":
-        raise PerftuneInputError(f"models exist for the gemm family only so far, not {family!r}")
     rows = load_measurements(store, family=family)
     if devices:
         unknown = sorted(set(devices) - set(rows["device_id"]))
@@ -77,8 +74,13 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
         what = "" if target == "runtime" else " with busy-GPU energy (collect --energy)"
         raise PerftuneInputError(f"no ok {family} measurements{what} to train on in "
                                  f"{store.path}")
-    features = gemm_features(rows)
+    kernel = load_family(family)
+    features = family_features(kernel, rows)
     forest = RUNTIME_MODELS[kind] if target == "runtime" else TARGET_MODELS[target]
+    if issubclass(forest, RuntimeForest) and forest().separate is not None:
+        # the library's rows (one config per problem) get a forest of their own
+        library = f"is_{kernel.library_dataflow}"
+        params.setdefault("separate", library if library in features else None)
     model = forest(**params)
     if isinstance(model, RuntimeForest):
         model.fit(features, rows[TARGETS[target]], groups=rows["device_id"] + rows["shape"]
@@ -86,7 +88,8 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
     else:
         model.fit(features, rows["runtime_ms"])
     trained_on = sorted(set(rows["device_id"]))
-    meta = {"kind": kind, "target": target, "family": family, "features": list(FEATURES),
+    meta = {"kind": kind, "target": target, "family": family,
+            "features": list(kernel.feature_names()),
             "devices": trained_on, "rows": len(rows),
             "problems": int(rows.groupby(["shape", "dtype"]).ngroups),
             "snapshot": snapshot(store), "trained_at": dt.datetime.now(dt.timezone.utc)
@@ -106,13 +109,14 @@ def heldout_accuracy(store: Store, model: Any, *, target: str = "runtime", famil
         rows = rows[busy_energy(rows)]
     if rows.empty:
         return None
-    features = gemm_features(rows)
+    kernel = load_family(family)
+    features = family_features(kernel, rows)
     truth = rows[TARGETS[target]].to_numpy(float)
     accuracy: dict[str, float] = {"heldout_problems": float(rows.groupby(
         ["device_id", "shape", "dtype"]).ngroups), "heldout_rows": float(len(rows))}
     if target == "runtime":
         predicted = model.predict(features)
-        accuracy.update(runtime_metrics(rows, predicted))
+        accuracy.update(runtime_metrics(rows, predicted, tuned_dataflows(kernel)))
         if isinstance(model, RuntimeForest):
             _, low, high = model.predict_with_interval(features)
             accuracy["interval_coverage"] = float(np.mean((truth >= low) & (truth <= high)))
@@ -124,10 +128,20 @@ def heldout_accuracy(store: Store, model: Any, *, target: str = "runtime", famil
     return accuracy
 
 
-def model_path(target: str, runtime_model: str | Path | None = None) -> Path:
+def tuned_dataflows(family: KernelFamily) -> tuple[str, ...]:
+    """The family's dataflows that have configs to tune (all but the library's)."""
+    return tuple(d for d in family.dataflows if d != family.library_dataflow)
+
+
+def model_path(target: str, runtime_model: str | Path | None = None, *,
+               family: str = "gemm") -> Path:
     """Where the ``target`` model lives beside a runtime model file: gemm_runtime.skops ->
-    gemm_power.skops / gemm_energy.skops (other names get a _power / _energy suffix)."""
-    path = Path(runtime_model) if runtime_model is not None else default_model_path()
+    gemm_power.skops / gemm_energy.skops (other names get a _power / _energy suffix). Without
+    a file, the user's model of ``family``: FAMILY_runtime.skops in the models folder."""
+    if runtime_model is None:
+        default = default_model_path()
+        runtime_model = default.with_name(default.name.replace("gemm", family, 1))
+    path = Path(runtime_model)
     if target == "runtime":
         return path
     stem = (path.stem.replace("runtime", target) if "runtime" in path.stem
@@ -138,21 +152,20 @@ def model_path(target: str, runtime_model: str | Path | None = None) -> Path:
 @dataclass(frozen=True)
 class Catalog:
     """What a prediction reads from a store: the GPUs with their properties and ceilings, and
-    every GEMM config the store knows (with its parameters as columns). Built once, it lets a
-    long-lived reader (the service) predict without querying the store per request."""
+    every config of a family the store knows (with its parameters as columns). Built once, it
+    lets a long-lived reader (the service) predict without querying the store per request."""
 
     devices: pd.DataFrame
     candidates: pd.DataFrame
+    family: str = "gemm"
     _on_device: dict[str, pd.DataFrame] = field(default_factory=dict, compare=False,
                                                 repr=False)
 
     @classmethod
-    def of(cls, store: Store) -> Catalog:
-        from perftune.model.features import with_config_columns
-
+    def of(cls, store: Store, family: str = "gemm") -> Catalog:
         devices = gpu_devices(store, DEVICE_COLUMNS)
-        known = known_configs(store, family="gemm")
-        return cls(devices, with_config_columns(known))
+        known = known_configs(store, family=family)
+        return cls(devices, with_config_columns(known, load_family(family).params()), family)
 
     def device_rows(self, device_ids: Any) -> pd.DataFrame:
         unknown = sorted(set(device_ids) - set(self.devices["device_id"]))
@@ -194,19 +207,22 @@ class Predictor:
 
     @classmethod
     def load_or_train(cls, path: str | Path | None, store: Store,
-                      announce: Callable[[str], object] = print) -> Predictor:
-        """Load the models at ``path`` (and beside it); train the missing ones on ``store``
-        first (saying so through ``announce``: it takes a while, once) and save them. Power
-        and energy models are trained only where the store has busy-GPU energy rows."""
-        path = model_path("runtime", path)
+                      announce: Callable[[str], object] = print, *,
+                      family: str = "gemm") -> Predictor:
+        """Load the models of ``family`` at ``path`` (default: the user's FAMILY_runtime.skops)
+        and beside it; train the missing ones on ``store`` first (saying so through
+        ``announce``: it takes a while, once) and save them. Power and energy models are
+        trained only where the store has busy-GPU energy rows of the family."""
+        path = model_path("runtime", path, family=family)
         if not path.exists():
-            announce(f"no model at {path}: training one on {store.path.name} (once, ~20 s)")
-            save_model(path, *fit_model(store))
-        has_energy = has_trusted_energy(store)
+            announce(f"no {family} model at {path}: training one on {store.path.name} (once)")
+            save_model(path, *fit_model(store, family=family))
+        has_energy = has_trusted_energy(store, family)
         for target in ENERGY_TARGETS:
             if has_energy and not model_path(target, path).exists():
-                announce(f"training the {target} model on {store.path.name} (once)")
-                save_model(model_path(target, path), *fit_model(store, target=target))
+                announce(f"training the {target} model of {family} on {store.path.name} (once)")
+                save_model(model_path(target, path),
+                           *fit_model(store, family=family, target=target))
         return cls.load(path)
 
     @property
@@ -226,14 +242,27 @@ class Predictor:
                 self.energy_models["energy"][0].predict_with_interval(features)
         return columns
 
+    @property
+    def family(self) -> KernelFamily:
+        return load_family(self.meta.get("family", "gemm"))
+
+    def _catalog(self, source: Store | Catalog) -> Catalog:
+        family = self.meta.get("family", "gemm")
+        if isinstance(source, Catalog):
+            if source.family != family:
+                raise PerftuneInputError(f"a {source.family} catalog cannot serve a {family} "
+                                         f"model")
+            return source
+        return Catalog.of(source, family)
+
     def predict(self, source: Store | Catalog, rows: pd.DataFrame) -> pd.DataFrame:
-        """Runtime (ms) per row of ``rows`` (m, n, k, dtype, dataflow, device_id and config
-        columns), with the interval where the model has one and the roofline's view."""
-        catalog = source if isinstance(source, Catalog) else Catalog.of(source)
+        """Runtime (ms) per row of ``rows`` (the family's sizes, dtype, dataflow, device_id and
+        config columns), with the interval where the model has one and the roofline's view."""
+        catalog = self._catalog(source)
         devices = catalog.device_rows(rows["device_id"].unique())
         frame = rows.drop(columns=[c for c in DEVICE_COLUMNS if c in rows.columns]).merge(
             devices, on="device_id", how="left")
-        features = gemm_feature_arrays(frame)
+        features = self.family.features(frame)
         return frame.assign(**self._predicted_columns(frame, features),
                             **self.energy_columns(features))
 
@@ -244,8 +273,9 @@ class Predictor:
                 self.model.predict_with_interval(features)
         else:
             columns["predicted_ms"] = self.model.predict(features)
-        columns["smem_bytes"] = features["smem_bytes"]
-        parts = roofline_arrays(features)
+        if "smem_bytes" in features:
+            columns["smem_bytes"] = features["smem_bytes"]
+        parts = roofline_arrays(features, self.family)
         columns["bound"] = parts["bound"]
         columns["attainable_fraction"] = parts["attainable_fraction"]
         columns["trained_on_device"] = np.isin(np.asarray(frame["device_id"]),
@@ -255,29 +285,43 @@ class Predictor:
     def rank(self, source: Store | Catalog, *, m: int, n: int, k: int, dtype: str, device: str,
              dataflows: list[str] | None = None, objective: str = "time",
              energy_top: int = 0) -> pd.DataFrame:
-        """Every config the store knows for GEMM (per dataflow), fitting the device's shared
-        memory, ranked by predicted runtime (``objective="time"``) or by predicted energy per
-        call (``"energy"``, with the power and energy columns). A time ranking gets the energy
-        columns for its first ``energy_top`` rows (NaN below) where there are energy models."""
+        """:meth:`rank_problem` of a GEMM problem given by its sizes."""
+        return self.rank_problem(source, Problem.of(dtype, m=m, n=n, k=k).on(device),
+                                 dataflows=dataflows, objective=objective,
+                                 energy_top=energy_top)
+
+    def rank_problem(self, source: Store | Catalog, problem: Problem, *,
+                     dataflows: list[str] | None = None, objective: str = "time",
+                     energy_top: int = 0) -> pd.DataFrame:
+        """Every config the store knows for the model's family (per dataflow) that can run
+        ``problem`` on its device, ranked by predicted runtime (``objective="time"``) or by
+        predicted energy per call (``"energy"``, with the power and energy columns). A time
+        ranking gets the energy columns for its first ``energy_top`` rows (NaN below) where
+        there are energy models."""
         if objective not in ("time", "energy"):
             raise PerftuneInputError(f"unknown objective {objective!r}; use time or energy")
         if objective == "energy" and not self.predicts_energy:
             raise PerftuneInputError("no power and energy models beside the runtime model; "
                                      "train them with `perftune fit --target power` and "
                                      "`--target energy` (needs busy-GPU energy rows)")
-        catalog = source if isinstance(source, Catalog) else Catalog.of(source)
+        device = problem.device
+        if device is None:
+            raise PerftuneInputError("give the device to rank configs on")
+        family = self.family
+        problem = Problem(problem.dims, normalize_dtype(problem.dtype), device)
+        catalog = self._catalog(source)
         known = catalog.on_device(device)
         if dataflows:
             known = known[known["dataflow"].isin(dataflows)]
         if known.empty:
-            raise PerftuneInputError("the store knows no GEMM configs to rank")
-        known = known[_fits(known, k=k, dtype=dtype)]
+            raise PerftuneInputError(f"the store knows no {family.name} configs to rank")
+        known = known[family.candidate_mask(problem, known)]
         # Columns as arrays, not a frame per request: pandas' overhead was half the latency.
         columns = {name: known[name].to_numpy() for name in known.columns}
         size = len(known)
-        columns.update(m=np.full(size, m), n=np.full(size, n), k=np.full(size, k),
-                       dtype=np.full(size, dtype))
-        features = gemm_feature_arrays(columns)
+        columns.update({d: np.full(size, v) for d, v in problem.dims},
+                       dtype=np.full(size, problem.dtype))
+        features = family.features(columns)
         columns.update(self._predicted_columns(columns, features))
         if objective == "energy":
             columns.update(self.energy_columns(features))
@@ -296,25 +340,11 @@ def _load_checked(path: str | Path, target: str) -> tuple[Any, dict[str, Any]]:
     if meta.get("target", "runtime") != target:
         raise PerftuneInputError(f"{path} is a {meta.get('target')} model, not a {target} "
                                  f"model; pass the runtime model file")
-    if meta.get("features") != list(FEATURES):
+    if meta.get("features") != list(load_family(meta.get("family", "gemm")).feature_names()):
         raise PerftuneInputError(
             f"{path} was trained on other features than this perftune computes; retrain "
             f"with `perftune fit`")
     return model, meta
-
-
-def _fits(candidates: pd.DataFrame, *, k: int, dtype: str) -> np.ndarray:
-    """Configs that fit the device's shared memory and, for split-K, have a K block per split."""
-    if dtype not in ELEMENT_BYTES:
-        raise PerftuneInputError(f"unknown dtype {dtype!r}; known: {', '.join(ELEMENT_BYTES)}")
-    block_m, block_n, block_k, stages, split = (
-        candidates[c].to_numpy(float) for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages",
-                                                 "SPLIT_K"))
-    smem = shared_memory_bytes(stages, block_m, block_n, block_k, ELEMENT_BYTES[dtype])
-    split = np.nan_to_num(split, nan=1.0)
-    library = candidates["config"].eq("{}").to_numpy()
-    fits = library | (smem <= candidates["shared_memory_per_block"].to_numpy(float))
-    return fits & ~((split > 1) & (k < split * block_k))
 
 
 def parse_config(text: str | None) -> dict[str, int]:

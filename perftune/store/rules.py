@@ -30,3 +30,10 @@ def busy_energy(rows: Any) -> Any:
     return (rows["energy_window_s"] >= TRUSTED_WINDOW_S) & (
         (method == ENERGY_METHOD)
         | ((method == EAGER_METHOD) & (rows["runtime_ms"] >= EAGER_TRUSTED_FROM_MS)))
+
+
+# Rows a client sent through the service (timer 'client') are kept and shown as such, but
+# models train and replays answer only from rows perftune measured itself. A WHERE condition
+# on a measurements table aliased as {}: ``VERIFIED_SQL.format("m")``.
+CLIENT_TIMER = "client"
+VERIFIED_SQL = "coalesce({}.timer, '') <> '" + CLIENT_TIMER + "'"

@@ -1,4 +1,5 @@
-"""Backends: where a tuner's measurements come from (a GPU, or recorded data)."""
+"""Backends: where a tuner's measurements come from (a GPU, or recorded data). A tuner's
+problem is the collector's :class:`~perftune.collect.problems.Problem` on one device."""
 
 from __future__ import annotations
 
@@ -9,20 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-
-@dataclass(frozen=True)
-class Problem:
-    """A GEMM problem on a device."""
-
-    m: int
-    n: int
-    k: int
-    dtype: str
-    device: str
-
-    @property
-    def shape(self) -> str:
-        return f"m={self.m},n={self.n},k={self.k}"
+from perftune.collect.problems import Problem
 
 
 @dataclass(frozen=True)
@@ -58,6 +46,7 @@ class Backend(abc.ABC):
 
     name: str
     energy: bool = False
+    family: str = "gemm"  # the kernel family whose problems it measures
 
     @abc.abstractmethod
     def candidates(self, problem: Problem) -> pd.DataFrame:

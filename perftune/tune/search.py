@@ -4,8 +4,9 @@ Every strategy (perftune.tune.strategies) runs through an Optuna study, so every
 (in an Optuna storage when one is given): ``model`` is perftune's model-guided search, ``tpe``,
 ``gp`` and ``random`` are Optuna's samplers over the family's conditional space (dataflow
 first, then its parameters), ``tutorial`` measures the Triton tutorial's 8 configs in order,
-``nvmmh`` NVIDIA's nvMatmulHeuristics' ranked kernels mapped to our space, ``cublas`` the
-library alone.
+``nvmmh`` NVIDIA's nvMatmulHeuristics' ranked kernels mapped to our space, ``library`` the
+family's library alone (``cublas`` for GEMM). Any registered family can be tuned: its
+dataflows, configs and library come from the family.
 
 With ``objectives=("time", "energy")`` the study has two directions (Optuna's multi-objective
 samplers), the backend measures energy per call too, and the result gives the Pareto front and
@@ -15,6 +16,7 @@ the energy that a small time loss saves against the fastest config measured.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +26,13 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from perftune.collect.families import KernelFamily, load_family
 from perftune.errors import PerftuneInputError
 from perftune.tune._base import Backend, Measurement, Problem
-from perftune.tune.strategies import STRATEGIES, make_strategy
+from perftune.tune.strategies import ALIASES, STRATEGIES, make_strategy
 
 OBJECTIVES = ("time", "energy")
-METHODS = tuple(STRATEGIES)
+METHODS = (*STRATEGIES, *ALIASES)
 
 
 @dataclass
@@ -115,11 +118,13 @@ def tune(problem: Problem, backend: Backend, *, budget: int, method: str = "mode
         raise PerftuneInputError(f"budget must be at least 1 measurement, not {budget}")
     objectives = _check_objectives(objectives, backend)
     strategy = make_strategy(method, predictor=predictor, store=store, margin=margin)
+    family = load_family(backend.family)
     candidates = backend.candidates(problem)
     if dataflows:
-        unknown = set(dataflows) - {"cublas", "triton", "triton_splitk"}
+        unknown = set(dataflows) - set(family.dataflows)
         if unknown:
-            raise PerftuneInputError(f"unknown dataflow(s) {sorted(unknown)}")
+            raise PerftuneInputError(f"unknown dataflow(s) {sorted(unknown)} of {family.name}; "
+                                     f"choose from {', '.join(family.dataflows)}")
         candidates = candidates[candidates["dataflow"].isin(dataflows)]
     if candidates.empty:
         raise PerftuneInputError(f"no candidate configs for {problem.shape} {problem.dtype}")
@@ -130,7 +135,7 @@ def tune(problem: Problem, backend: Backend, *, budget: int, method: str = "mode
         storage=storage, sampler=strategy.sampler(seed), load_if_exists=True,
         directions=["minimize"] * len(objectives))
     search = Search(problem, backend, candidates, study, budget, on_trial,
-                    TuneResult(method, problem, objectives=objectives))
+                    TuneResult(method, problem, objectives=objectives), family)
     strategy.run(search)
     return search.result
 
@@ -148,12 +153,18 @@ def _check_objectives(objectives: tuple[str, ...], backend: Backend) -> tuple[st
     return objectives
 
 
-def config_positions(candidates: pd.DataFrame) -> np.ndarray:
-    """Each candidate's config as a point: log2 of its parameters (0 where it has none)."""
-    from perftune.model.features import GEMM_PARAMS, with_config_columns
+def config_names(candidates: pd.DataFrame) -> list[str]:
+    """Every config parameter that some candidate has, sorted."""
+    return sorted({name for config in candidates["config"] for name in json.loads(config)})
 
-    params = with_config_columns(candidates.reset_index(drop=True))
-    return np.log2(params[list(GEMM_PARAMS)].fillna(1).to_numpy(float))
+
+def config_positions(candidates: pd.DataFrame, names: list[str] | None = None) -> np.ndarray:
+    """Each candidate's config as a point: log2 of its parameters (0 where it has none)."""
+    from perftune.model.features import with_config_columns
+
+    names = config_names(candidates) if names is None else names
+    params = with_config_columns(candidates.reset_index(drop=True), names)
+    return np.log2(params[names].fillna(1).to_numpy(float).reshape(len(params), len(names)))
 
 
 class Search:
@@ -163,8 +174,10 @@ class Search:
 
     def __init__(self, problem: Problem, backend: Backend, candidates: pd.DataFrame,
                  study: optuna.Study, budget: int,
-                 on_trial: Callable[[TuneResult], None] | None, result: TuneResult):
+                 on_trial: Callable[[TuneResult], None] | None, result: TuneResult,
+                 family: KernelFamily | None = None):
         self.problem, self.backend, self.study, self.budget = problem, backend, study, budget
+        self.family = family or load_family(backend.family)
         self.candidates = candidates.reset_index(drop=True)
         self.known = set(zip(self.candidates["dataflow"], self.candidates["config"],
                              strict=True))
@@ -174,7 +187,12 @@ class Search:
     @functools.cached_property
     def positions(self) -> np.ndarray:
         """Each candidate's config as a point (:func:`config_positions`)."""
-        return config_positions(self.candidates)
+        return config_positions(self.candidates, self.position_names)
+
+    @functools.cached_property
+    def position_names(self) -> list[str]:
+        """The parameters a position's coordinates stand for."""
+        return config_names(self.candidates)
 
     @property
     def spent(self) -> int:

@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
+from perftune.collect.families import _features
 from perftune.collect.problems import Problem
 
 if TYPE_CHECKING:
@@ -46,6 +49,13 @@ class KernelFamily(abc.ABC):
     dims: ClassVar[tuple[str, ...]]
     dataflows: ClassVar[tuple[str, ...]]
     dtypes: ClassVar[tuple[str, ...]] = ("fp16", "bf16", "fp32")
+    # The vendor or framework implementation (cuBLAS, torch, SDPA): the baseline a tuned
+    # kernel must beat, and a dataflow with no parameters.
+    library_dataflow: ClassVar[str | None] = None
+    # What `perftune collect` measures without --problem: on a GPU, and under the Triton
+    # interpreter on CPU (tiny problems: the interpreter runs a kernel in Python).
+    gpu_defaults: ClassVar[tuple[str, ...]] = ()
+    cpu_defaults: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def space(self, dataflow: str) -> dict[str, tuple[int, ...]]:
@@ -90,6 +100,71 @@ class KernelFamily(abc.ABC):
         """Bytes the inputs, output and reference take, and the largest operand's elements."""
         cost = self.cost(problem)
         return 3 * cost.bytes, max(problem.sizes.values()) ** 2
+
+    # -- what models read (numpy only: the service predicts without torch) ------------------
+    def programs(self, columns: _features.Columns) -> np.ndarray:
+        """Programs (CTAs) one launch runs, per row of sizes and config columns; 1 when the
+        family does not say."""
+        return np.ones(len(np.asarray(columns["dtype"])))
+
+    def cost_arrays(self, sizes: dict[str, np.ndarray], element_bytes: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`cost` over arrays of sizes (FLOPs, bytes); by default one call per row."""
+        flops, moved = np.zeros(len(element_bytes)), np.zeros(len(element_bytes))
+        dtypes = {2: "fp16", 4: "fp32"}
+        for i in range(len(element_bytes)):
+            problem = Problem(tuple((d, int(sizes[d][i])) for d in self.dims),
+                              dtypes[int(element_bytes[i])])
+            cost = self.cost(problem)
+            flops[i], moved[i] = cost.flops, cost.bytes
+        return flops, moved
+
+    def feature_names(self) -> tuple[str, ...]:
+        """The model's features, in order: the generic ones and the family's own."""
+        return (*_features.generic_feature_names(self), *self.extra_feature_names())
+
+    def features(self, columns: _features.Columns) -> dict[str, np.ndarray]:
+        """:meth:`feature_names` computed for rows of sizes, dtype, dataflow, config and device
+        columns (perftune.collect.families._features)."""
+        base = _features.generic_features(self, columns)
+        return {**base, **self.extra_features(columns, base)}
+
+    def extra_feature_names(self) -> tuple[str, ...]:
+        """Names of :meth:`extra_features`; none by default."""
+        return ()
+
+    def extra_features(self, columns: _features.Columns, base: dict[str, np.ndarray]
+                       ) -> dict[str, np.ndarray]:
+        """Features only this family knows (given the generic ones); none by default."""
+        return {}
+
+    def roofline(self, features: _features.Columns) -> dict[str, np.ndarray]:
+        """Roofline time and its parts from log_flops, log_min_bytes, peak_tflops and
+        bandwidth_gbs (and dataflow); the plain roofline by default."""
+        return _features.plain_roofline(2.0 ** np.asarray(features["log_flops"], float),
+                                        2.0 ** np.asarray(features["log_min_bytes"], float),
+                                        np.asarray(features["peak_tflops"], float),
+                                        np.asarray(features["bandwidth_gbs"], float))
+
+    def candidate_mask(self, problem: Problem, candidates: Any) -> np.ndarray:
+        """Which rows of ``candidates`` (a frame of dataflow, config parameters and the
+        device's shared_memory_per_block) can run ``problem``: :meth:`is_valid` per row."""
+        params = [p for p in self.params() if p in candidates]
+        keep = []
+        for row in candidates[["dataflow", "shared_memory_per_block", *params]].itertuples(
+                index=False):
+            values = row._asdict()
+            config = {p: int(values[p]) for p in params if values[p] == values[p]}  # not NaN
+            limits = DeviceLimits(shared_memory_per_block=int(values["shared_memory_per_block"]))
+            keep.append(self.is_valid(problem, values["dataflow"], config, limits))
+        return np.asarray(keep, dtype=bool)
+
+    def params(self) -> tuple[str, ...]:
+        """Every config parameter of any dataflow, in a fixed order."""
+        names: list[str] = []
+        for dataflow in self.dataflows:
+            names += [p for p in self.space(dataflow) if p not in names]
+        return tuple(names)
 
     # -- derived ------------------------------------------------------------------------------
     def configs(self, problem: Problem, dataflow: str, limits: DeviceLimits) -> list[Config]:

@@ -54,6 +54,11 @@ class DecodeAttentionFamily(KernelFamily):
     dataflows: ClassVar[tuple[str, ...]] = ("sdpa", "triton_splitkv")
     dtypes: ClassVar[tuple[str, ...]] = ("fp16", "bf16")
     library_dataflow: ClassVar[str | None] = "sdpa"  # the baseline a tuned config must beat
+    # Llama-3-8B-like heads: one long sequence, a batch of medium ones; tiny ones on CPU.
+    gpu_defaults = ("batch=1,heads=32,kv_heads=8,context=32768,head_dim=128",
+                    "batch=16,heads=32,kv_heads=8,context=4096,head_dim=128",
+                    "batch=64,heads=32,kv_heads=8,context=1024,head_dim=128")
+    cpu_defaults = ("batch=1,heads=4,kv_heads=2,context=96,head_dim=64",)
 
     def space(self, dataflow: str) -> dict[str, tuple[int, ...]]:
         self.check_dataflow(dataflow)
@@ -93,6 +98,36 @@ class DecodeAttentionFamily(KernelFamily):
                   else np.full(len(batch), np.nan))
         return np.where(np.isnan(splits), batch * np.asarray(columns["heads"], dtype=float),
                         batch * kv_heads * splits)
+
+    def extra_feature_names(self) -> tuple[str, ...]:
+        return ("log_group", "group_fill", "log_kv_per_program", "log_block_iters",
+                "log_program_bytes", "log_reduce_bytes", "launches", "smem_bytes",
+                "programs_per_sm")
+
+    def extra_features(self, columns: Any, base: dict[str, np.ndarray]
+                       ) -> dict[str, np.ndarray]:
+        """The shape of the work per program: query heads sharing a KV head (padded to the
+        dot's 16-row minimum), the KV span each program streams, its block iterations, the
+        split reduction's traffic, and shared memory (which bounds programs per SM)."""
+        heads, kv_heads = (np.asarray(columns[c], dtype=float) for c in ("heads", "kv_heads"))
+        context, d = (np.asarray(columns[c], dtype=float) for c in ("context", "head_dim"))
+        batch, eb = np.asarray(columns["batch"], dtype=float), base["element_bytes"]
+        tuned = base["is_triton_splitkv"] > 0
+        splits = np.where(tuned, np.maximum(base["NUM_SPLITS"], 1.0), 1.0)
+        block_n = np.where(tuned, np.maximum(base["BLOCK_N"], 1.0), 64.0)
+        stages = np.where(tuned, np.maximum(base["num_stages"], 1.0), 2.0)
+        group = heads / kv_heads
+        pad = np.maximum(16.0, 2.0 ** np.ceil(np.log2(group)))
+        kv_span = np.ceil(context / splits)
+        smem = (stages * 2 * block_n * d + pad * d + pad * block_n) * eb
+        reduce = np.where(splits > 1, 2 * 4 * batch * heads * splits * (d + 1), 1.0)
+        return {"log_group": np.log2(group), "group_fill": group / pad,
+                "log_kv_per_program": np.log2(kv_span),
+                "log_block_iters": np.log2(np.ceil(kv_span / block_n)),
+                "log_program_bytes": np.log2(2 * kv_span * d * eb),
+                "log_reduce_bytes": np.log2(reduce), "launches": 1.0 + (splits > 1),
+                "smem_bytes": smem,
+                "programs_per_sm": 2.0 ** base["log_programs"] / base["sm_count"]}
 
     def memory_needed(self, problem: Problem) -> tuple[float, int]:
         self._check(problem)  # the collector asks this first: bad sizes fail before a sweep

@@ -8,9 +8,9 @@ fp32 reduction).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+import numpy as np
 
 from perftune.collect.families._base import (
     Config,
@@ -22,7 +22,11 @@ from perftune.collect.families._base import (
     random_tensor,
     torch_dtype,
 )
+from perftune.collect.families._features import Columns
 from perftune.collect.problems import Problem
+
+if TYPE_CHECKING:
+    import torch
 
 TILE_SPACE: dict[str, tuple[int, ...]] = {
     "BLOCK_M": (16, 32, 64, 128, 256),
@@ -48,6 +52,46 @@ class GemmFamily(KernelFamily):
     name = "gemm"
     dims = ("m", "n", "k")
     dataflows: ClassVar[tuple[str, ...]] = ("cublas", "triton", "triton_splitk")
+    library_dataflow = "cublas"
+    # A few LLM linear layers, decode to prefill; odd sizes under the interpreter.
+    gpu_defaults = ("1x4096x4096", "16x14336x4096", "128x4096x14336", "512x1024x4096",
+                    "2048x4096x4096", "4096x11008x4096")
+    cpu_defaults = ("16x32x32", "33x40x136")
+
+    # -- what models read: GEMM's own features and roofline (tiles, waves, reuse) ---------
+    def feature_names(self) -> tuple[str, ...]:
+        from perftune.collect.families._gemm_features import FEATURES
+
+        return FEATURES
+
+    def features(self, columns: Columns) -> dict[str, np.ndarray]:
+        from perftune.collect.families._gemm_features import gemm_feature_arrays
+
+        return gemm_feature_arrays(columns)
+
+    def roofline(self, features: Columns) -> dict[str, np.ndarray]:
+        from perftune.collect.families._gemm_features import gemm_roofline
+
+        return gemm_roofline(features)
+
+    def candidate_mask(self, problem: Problem, candidates: Any) -> np.ndarray:
+        """Configs that fit the device's shared memory and, for split-K, have a K block per
+        split (vectorized: the service ranks every known config per request)."""
+        from perftune.collect.families._gemm_features import shared_memory_bytes
+
+        block_m, block_n, block_k, stages, split = (
+            candidates[c].to_numpy(float) for c in ("BLOCK_M", "BLOCK_N", "BLOCK_K",
+                                                     "num_stages", "SPLIT_K"))
+        smem = shared_memory_bytes(stages, block_m, block_n, block_k, problem.element_bytes)
+        split = np.nan_to_num(split, nan=1.0)
+        library = candidates["config"].eq("{}").to_numpy()
+        fits = library | (smem <= candidates["shared_memory_per_block"].to_numpy(float))
+        return np.asarray(fits & ~((split > 1) & (problem["k"] < split * block_k)))
+
+    def cost_arrays(self, sizes: dict[str, np.ndarray], element_bytes: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        m, n, k = sizes["m"], sizes["n"], sizes["k"]
+        return 2.0 * m * n * k, (m * k + k * n + m * n) * element_bytes
 
     def space(self, dataflow: str) -> dict[str, tuple[int, ...]]:
         self.check_dataflow(dataflow)
@@ -88,6 +132,8 @@ class GemmFamily(KernelFamily):
         return True
 
     def make_inputs(self, problem: Problem, device: str, seed: int) -> Inputs:
+        import torch
+
         m, n, k = problem["m"], problem["n"], problem["k"]
         gen = generator_for(device, seed)
         dtype = torch_dtype(problem.dtype)
@@ -99,6 +145,8 @@ class GemmFamily(KernelFamily):
         }
 
     def _workspace(self, problem: Problem, config: Config, inputs: Inputs) -> torch.Tensor:
+        import torch
+
         split_k = config.get("SPLIT_K", 1)
         need = split_k * problem["m"] * problem["n"] if split_k > 1 else 1
         current = inputs.get("workspace")
@@ -109,6 +157,8 @@ class GemmFamily(KernelFamily):
 
     def launcher(self, problem: Problem, dataflow: str, config: Config,
                  inputs: Inputs) -> Callable[[], None]:
+        import torch
+
         self.check_dataflow(dataflow)
         a, b, out = inputs["a"], inputs["b"], inputs["out"]
         if dataflow == "cublas":
@@ -130,6 +180,8 @@ class GemmFamily(KernelFamily):
         return run
 
     def compile(self, problem: Problem, dataflow: str, config: Config, device: str) -> None:
+        import torch
+
         if dataflow == "cublas":
             return
         from perftune.collect.families import _gemm_kernels

@@ -13,18 +13,19 @@ from perftune.tune.strategies.samplers import GP, TPE, Random
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (ModelGuided, TPE, GP, Random, Tutorial, Heuristics, Library)}
+ALIASES = {"cublas": "library"}  # GEMM's library by name
 
 
 def make_strategy(name: str, *, predictor: Any = None, store: Any = None,
                   margin: float = 0.01) -> Strategy:
     """The strategy called ``name``; the model-guided one gets the model and the store."""
-    if name not in STRATEGIES:
+    cls = STRATEGIES.get(ALIASES.get(name, name))
+    if cls is None:
         raise PerftuneInputError(f"unknown method {name!r}; choose from "
                                  f"{', '.join(STRATEGIES)}")
-    cls = STRATEGIES[name]
     if cls.needs_model:
         return cls(predictor=predictor, store=store, margin=margin)  # type: ignore[call-arg]
     return cls()
 
 
-__all__ = ["STRATEGIES", "Strategy", "make_strategy"]
+__all__ = ["ALIASES", "STRATEGIES", "Strategy", "make_strategy"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from perftune.errors import PerftuneInputError
 from perftune.store.keys import canonical_config
 from perftune.tune.strategies._base import Strategy
 
@@ -21,13 +22,14 @@ TUTORIAL = [(128, 256, 64, 8, 3, 8), (64, 256, 32, 8, 4, 4), (128, 128, 32, 8, 4
 
 
 class Library(Strategy):
-    """The vendor library alone (cuBLAS for GEMM): the baseline every search must beat."""
+    """The family's library alone (cuBLAS for GEMM, SDPA for decode attention): the baseline
+    every search must beat."""
 
-    name = "cublas"
+    name = "library"
 
     def run(self, search: Search) -> None:
         candidates = search.candidates
-        search.in_order(candidates[candidates["dataflow"] == "cublas"])
+        search.in_order(candidates[candidates["dataflow"] == search.family.library_dataflow])
 
 
 class Tutorial(Strategy):
@@ -40,6 +42,9 @@ class Tutorial(Strategy):
         wanted = [canonical_config(dict(zip(names, values, strict=True))) for values in TUTORIAL]
         triton = search.candidates[search.candidates["dataflow"] == "triton"]
         present = [c for c in wanted if c in set(triton["config"])]
+        if not present:
+            raise PerftuneInputError("the Triton matmul tutorial's configs are GEMM configs; "
+                                     "none is a candidate of this problem")
         search.in_order(pd.DataFrame({"dataflow": "triton", "config": present}))
 
 
@@ -54,6 +59,8 @@ class Heuristics(Strategy):
         from perftune.model.nvmmh import heuristic_configs, nearest_candidates
 
         problem = search.problem
+        if set(problem.sizes) != {"m", "n", "k"}:
+            raise PerftuneInputError("nvMatmulHeuristics answers GEMM problems only")
         choices = heuristic_configs(m=problem.m, n=problem.n, k=problem.k, dtype=problem.dtype,
-                                    device=problem.device, count=4 * search.budget)
+                                    device=str(problem.device), count=4 * search.budget)
         search.in_order(nearest_candidates(choices, with_config_columns(search.candidates)))

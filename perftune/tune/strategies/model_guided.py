@@ -24,7 +24,7 @@ LOCAL_PRIOR = 1.0
 
 
 class ModelGuided(Strategy):
-    """cuBLAS first (when allowed), then the candidate with the lowest optimistic prediction,
+    """The library first (when allowed), then the candidate with the lowest optimistic prediction,
     corrected as measurements arrive by the model's error per dataflow and, near each measured
     config, by that config's own error; stop when no candidate can beat the best so far by
     more than ``margin``. With the energy objective it spends the whole budget on the
@@ -44,14 +44,15 @@ class ModelGuided(Strategy):
         from perftune.model.features import with_config_columns
 
         problem = search.problem
-        rows = search.candidates.assign(m=problem.m, n=problem.n, k=problem.k,
-                                        dtype=problem.dtype, device_id=problem.device)
-        predicted = self.predictor.predict(self.store, with_config_columns(rows))
+        rows = search.candidates.assign(**problem.sizes, dtype=problem.dtype,
+                                        device_id=problem.device)
+        predicted = self.predictor.predict(
+            self.store, with_config_columns(rows, search.family.params()))
         mean = np.log(predicted["predicted_ms"].to_numpy())
         spread = (np.log(predicted["high_ms"].to_numpy()) - np.log(predicted["low_ms"]
                   .to_numpy())) / 2 if "high_ms" in predicted else np.zeros(len(mean))
         frame = search.candidates.assign(mean=mean, spread=spread)
-        library = frame[frame["dataflow"] == "cublas"]
+        library = frame[frame["dataflow"] == search.family.library_dataflow]
         if len(library):
             search.in_order(library)
         while search.spent < search.budget:

@@ -94,7 +94,8 @@ def _enqueue_nearest(search: Search, dataflow: str, params: dict[str, int]) -> N
     if not open_.any() or not params:  # the library (no parameters) or a dataflow measured out
         _enqueue_any_unseen(search)
         return
-    proposal = config_positions(pd.DataFrame({"config": [canonical_config(params)]}))[0]
+    proposal = config_positions(pd.DataFrame({"config": [canonical_config(params)]}),
+                                search.position_names)[0]
     rows = np.flatnonzero(open_)
     distance = ((search.positions[rows] - proposal) ** 2).sum(axis=1)
     nearest = candidates["config"].iloc[rows[int(np.argmin(distance))]]
