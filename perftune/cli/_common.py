@@ -121,12 +121,32 @@ def model_option(parser: argparse.ArgumentParser, when_missing: str = "") -> Non
                              f"{when_missing})")
 
 
-def gemm_problem_options(parser: argparse.ArgumentParser, device_required: bool = True) -> None:
-    parser.add_argument("--problem", required=True, metavar="MxNxK",
-                        help="GEMM sizes, e.g. 128x4096x4096 or m=128,n=4096,k=4096")
+def family_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", default="gemm",
+                        help="kernel family: gemm (default), rmsnorm, decode_attention, or "
+                        "package.module:Class")
+
+
+def problem_options(parser: argparse.ArgumentParser, device_required: bool = True) -> None:
+    """--family, --problem, --dtype and --device: a problem of any family on a device."""
+    family_option(parser)
+    parser.add_argument("--problem", required=True, metavar="SIZES",
+                        help="the family's sizes in order (gemm 128x4096x4096, rmsnorm "
+                        "4096x8192) or by name (batch=1,heads=32,kv_heads=8,context=32768,"
+                        "head_dim=128)")
     parser.add_argument("--dtype", default="fp16", help="fp16 (default), bf16 or fp32")
     parser.add_argument("--device", required=device_required,
                         help="device id as in `perftune db stats`")
+
+
+def family_problem(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The family named by --family and its problem from --problem and --dtype, checked."""
+    from perftune.collect.families import load_family
+    from perftune.collect.problems import normalize_dtype, parse_problem
+
+    family = load_family(args.family)
+    problem = parse_problem(args.problem, family.dims, normalize_dtype(args.dtype))
+    return family, family.validate(problem).on(args.device)
 
 
 

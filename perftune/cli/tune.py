@@ -9,13 +9,14 @@ from typing import Any
 
 from perftune.cli._common import (
     db_option,
+    family_problem,
     fraction,
-    gemm_problem_options,
     make_console,
     model_option,
     non_negative_int,
     positive_float,
     positive_int,
+    problem_options,
 )
 from perftune.errors import PerftuneInputError
 
@@ -38,7 +39,7 @@ def register(sub: Any) -> None:
         epilog="examples:\n  perftune tune --problem 64x11008x4096 --device "
         "nvidia-h100-80gb-hbm3 --budget 8\n  perftune tune --problem 64x11008x4096 --backend "
         "live --objectives time,energy --budget 16")
-    gemm_problem_options(tune, device_required=False)
+    problem_options(tune, device_required=False)
     tune.add_argument("--budget", type=positive_int, default=8,
                       help="most measurements (default 8)")
     tune.add_argument("--method", default="model",
@@ -63,15 +64,14 @@ def register(sub: Any) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from perftune.collect.problems import GEMM_DIMS, check_gemm, normalize_dtype, parse_problem
-    from perftune.model.runtime import Predictor
+    from perftune.model.runtime import Predictor, model_path
     from perftune.store.db import Store
     from perftune.tune._base import Backend
     from perftune.tune.replay import ReplayBackend
     from perftune.tune.search import METHODS, OBJECTIVES, tune
 
-    dtype = normalize_dtype(args.dtype)
-    asked = check_gemm(parse_problem(args.problem, GEMM_DIMS, dtype))
+    family, asked = family_problem(args)
+    dtype = asked.dtype
     if args.method not in METHODS:
         raise PerftuneInputError(f"unknown --method {args.method!r}; choose from "
                                  f"{', '.join(METHODS)}")
@@ -92,7 +92,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         predictor = None
         if args.method == "model":
             predictor = (Predictor.load(args.model) if args.model is not None else
-                         Predictor.load_or_train(None, store, notices.print))
+                         Predictor.load_or_train(model_path("runtime", family=family.name),
+                                                 store, notices.print, family=family.name))
 
         def show(result: Any) -> None:
             trial, best = result.trials[-1], result.best
@@ -109,10 +110,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 from perftune.tune.live import LiveBackend
 
                 backend = LiveBackend(store, seed=args.seed, energy=energy,
-                                      energy_window_s=args.energy_window, stop=args.stop)
+                                      energy_window_s=args.energy_window, stop=args.stop,
+                                      family=args.family)
                 problem = asked.on(backend.device_id)
             else:
-                backend = ReplayBackend(store, energy=energy)
+                backend = ReplayBackend(store, energy=energy, family=family.name)
             try:
                 result = tune(problem, backend, budget=args.budget, method=args.method,
                               dataflows=dataflows, predictor=predictor, store=store,
@@ -121,15 +123,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
             finally:
                 backend.close()
     best = result.best
-    library = result.best_of("cublas")
-    answer = {"problem": args.problem, "dtype": dtype, "device": problem.device,
+    library = result.best_of(family.library_dataflow or "")
+    answer = {"family": family.name, "problem": args.problem, "dtype": dtype,
+              "device": problem.device,
               "backend": args.backend,
               "method": args.method, "measurements": len(result.trials),
               "stopped_early": result.stopped_early,
               "dataflow": best.dataflow if best else None,
               "config": json.loads(best.config) if best else None,
               "runtime_ms": best.runtime_ms if best else None,
-              "cublas_ms": library.runtime_ms if library else None,
+              "library_dataflow": family.library_dataflow,
+              "library_ms": library.runtime_ms if library else None,
               "trials": [vars(t) for t in result.trials]}
     saving = result.energy_saving(args.max_time_loss) if energy else None
     front = result.pareto_front() if energy else []
@@ -142,8 +146,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
     elif best:
-        versus = (f", {library.runtime_ms / best.runtime_ms:.3f}x cuBLAS"  # type: ignore[operator]
-                  if library and best.dataflow != "cublas" else "")
+        versus = (f", {library.runtime_ms / best.runtime_ms:.3f}x "  # type: ignore[operator]
+                  f"{family.library_dataflow}" if library and best is not library else "")
         console.print(f"best: {best.dataflow} {best.config} {_ms(best.runtime_ms)}{versus} "
                       f"after {len(result.trials)} measurements"
                       + (" (stopped early: the model expects nothing better)"

@@ -13,16 +13,18 @@ import numpy as np
 import pandas as pd
 
 from perftune.errors import PerftuneInputError
-from perftune.model.features import gemm_features, load_measurements
+from perftune.model.features import family_features, load_measurements
 from perftune.model.metrics import runtime_metrics
 from perftune.model.roofline import roofline_parts
+from perftune.model.runtime import tuned_dataflows
 from perftune.store.dataset import heldout_mask
 from perftune.store.db import Store
 
 
-def heldout_rows(store: Store, device: str | None = None) -> pd.DataFrame:
-    rows = load_measurements(store, family="gemm", device=device)
-    rows = rows[heldout_mask(rows)]
+def heldout_rows(store: Store, device: str | None = None, family: str = "gemm"
+                 ) -> pd.DataFrame:
+    rows = load_measurements(store, family=family, device=device)
+    rows = rows[heldout_mask(rows, family)]
     if rows.empty:
         raise PerftuneInputError("no held-out problems measured on "
                                  f"{device or 'any GPU'} in {store.path}")
@@ -37,11 +39,13 @@ def evaluate(predictor: Any, store: Store, out: Path, device: str | None = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = heldout_rows(store, device)
+    family = predictor.family
+    rows = heldout_rows(store, device, family.name)
     predicted = predictor.predict(store, rows)
     metrics: dict[str, Any] = {}
     for device_id, group in predicted.groupby("device_id"):
-        metrics[str(device_id)] = runtime_metrics(group, group["predicted_ms"].to_numpy())
+        metrics[str(device_id)] = runtime_metrics(group, group["predicted_ms"].to_numpy(),
+                                                  tuned_dataflows(family))
         if "low_ms" in group:
             inside = (group["runtime_ms"] >= group["low_ms"]) & (group["runtime_ms"]
                                                                  <= group["high_ms"])
@@ -70,8 +74,8 @@ def evaluate(predictor: Any, store: Store, out: Path, device: str | None = None
     fig.savefig(out / "residuals_by_size.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
-    features = gemm_features(predicted)
-    parts = roofline_parts(features)
+    features = family_features(family, predicted)
+    parts = roofline_parts(features, family)
     intensity = 2.0 ** features["log_intensity"]
     achieved = predicted["flops"] / (truth * 1e-3) / 1e12
     fig, ax = plt.subplots(figsize=(6, 4))

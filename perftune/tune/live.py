@@ -24,10 +24,10 @@ class LiveBackend(Backend):
 
     def __init__(self, store: Store, *, interpret: bool | None = None, timeout_s: float = 180.0,
                  seed: int = 0, energy: bool = False, energy_window_s: float = 1.0,
-                 stop: StopRequest | None = None):
-        spec = SweepSpec(family="gemm", problems=[], interpret=interpret, timeout_s=timeout_s,
+                 stop: StopRequest | None = None, family: str = "gemm"):
+        spec = SweepSpec(family=family, problems=[], interpret=interpret, timeout_s=timeout_s,
                          seed=seed, energy=energy, energy_window_s=energy_window_s)
-        self.energy = energy
+        self.energy, self.family = energy, family
         self.measurer = Measurer(store, spec, command="perftune tune --backend live", stop=stop)
         if energy and self.measurer.mode != GPU:
             raise PerftuneInputError("the energy objective measures NVML energy and needs a "

@@ -96,6 +96,16 @@ class KernelFamily(abc.ABC):
         """Largest accepted ||out - ref|| / ||ref||."""
         return {"fp16": 5e-3, "bf16": 1.6e-2, "fp32": 5e-3}[dtype]
 
+    def validate(self, problem: Problem) -> Problem:
+        """Refuse a problem the family's kernels cannot run (its dtype, sizes the family
+        rejects, an operand over the 2^31 elements the kernels index): the one check that
+        every command and the service apply. Returns the problem."""
+        from perftune.collect.problems import check_fits
+
+        self.check_dtype(problem.dtype)
+        check_fits(problem, 0.0, None, self.memory_needed(problem)[1])
+        return problem
+
     def memory_needed(self, problem: Problem) -> tuple[float, int]:
         """Bytes the inputs, output and reference take, and the largest operand's elements."""
         cost = self.cost(problem)
