@@ -164,8 +164,8 @@ class _Paused(Predictor):
     ranked: threading.Event
     go_on: threading.Event
 
-    def rank(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().rank(*args, **kwargs)
+    def rank_problem(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().rank_problem(*args, **kwargs)
         self.ranked.set()
         assert self.go_on.wait(60)
         return result

@@ -12,20 +12,23 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from perftune.errors import PerftuneInputError
 from perftune.service.limits import BodyLimit, Metrics, WorkGate, validation_error
 from perftune.service.routers import catalog, docs, health, measurements, recommendations
 from perftune.settings import Settings
 
 if TYPE_CHECKING:
+    from perftune.model.runtime import Predictor
     from perftune.service.recommend import Knowledge
+    from perftune.store.db import Store
 
 log = logging.getLogger("perftune.service")
 
 
 def load_knowledge(settings: Settings) -> Knowledge:
-    """The store (built from the shipped dataset if absent) and the model (trained on it if
-    absent, then saved), read into memory; a store that a writer holds is read from a copy."""
-    from perftune.model.runtime import Predictor
+    """The store (built from the shipped dataset if absent) and, per family, its models
+    (trained on the store's rows of the family if absent, then saved), read into memory; a
+    store that a writer holds is read from a copy."""
     from perftune.service.recommend import Knowledge
     from perftune.service.storefile import reading
     from perftune.store.dataset import build_store
@@ -34,8 +37,41 @@ def load_knowledge(settings: Settings) -> Knowledge:
         log.warning("no store at %s: building it from the shipped dataset", settings.db)
         build_store(settings.db)
     with reading(settings.db) as store:
-        predictor = Predictor.load_or_train(settings.model, store, log.warning)
-        return Knowledge.of(store, settings.db, predictor, settings.cache_bytes)
+        return Knowledge.of(store, settings.db, load_models(settings, store),
+                            settings.cache_bytes)
+
+
+def load_models(settings: Settings, store: Store) -> dict[str, Predictor]:
+    """Each family's runtime model (with its power and energy models) at its file beside
+    ``settings.model``: loaded where it exists, else trained where the store has verified
+    rows of the family; a family with neither has no model (its measured rows still answer).
+    A model file of another family than its name says is refused."""
+    from perftune.model.runtime import Predictor
+    from perftune.service.families import FAMILIES, kernel, model_file
+    from perftune.store.queries import trainable_families
+
+    trainable = trainable_families(store)
+    models: dict[str, Predictor] = {}
+    for family in FAMILIES:
+        kernel(family)  # loaded now, not in a request's validation
+        path = model_file(settings.model, family)
+        if not path.exists() and family not in trainable:
+            continue
+        existed = path.exists()
+        try:
+            predictor = Predictor.load_or_train(path, store, log.warning, family=family)
+        except PerftuneInputError as exc:
+            if not existed:
+                raise
+            raise PerftuneInputError(f"{exc}; or move {path} (and the power and energy models "
+                                     f"beside it) away: the service then trains new ones on "
+                                     f"the store at start") from exc
+        found = predictor.meta.get("family")
+        if found != family:
+            raise PerftuneInputError(f"{path} holds a model of {found}, not of {family}; "
+                                     f"move it away or name the {family} model so")
+        models[family] = predictor
+    return models
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

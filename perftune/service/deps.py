@@ -5,6 +5,7 @@ All are ``async``: trivial work that would otherwise cost a thread-pool hop per 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -13,7 +14,7 @@ from pydantic import SecretStr
 
 from perftune.service.limits import WorkGate
 from perftune.service.recommend import Knowledge, needs_model
-from perftune.service.schemas import ProblemQuery
+from perftune.service.schemas import ProblemFields
 from perftune.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
@@ -69,7 +70,7 @@ def limit_batch(items: list[object], settings: Settings, field: str) -> None:
                             f"{settings.max_batch}; split it")
 
 
-def limit_work(problems: list[ProblemQuery], knowledge: Knowledge, settings: Settings) -> None:
+def limit_work(problems: Sequence[ProblemFields], knowledge: Knowledge, settings: Settings) -> None:
     """413 for a batch asking for more choices than ``max_choices`` (each problem: top_k + 1)
     or with more problems that need the model than ``max_model_problems``."""
     choices = sum(q.top_k + 1 for q in problems)

@@ -16,21 +16,17 @@ from typing import Any
 
 import pandas as pd
 
-from perftune.collect.problems import DTYPES
+from perftune.collect.problems import GEMM_DIMS
 from perftune.errors import StoreError
 from perftune.model.roofline import LAUNCH_MS
-from perftune.service.recommend import (
-    CLIENT_TIMER,
-    Knowledge,
-    NoAnswer,
-    family_spaces,
-    measured_rows,
-    rank_rows,
-)
+from perftune.service.families import family_spaces, kernel
+from perftune.service.recommend import Knowledge, NoAnswer, ProblemKey, problem_key, rank_rows
 from perftune.service.schemas import MeasurementCreate
 from perftune.service.storefile import holder, is_locked
 from perftune.store.db import Store
-from perftune.store.keys import canonical_config, canonical_shape, measurement_key, software_key
+from perftune.store.keys import canonical_config, measurement_key, software_key
+from perftune.store.queries import measured_rows
+from perftune.store.rules import CLIENT_TIMER
 
 INGEST_CAMPAIGN = "service-ingest"
 # Margins over the device's ceilings, from the shipped measurements: the fastest stored row
@@ -63,12 +59,13 @@ def ingest(knowledge: Knowledge, measurements: list[MeasurementCreate]) -> int:
     try:
         with knowledge.write_lock, Store(knowledge.db) as store:
             stored = store.insert("measurements", rows)
-            keys = {(r["device_id"], r["dtype"], r["m"], r["n"], r["k"]) for r in rows}
-            for key in keys:
-                fresh = measured_rows(store, "AND device_id = ? AND dtype = ? AND m = ? AND "
-                                      "n = ? AND k = ?", list(key))
+            keys: set[ProblemKey] = {problem_key(m.family, m.device, m.problem)
+                                     for m in measurements}
+            for family, device, dtype, shape in keys:
+                fresh = measured_rows(store, family=family, device=device, dtype=dtype,
+                                      shape=shape)
                 if not fresh.empty:
-                    knowledge.measured[key] = rank_rows(fresh)
+                    knowledge.measured[(family, device, dtype, shape)] = rank_rows(fresh)
             # After the rows above: an answer computed from what was known before is refused.
             knowledge.cache.invalidate()
     except StoreError as exc:
@@ -82,13 +79,14 @@ def ingest(knowledge: Knowledge, measurements: list[MeasurementCreate]) -> int:
 
 def _row(index: int, m: MeasurementCreate, device: pd.Series, now: dt.datetime
          ) -> dict[str, Any]:
-    shape = canonical_shape({"m": m.m, "n": m.n, "k": m.k})
+    problem = m.problem
+    shape = problem.shape
     config = canonical_config(m.config)
     software = software_key(m.torch_version, m.triton_version, m.cuda_version, m.driver_version)
     where = f"measurements[{index}]"
     if m.status == "ok" and m.runtime_ms is None:
         raise NoAnswer(f"{where}.runtime_ms is required when status is 'ok'")
-    space = family_spaces()["gemm"][m.dataflow]
+    space = family_spaces()[m.family][m.dataflow]
     if set(m.config) != set(space) or any(v not in space[k] for k, v in m.config.items()):
         raise NoAnswer(f"{where}.config of a {m.dataflow} measurement needs exactly the "
                        f"parameters {sorted(space)}, each from {space}; got {m.config}")
@@ -98,7 +96,9 @@ def _row(index: int, m: MeasurementCreate, device: pd.Series, now: dt.datetime
     return {"key": measurement_key(device_id=m.device, family=m.family, dataflow=m.dataflow,
                                    dtype=m.dtype, shape=shape, config=config, software=software),
             "campaign_id": INGEST_CAMPAIGN, "device_id": m.device, "family": m.family,
-            "dataflow": m.dataflow, "dtype": m.dtype, "m": m.m, "n": m.n, "k": m.k,
+            "dataflow": m.dataflow, "dtype": m.dtype,
+            # the size columns of the table (GEMM's names), as the collector fills them
+            **{d: problem.sizes.get(d) for d in GEMM_DIMS},
             "shape": shape, "config": config, "status": m.status,
             "runtime_ms": m.runtime_ms if ok else None,
             "avg_power_w": m.avg_power_w if ok else None,
@@ -110,24 +110,23 @@ def _row(index: int, m: MeasurementCreate, device: pd.Series, now: dt.datetime
 
 def floor_ms(m: MeasurementCreate, device: pd.Series) -> float:
     """The fastest ``m``'s problem could run on ``device``: the roofline of its measured
-    ceilings (FLOPs at peak compute, operand bytes at copy bandwidth) plus one launch,
-    divided by :data:`RUNTIME_MARGIN`."""
-    flops = 2.0 * m.m * m.n * m.k
-    moved = float(m.m * m.k + m.k * m.n + m.m * m.n) * DTYPES[m.dtype]
+    ceilings (the family's FLOPs at peak compute, its fewest bytes at copy bandwidth) plus
+    one launch, divided by :data:`RUNTIME_MARGIN`."""
+    cost = kernel(m.family).cost(m.problem)
     # fp32 runs no faster than fp16, so the fp16 peak bounds it too
     peaks = [device.get("peak_tflops_bf16" if m.dtype == "bf16" else "peak_tflops_fp16"),
              device.get("peak_tflops_fp16"), device.get("peak_tflops_bf16")]
     peak = next((float(p) for p in peaks if _known(p)), None)
     bandwidth = device.get("copy_bandwidth_gbs")
-    compute_ms = flops / (peak * 1e12) * 1e3 if peak else 0.0
-    memory_ms = moved / (float(bandwidth) * 1e9) * 1e3 if _known(bandwidth) else 0.0
+    compute_ms = cost.flops / (peak * 1e12) * 1e3 if peak else 0.0
+    memory_ms = cost.bytes / (float(bandwidth) * 1e9) * 1e3 if _known(bandwidth) else 0.0
     return (max(compute_ms, memory_ms) + LAUNCH_MS) / RUNTIME_MARGIN
 
 
 def check_plausible(where: str, m: MeasurementCreate, device: pd.Series) -> None:
     """Refuse (NoAnswer) figures ``device`` cannot produce; see the module's docstring."""
     assert m.runtime_ms is not None
-    name, problem = device["device_id"], f"{m.m}x{m.n}x{m.k} {m.dtype}"
+    name, problem = device["device_id"], f"{m.family} {m.problem.shape} {m.dtype}"
     floor = floor_ms(m, device)
     if m.runtime_ms < floor:
         raise NoAnswer(f"{where}.runtime_ms: {m.runtime_ms:.3g} ms is faster than {name} can "

@@ -1,7 +1,9 @@
 """The service's logic, as plain functions over a loaded :class:`Knowledge` (no FastAPI here).
 
 Read paths never touch the store file: it is read once, read-only, into memory at start-up
-(measured bests per problem, the device table, the model's candidate catalog). The one write
+(measured rows per problem of every family, the device table, and per family its model and
+the configs it ranks). Answers come from a problem's measured rows first, else from its
+family's model. The one write
 path, :func:`perftune.service.ingest.ingest`, opens the store for writing under a lock and
 refreshes what it changed.
 
@@ -17,22 +19,29 @@ import math
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from perftune.model.runtime import Catalog, Predictor
-from perftune.service.schemas import Choice, ProblemQuery, RecommendationPublic
+from perftune.collect.families import DeviceLimits, KernelFamily
+from perftune.collect.problems import Problem
+from perftune.errors import PerftuneInputError
+from perftune.model.runtime import Catalog, Predictor, tuned_dataflows
+from perftune.service.families import DEFAULT_FAMILY, FAMILIES, kernel
+from perftune.service.schemas import Choice, ProblemFields, RecommendationPublic
 from perftune.store.db import Store
-from perftune.store.keys import canonical_shape
-from perftune.store.rules import BUSY_SQL
+from perftune.store.queries import gpu_devices, measured_rows, measurement_counts
+from perftune.store.rules import CLIENT_TIMER
 
-ProblemKey = tuple[str, str, int, int, int]  # device, dtype, m, n, k
+ProblemKey = tuple[str, str, str, str]  # family, device, dtype, shape
 CacheKey = tuple[Any, ...]
-WHOLE_SPACE_ROWS = 300  # a problem with this many Triton rows was swept over its whole space
-CLIENT_TIMER = "client"  # the timer of rows sent through POST /v1/measurements
+# A problem with verified rows for this share of the configs that can run it was swept over
+# its whole space (on the shipped data: every whole sweep, and no sampled one).
+WHOLE_SPACE_FRACTION = 0.7
 DEFAULT_CACHE_BYTES = 64 << 20
 
 
@@ -108,11 +117,12 @@ def _key_bytes(key: CacheKey) -> int:
 
 @dataclass
 class Knowledge:
-    """What the service knows, loaded once: measured problems, devices, the model."""
+    """What the service knows, loaded once: measured problems of every family, devices, and
+    per family its model (where there is one) with the configs it ranks."""
 
     db: Path
-    predictor: Predictor
-    catalog: Catalog
+    predictors: dict[str, Predictor]
+    catalogs: dict[str, Catalog]
     measured: dict[ProblemKey, pd.DataFrame]
     devices: pd.DataFrame
     counts: dict[str, int]
@@ -120,47 +130,45 @@ class Knowledge:
     # Answers are pure functions of the query and what is known: kept until an ingest.
     cache: AnswerCache = field(default_factory=AnswerCache)
 
-    def cached(self, query: ProblemQuery) -> bytes | None:
+    def cached(self, query: ProblemFields) -> bytes | None:
         return self.cache.get(cache_key(query))
 
+    def measured_problems(self, family: str) -> int:
+        return sum(1 for key in self.measured if key[0] == family)
+
     @classmethod
-    def load(cls, db: Path, predictor: Predictor,
+    def load(cls, db: Path, predictors: Predictor | Mapping[str, Predictor],
              cache_bytes: int = DEFAULT_CACHE_BYTES) -> Knowledge:
         """What the store at ``db`` holds (read through a copy while a writer holds it)."""
         from perftune.service.storefile import reading
 
         with reading(db) as store:
-            return cls.of(store, db, predictor, cache_bytes)
+            return cls.of(store, db, predictors, cache_bytes)
 
     @classmethod
-    def of(cls, store: Store, db: Path, predictor: Predictor,
+    def of(cls, store: Store, db: Path, predictors: Predictor | Mapping[str, Predictor],
            cache_bytes: int = DEFAULT_CACHE_BYTES) -> Knowledge:
-        """What ``store`` holds; ``db`` is where ingest writes (``store`` may be a copy)."""
-        catalog = Catalog.of(store)
+        """What ``store`` holds; ``db`` is where ingest writes (``store`` may be a copy).
+        ``predictors``: per family its runtime model (one Predictor: that of its family)."""
+        models = ({predictors.meta.get("family", DEFAULT_FAMILY): predictors}
+                  if isinstance(predictors, Predictor) else dict(predictors))
+        catalogs = {name: Catalog.of(store, name) for name in models}
         rows = measured_rows(store)
-        counts = store.query("SELECT device_id, count(*) AS n FROM measurements GROUP BY ALL")
-        devices = store.query("SELECT * FROM devices WHERE kind = 'gpu'")
+        rows = rows[rows["family"].isin(FAMILIES)]
         measured = {key: rank_rows(group) for key, group
-                    in rows.groupby(["device_id", "dtype", "m", "n", "k"], sort=False)}
-        return cls(db, predictor, catalog, measured,
-                   devices.set_index("device_id", drop=False),
-                   dict(zip(counts["device_id"], counts["n"].astype(int), strict=True)),
-                   cache=AnswerCache(cache_bytes))
+                    in rows.groupby(["family", "device_id", "dtype", "shape"], sort=False)}
+        devices = gpu_devices(store)
+        return cls(db, models, catalogs, measured, devices.set_index("device_id", drop=False),
+                   measurement_counts(store), cache=AnswerCache(cache_bytes))
 
 
-def cache_key(query: ProblemQuery) -> CacheKey:
-    return (query.device, query.nearest, query.dtype, query.m, query.n, query.k,
+def cache_key(query: ProblemFields) -> CacheKey:
+    return (query.family, query.device, query.nearest, query.dtype, query.problem.shape,
             query.objective, query.top_k, tuple(query.dataflows or ()))
 
 
-def measured_rows(store: Store, where: str = "", params: list[Any] | None = None
-                  ) -> pd.DataFrame:
-    return store.query(
-        "SELECT device_id, dtype, m, n, k, dataflow, config, runtime_ms, timer, "
-        f"CASE WHEN {BUSY_SQL} THEN avg_power_w END AS avg_power_w, "
-        f"CASE WHEN {BUSY_SQL} THEN energy_per_call_j END "
-        "AS energy_per_call_j FROM measurements WHERE family = 'gemm' AND status = 'ok' "
-        f"AND runtime_ms > 0 {where}", params)
+def problem_key(family: str, device: str, problem: Problem) -> ProblemKey:
+    return (family, device, problem.dtype, problem.shape)
 
 
 def rank_rows(group: pd.DataFrame) -> pd.DataFrame:
@@ -205,7 +213,7 @@ def _guess_properties(device: str) -> dict[str, float] | None:
     return None
 
 
-def recommend_json(knowledge: Knowledge, query: ProblemQuery) -> bytes:
+def recommend_json(knowledge: Knowledge, query: ProblemFields) -> bytes:
     """The answer as JSON bytes: from the cache, or computed and then kept."""
     key = cache_key(query)
     body = knowledge.cache.get(key)
@@ -216,34 +224,51 @@ def recommend_json(knowledge: Knowledge, query: ProblemQuery) -> bytes:
     return body
 
 
-def recommend(knowledge: Knowledge, query: ProblemQuery) -> RecommendationPublic:
+def recommend(knowledge: Knowledge, query: ProblemFields) -> RecommendationPublic:
     return RecommendationPublic.model_validate_json(recommend_json(knowledge, query))
 
 
-def is_stored(knowledge: Knowledge, query: ProblemQuery) -> bool:
+def is_stored(knowledge: Knowledge, query: ProblemFields) -> bool:
     """Whether the problem is in the store: its answer is a lookup (~2 ms), not a model run."""
-    return (query.device, query.dtype, query.m, query.n, query.k) in knowledge.measured
+    return problem_key(query.family, query.device, query.problem) in knowledge.measured
 
 
-def needs_model(knowledge: Knowledge, query: ProblemQuery) -> bool:
-    """Whether answering runs the model: neither cached nor stored."""
-    return knowledge.cached(query) is None and not is_stored(knowledge, query)
+def needs_model(knowledge: Knowledge, query: ProblemFields) -> bool:
+    """Whether answering runs the model: neither cached nor stored, and the family has one
+    (without one the answer is a quick refusal)."""
+    return (query.family in knowledge.predictors and knowledge.cached(query) is None
+            and not is_stored(knowledge, query))
 
 
-def _recommend(knowledge: Knowledge, query: ProblemQuery) -> RecommendationPublic:
+def _recommend(knowledge: Knowledge, query: ProblemFields) -> RecommendationPublic:
     device = resolve_device(knowledge, query.device, query.nearest)
-    key: ProblemKey = (device, query.dtype, query.m, query.n, query.k)
-    rows = knowledge.measured.get(key)
+    rows = knowledge.measured.get(problem_key(query.family, device, query.problem))
     if rows is not None and query.dataflows:
         rows = rows[rows["dataflow"].isin(query.dataflows)]
     if rows is not None and not rows.empty:
-        return _from_measured(query, device, rows)
-    if query.objective == "energy" and not knowledge.predictor.predicts_energy:
-        raise NoAnswer("objective=energy needs measured energy or the power and energy models, "
-                       "and this service has neither for this problem; use objective=time, "
-                       "measure it with `perftune collect --energy`, or train the models with "
-                       "`perftune fit --target power` / `--target energy`")
-    return _from_model(knowledge, query, device)
+        return _from_measured(knowledge, query, device, rows)
+    predictor = knowledge.predictors.get(query.family)
+    if predictor is None:
+        raise NoAnswer(_unmodelled(knowledge, query, device))
+    if query.objective == "energy" and not predictor.predicts_energy:
+        raise NoAnswer(f"objective=energy needs measured energy or the power and energy models "
+                       f"of {query.family}, and this service has neither for this problem; "
+                       f"use objective=time, measure it with `perftune collect --energy`, or "
+                       f"train the models with `perftune fit --target power` / `--target "
+                       f"energy`")
+    return _from_model(knowledge, query, device, predictor)
+
+
+def _unmodelled(knowledge: Knowledge, query: ProblemFields, device: str) -> str:
+    family, problem = query.family, query.problem
+    what = f"{family} {problem.shape} {problem.dtype} on {device}"
+    why = ("the store holds no {0} measurements, so there is neither a measured answer nor a "
+           "model to predict one" if not knowledge.measured_problems(family) else
+           "this problem is not measured (for the dataflows asked) and there is no {0} model "
+           "to predict it").format(family)
+    return (f"no recommendation for {what}: {why}; measure it with `perftune collect --family "
+            f"{family}` (the service trains a {family} model on perftune's own measurements "
+            f"when it starts)")
 
 
 def _choice(row: Any) -> Choice:
@@ -258,49 +283,85 @@ def _choice(row: Any) -> Choice:
                   client=getattr(row, "timer", None) == CLIENT_TIMER)
 
 
-def _cublas_ms(rows: pd.DataFrame, column: str = "runtime_ms") -> float | None:
-    cublas = rows.loc[rows["dataflow"] == "cublas", column]
-    return float(cublas.iloc[0]) if len(cublas) else None
+def _library_ms(family: KernelFamily, rows: pd.DataFrame, column: str = "runtime_ms"
+                ) -> float | None:
+    at = np.flatnonzero(rows["dataflow"].to_numpy() == family.library_dataflow)
+    return float(rows[column].to_numpy()[at[0]]) if len(at) else None
 
 
-def _answer(query: ProblemQuery, device: str, ranked: pd.DataFrame, source: str,
-            confidence: str, bound: str | None = None, cublas_ms: float | None = None
+def _answer(query: ProblemFields, device: str, ranked: pd.DataFrame, source: str,
+            confidence: str, library_ms: float | None, bound: str | None = None
             ) -> RecommendationPublic:
     best = ranked.iloc[0]
+    speedup = library_ms / float(best["runtime_ms"]) if library_ms else None
+    problem = query.problem
     return RecommendationPublic(
-        device=device, requested_device=query.device,
-        problem=canonical_shape({"m": query.m, "n": query.n, "k": query.k}), dtype=query.dtype,
+        device=device, requested_device=query.device, family=query.family,
+        problem=problem.shape, sizes=problem.sizes, dtype=query.dtype,
         objective=query.objective, source=source, confidence=confidence,  # type: ignore[arg-type]
         best=_choice(best),
         alternatives=[_choice(r) for r in ranked.iloc[1:1 + query.top_k].itertuples()],
-        speedup_over_cublas=cublas_ms / float(best["runtime_ms"]) if cublas_ms else None,
+        library_dataflow=kernel(query.family).library_dataflow, library_ms=library_ms,
+        speedup_over_library=speedup,
+        # the GEMM-only service's name for it, kept for its clients
+        speedup_over_cublas=speedup if query.family == DEFAULT_FAMILY else None,
         bound=bound)
 
 
-def _from_measured(query: ProblemQuery, device: str, rows: pd.DataFrame
+def _from_measured(knowledge: Knowledge, query: ProblemFields, device: str, rows: pd.DataFrame
                    ) -> RecommendationPublic:
+    family = kernel(query.family)
     if query.objective == "energy":
         rows = rows.dropna(subset=["energy_per_call_j"])
         if rows.empty:
-            raise NoAnswer(f"no energy was measured for {query.m}x{query.n}x{query.k} "
-                           f"{query.dtype} on {device}; use objective=time")
+            raise NoAnswer(f"no energy was measured for {query.family} {query.problem} on "
+                           f"{device}; use objective=time")
         rows = rows.sort_values("energy_per_call_j", kind="stable")
+    library_ms = _library_ms(family, rows)
     # Client rows are not verified: one may rank first, but then the answer says so.
-    verified = rows["timer"] != CLIENT_TIMER
-    if not verified.iloc[0]:
-        return _answer(query, device, rows, "client", "low", cublas_ms=_cublas_ms(rows))
-    whole = ((rows["dataflow"] == "triton") & verified).sum() >= WHOLE_SPACE_ROWS
-    return _answer(query, device, rows, "measured", "high" if whole else "medium",
-                   cublas_ms=_cublas_ms(rows))
+    verified = rows["timer"].to_numpy() != CLIENT_TIMER
+    if not verified[0]:
+        return _answer(query, device, rows, "client", "low", library_ms)
+    whole = _whole_space(knowledge, query, device, rows["dataflow"].to_numpy()[verified],
+                         rows["config"].to_numpy()[verified])
+    return _answer(query, device, rows, "measured", "high" if whole else "medium", library_ms)
 
 
-def _from_model(knowledge: Knowledge, query: ProblemQuery, device: str
-                ) -> RecommendationPublic:
-    predictor = knowledge.predictor
-    ranked = predictor.rank(knowledge.catalog, m=query.m, n=query.n, k=query.k,
-                            dtype=query.dtype, device=device,
-                            dataflows=list(query.dataflows or []) or None,
-                            objective=query.objective, energy_top=query.top_k + 1)
+def _whole_space(knowledge: Knowledge, query: ProblemFields, device: str,
+                 dataflows: np.ndarray, configs: np.ndarray) -> bool:
+    """Whether perftune measured the problem over (nearly) its whole space: verified rows
+    (their ``dataflows`` and ``configs``) for at least :data:`WHOLE_SPACE_FRACTION` of the
+    configs of the family's tuned dataflows (those asked for) that can run it on the device.
+    A few configs of a whole sweep fail (compile errors, wrong results): no ok rows."""
+    family = kernel(query.family)
+    tuned = [d for d in tuned_dataflows(family)
+             if not query.dataflows or d in query.dataflows]
+    swept = np.isin(dataflows, tuned)
+    if not swept.any():
+        return False
+    shared = knowledge.devices.at[device, "shared_memory_per_block"]
+    limits = (DeviceLimits(shared_memory_per_block=int(shared)) if pd.notna(shared) and shared
+              else DeviceLimits())
+    valid = sum(_valid_configs(query.family, d, query.problem, limits) for d in tuned)
+    measured = len(set(zip(dataflows[swept], configs[swept], strict=True)))
+    return valid > 0 and measured >= WHOLE_SPACE_FRACTION * valid
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_configs(family: str, dataflow: str, problem: Problem, limits: DeviceLimits) -> int:
+    return len(kernel(family).configs(problem, dataflow, limits))
+
+
+def _from_model(knowledge: Knowledge, query: ProblemFields, device: str,
+                predictor: Predictor) -> RecommendationPublic:
+    try:
+        ranked = predictor.rank_problem(knowledge.catalogs[query.family],
+                                        query.problem.on(device),
+                                        dataflows=list(query.dataflows or []) or None,
+                                        objective=query.objective,
+                                        energy_top=query.top_k + 1)
+    except PerftuneInputError as exc:
+        raise NoAnswer(str(exc)) from None
     if ranked.empty:
         raise NoAnswer("no known config fits this device and problem")
     shown = ranked.head(query.top_k + 1).rename(columns={"predicted_ms": "runtime_ms",
@@ -310,13 +371,5 @@ def _from_model(knowledge: Knowledge, query: ProblemQuery, device: str
     width = (best.get("high_ms", math.nan) - best.get("low_ms", math.nan)) / best["runtime_ms"]
     confident = bool(best["trained_on_device"]) and width < 0.25
     return _answer(query, device, shown, "model", "medium" if confident else "low",
-                   str(best["bound"]), cublas_ms=_cublas_ms(ranked, "predicted_ms"))
-
-
-@functools.cache
-def family_spaces() -> dict[str, dict[str, dict[str, tuple[int, ...]]]]:
-    """Per family and dataflow, the parameter space (imports the families: torch, lazily)."""
-    from perftune.collect.families import BUILTIN, load_family
-
-    families = {name: load_family(name) for name in BUILTIN}
-    return {name: {d: dict(f.space(d)) for d in f.dataflows} for name, f in families.items()}
+                   _library_ms(kernel(query.family), ranked, "predicted_ms"),
+                   str(best["bound"]))

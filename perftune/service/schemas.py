@@ -1,44 +1,140 @@
-"""Request and answer schemas (pydantic): what the OpenAPI page at /docs shows."""
+"""Request and answer schemas (pydantic): what the OpenAPI page at /docs shows.
+
+A problem names its family (default gemm) and the family's sizes: GEMM's m, n and k as fields
+of their own (as they always were), any family's sizes in a ``sizes`` object, and in a GET's
+query each size as a parameter of its name. The sizes are checked against the family
+(perftune.service.families): a missing, unknown or bad one is a 422 naming it."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from perftune.collect.problems import Problem, check_gemm
+from perftune.collect.problems import GEMM_DIMS, Problem
+from perftune.service.families import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    MAX_SIZE,
+    check_dataflows,
+    problem_of,
+    unknown_family,
+)
 
 Objective = Literal["time", "energy"]
 Source = Literal["measured", "client", "model"]
 Confidence = Literal["high", "medium", "low"]
-DataflowName = Literal["cublas", "triton", "triton_splitk"]
-Size = Field(gt=0, le=1 << 24, description="a GEMM size, 1 .. 16,777,216; no operand "
-             "(m x k, k x n, m x n) over 2^31 elements")
+DType = Literal["fp16", "bf16", "fp32"]
+SizeName = Annotated[str, Field(min_length=1, max_length=64)]
+SizeValue = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 # Requests: unknown fields refused, and no NaN or infinity (JSON as Python parses it allows
 # them; they are never a measurement).
 _REQUEST = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class ProblemQuery(BaseModel):
-    """One problem to answer: C[m, n] = A[m, k] @ B[k, n]."""
+def _size(name: str) -> Any:
+    return Field(None, gt=0, le=MAX_SIZE, description=f"the size {name} of a family that has "
+                 f"one (gemm: C[m, n] = A[m, k] @ B[k, n]); 1 .. {MAX_SIZE:,}, and no operand "
+                 f"over 2^31 elements")
 
-    model_config = _REQUEST
 
-    family: Literal["gemm"] = "gemm"
+def _family() -> Any:
+    return Field(DEFAULT_FAMILY, max_length=100, json_schema_extra={"enum": list(FAMILIES)},
+                 description="a kernel family (see /v1/families)")
+
+
+def _sizes() -> Any:
+    return Field(None, max_length=16, description="the family's sizes by name (its dims in "
+                 '/v1/families), e.g. {"m": 8192, "n": 4096}; m, n and k may be given as '
+                 "fields of their own instead")
+
+
+class _FamilyProblem(BaseModel):
+    """A family and its sizes, checked against the family; :attr:`problem` once valid."""
+
+    family: str = _family()
+    m: int | None = _size("m")
+    n: int | None = _size("n")
+    k: int | None = _size("k")
+    dtype: DType = "fp16"
+    _problem: Problem = PrivateAttr()
+
+    @field_validator("family")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        reason = unknown_family(value)
+        if reason is not None:
+            raise ValueError(reason)
+        return value
+
+    def _more_sizes(self) -> dict[str, object]:
+        """Sizes given besides the m, n and k fields."""
+        return {}
+
+    @model_validator(mode="after")
+    def _sizes_of_family(self) -> Any:
+        sizes: dict[str, object] = {d: getattr(self, d) for d in GEMM_DIMS
+                                    if getattr(self, d) is not None}
+        for name, value in self._more_sizes().items():
+            if name in sizes:
+                raise ValueError(f"size {name} is given twice; give each size once")
+            sizes[name] = value
+        # PerftuneInputError is a ValueError: a 422 naming the size, as the CLI names it
+        self._problem = problem_of(self.family, sizes, self.dtype)
+        return self
+
+    @property
+    def problem(self) -> Problem:
+        return self._problem
+
+
+class ProblemFields(_FamilyProblem):
+    """One problem to answer, on one device: what every way of asking has in common."""
+
     device: str = Field(min_length=1, max_length=200, description="a device_id, see /v1/devices")
-    m: int = Size
-    n: int = Size
-    k: int = Size
-    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
     objective: Objective = "time"
     top_k: int = Field(3, ge=1, le=50, description="how many alternatives to list")
     nearest: bool = Field(False, description="an unknown device: answer for the nearest known")
-    dataflows: list[DataflowName] | None = Field(None, description="restrict the dataflows")
+    dataflows: list[str] | None = Field(None, max_length=16,
+                                        description="restrict to these dataflows of the family")
 
-    @model_validator(mode="after")
-    def _indexable(self) -> ProblemQuery:
-        check_gemm(Problem.of(self.dtype, m=self.m, n=self.n, k=self.k))  # as the CLI checks
-        return self
+    @field_validator("dataflows")
+    @classmethod
+    def _of_family(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value and "family" in info.data:  # a valid family
+            check_dataflows(info.data["family"], value)
+        return value
+
+
+class ProblemQuery(ProblemFields):
+    """One problem to answer, as an item of a batch: the family's sizes in ``sizes`` (or
+    GEMM's as ``m``, ``n``, ``k``)."""
+
+    model_config = _REQUEST
+
+    sizes: dict[SizeName, SizeValue] | None = _sizes()
+
+    def _more_sizes(self) -> dict[str, object]:
+        return dict(self.sizes or {})
+
+
+class ProblemParams(ProblemFields):
+    """One problem to answer, as the query of GET /v1/recommendation: each of the family's
+    sizes as a parameter of its name (e.g. ``&batch=1&heads=32``); any parameter that is not
+    one of the fields here is taken as a size, and refused unless the family has it."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    def _more_sizes(self) -> dict[str, object]:
+        return dict(self.model_extra or {})
 
 
 class Choice(BaseModel):
@@ -60,7 +156,9 @@ class RecommendationPublic(BaseModel):
 
     device: str = Field(description="the device answered for (the nearest one if asked)")
     requested_device: str
-    problem: str
+    family: str
+    problem: str = Field(description="the sizes in the family's order, e.g. m=16,n=4096,k=4096")
+    sizes: dict[str, int]
     dtype: str
     objective: Objective
     source: Source = Field(description="measured: an exact stored problem, best row measured "
@@ -69,8 +167,16 @@ class RecommendationPublic(BaseModel):
     confidence: Confidence
     best: Choice
     alternatives: list[Choice]
+    library_dataflow: str | None = Field(
+        None, description="the family's library dataflow (the vendor's or framework's "
+        "implementation): the baseline")
+    library_ms: float | None = Field(
+        None, description="the library dataflow's runtime, from the same source")
+    speedup_over_library: float | None = Field(
+        None, description="library runtime / best runtime, from the same source")
     speedup_over_cublas: float | None = Field(
-        None, description="cuBLAS runtime / best runtime, from the same source")
+        None, description="gemm answers: speedup_over_library (cuBLAS is GEMM's library); "
+        "kept for clients of the GEMM-only service")
     bound: str | None = Field(None, description="roofline bound of the best (model answers)")
 
 
@@ -84,19 +190,16 @@ class BatchPublic(BaseModel):
     recommendations: list[RecommendationPublic]
 
 
-class MeasurementCreate(BaseModel):
+class MeasurementCreate(_FamilyProblem):
     """One measurement from a client; stored under its natural key (sent twice, stored once).
     Figures are checked against the device's ceilings before anything is stored."""
 
     model_config = _REQUEST
 
     device: str = Field(min_length=1, max_length=200)
-    family: Literal["gemm"] = "gemm"
-    dataflow: DataflowName
-    dtype: Literal["fp16", "bf16", "fp32"]
-    m: int = Size
-    n: int = Size
-    k: int = Size
+    dataflow: str = Field(min_length=1, max_length=100, description="a dataflow of the family")
+    dtype: DType
+    sizes: dict[SizeName, SizeValue] | None = _sizes()
     config: dict[str, int] = Field(default_factory=dict, max_length=16)
     status: Literal["ok", "wrong_result", "launch_error", "timeout", "compile_error"] = "ok"
     runtime_ms: float | None = Field(None, gt=0, lt=1e7)
@@ -107,10 +210,15 @@ class MeasurementCreate(BaseModel):
     cuda_version: str | None = Field(None, max_length=64)
     driver_version: str | None = Field(None, max_length=64)
 
-    @model_validator(mode="after")
-    def _indexable(self) -> MeasurementCreate:
-        check_gemm(Problem.of(self.dtype, m=self.m, n=self.n, k=self.k))  # as the CLI checks
-        return self
+    @field_validator("dataflow")
+    @classmethod
+    def _of_family(cls, value: str, info: ValidationInfo) -> str:
+        if "family" in info.data:  # a valid family
+            check_dataflows(info.data["family"], [value])
+        return value
+
+    def _more_sizes(self) -> dict[str, object]:
+        return dict(self.sizes or {})
 
 
 class MeasurementsCreate(BaseModel):
@@ -133,14 +241,23 @@ class DevicePublic(BaseModel):
     peak_tflops_bf16: float | None
     copy_bandwidth_gbs: float | None
     measurements: int
-    modelled: bool = Field(description="the runtime model was trained on this device")
+    modelled: bool = Field(description="a runtime model was trained on this device")
+    modelled_families: list[str] = Field(default_factory=list, description="the families "
+                                         "whose runtime model was trained on this device")
 
 
 class FamilyPublic(BaseModel):
     name: str
-    dims: list[str]
-    dataflows: dict[str, list[str]] = Field(description="per dataflow, its parameters")
-    recommendations: bool
+    dims: list[str] = Field(description="the sizes a problem of this family names")
+    dtypes: list[str]
+    library_dataflow: str | None = Field(description="the library's dataflow: the baseline")
+    dataflows: dict[str, dict[str, list[int]]] = Field(
+        description="per dataflow, each parameter and its choices (none: a library call)")
+    measured_problems: int = Field(description="problems with measured rows, over devices "
+                                   "and dtypes")
+    modelled: bool = Field(description="a runtime model of the family is loaded")
+    recommendations: bool = Field(description="whether it can be answered: measured rows or "
+                                  "a model")
 
 
 class ModelPublic(BaseModel):

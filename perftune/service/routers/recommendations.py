@@ -6,6 +6,7 @@ on the event loop (a lookup); anything that runs the model waits for a worker th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
@@ -23,10 +24,16 @@ from perftune.service.recommend import (
     Knowledge,
     NoAnswer,
     UnknownDevice,
-    is_stored,
+    needs_model,
     recommend_json,
 )
-from perftune.service.schemas import BatchCreate, BatchPublic, ProblemQuery, RecommendationPublic
+from perftune.service.schemas import (
+    BatchCreate,
+    BatchPublic,
+    ProblemFields,
+    ProblemParams,
+    RecommendationPublic,
+)
 
 router = APIRouter(prefix="/v1", tags=["recommendations"],
                    dependencies=[Depends(require_read_token)])
@@ -38,7 +45,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
                          "Retry-After header's seconds"}}
 
 
-def answer(knowledge: Knowledge, query: ProblemQuery) -> bytes:
+def answer(knowledge: Knowledge, query: ProblemFields) -> bytes:
     try:
         return recommend_json(knowledge, query)
     except UnknownDevice as exc:
@@ -54,18 +61,20 @@ def _json(body: bytes) -> Response:
 
 @router.get("/recommendation", response_model=RecommendationPublic, responses=_ERRORS)
 async def get_recommendation(knowledge: KnowledgeDep, gate: GateDep,
-                             query: Annotated[ProblemQuery, Query()]) -> Response:
-    """The best dataflow and config for one problem on one device, with alternatives."""
+                             query: Annotated[ProblemParams, Query()]) -> Response:
+    """The best dataflow and config for one problem of a family (default gemm) on one device,
+    with alternatives. The family's sizes are parameters of their names (its dims in
+    /v1/families; gemm's m, n, k)."""
     cached = knowledge.cached(query)
     if cached is not None:
         return _json(cached)
-    if is_stored(knowledge, query):  # a lookup: answered on the event loop
+    if not needs_model(knowledge, query):  # a lookup or a refusal: on the event loop
         return _json(answer(knowledge, query))
     async with gate.slot():  # a model run: in a worker thread, when one is free
         return _json(await run_in_threadpool(answer, knowledge, query))
 
 
-def _answers(knowledge: Knowledge, problems: list[ProblemQuery]) -> list[bytes]:
+def _answers(knowledge: Knowledge, problems: Sequence[ProblemFields]) -> list[bytes]:
     return [answer(knowledge, q) for q in problems]
 
 
@@ -75,7 +84,8 @@ def _answers(knowledge: Knowledge, problems: list[ProblemQuery]) -> list[bytes]:
 async def post_recommendations(knowledge: KnowledgeDep, settings: SettingsDep, gate: GateDep,
                                batch: BatchCreate) -> Response:
     """Answers for a batch of problems, in order (at most ``max_batch`` problems, ``max_choices``
-    choices and ``max_model_problems`` problems that need the model)."""
+    choices and ``max_model_problems`` problems that need the model). Each names its family
+    (default gemm) and its sizes in ``sizes`` (gemm's may be ``m``, ``n``, ``k``)."""
     problems = batch.problems
     limit_batch(list(problems), settings, "problems")
     limit_work(problems, knowledge, settings)
