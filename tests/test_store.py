@@ -138,7 +138,7 @@ def test_v1_store_is_migrated_and_keeps_its_rows(db: Path) -> None:
     with pytest.raises(StoreError, match="perftune db migrate"):
         Store(db, read_only=True)
     with Store(db) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         row = store.query("SELECT energy_per_call_j, energy_method FROM measurements").iloc[0]
         assert row["energy_per_call_j"] == 1.5 and row["energy_method"] is None
         assert store.energy_targets(["old", "other"]) == {}  # no runtime: not ok-timed
@@ -149,6 +149,35 @@ def test_v1_store_is_migrated_and_keeps_its_rows(db: Path) -> None:
         assert store.energy_targets(["old"]) == {}
         with pytest.raises(StoreError, match="cannot update"):
             store.update_measurements({"old": {"nonsense": 1}})
+
+
+def test_v2_store_gains_the_sizes_of_its_rows(db: Path) -> None:
+    import json
+
+    from perftune.store.schema import MIGRATIONS
+
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE perftune_meta (name VARCHAR PRIMARY KEY, value VARCHAR)")
+    for statement in [*MIGRATIONS[0], *MIGRATIONS[1]]:
+        con.execute(statement)
+    con.execute("INSERT INTO perftune_meta VALUES ('schema_version', '2')")
+    con.execute("INSERT INTO measurements (key, device_id, family, dataflow, dtype, shape, "
+                "config, status, software_key, measured_at) VALUES ('old', 'dev', "
+                "'decode_attention', 'sdpa', 'fp16', 'batch=2,heads=8,kv_heads=2,"
+                "context=4096,head_dim=64', '{}', 'ok', 'sw', now())")
+    con.close()
+    with Store(db) as store:
+        assert store.schema_version() == 3
+        store.insert("measurements", [_row("new")])  # no sizes given: from its shape
+        rows = store.query("SELECT key, shape, sizes, CAST(json_extract(sizes, '$.context') "
+                           "AS INTEGER) AS context FROM measurements ORDER BY key")
+    sizes = {key: json.loads(text) for key, text in zip(rows["key"], rows["sizes"],
+                                                         strict=True)}
+    assert sizes["old"] == {"batch": 2, "heads": 8, "kv_heads": 2, "context": 4096,
+                            "head_dim": 64}
+    assert rows["context"].tolist()[1] == 4096
+    shape = rows.set_index("key")["shape"]["new"]
+    assert sizes["new"] == {k: int(v) for k, v in (p.split("=") for p in shape.split(","))}
 
 
 def test_compact_keeps_every_row_and_the_key_constraint(db: Path) -> None:

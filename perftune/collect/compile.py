@@ -19,8 +19,14 @@ _family: KernelFamily | None = None
 
 def _init(family_ref: str) -> None:
     global _family
+    import signal
+
     from perftune.collect.families import load_family
 
+    # Ctrl-C and SIGTERM are the parent's to handle (it stops at a chunk boundary and shuts
+    # the pool down): a compiling process must neither print a traceback nor die mid-write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _family = load_family(family_ref)
 
 

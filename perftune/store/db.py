@@ -22,6 +22,7 @@ from perftune.store.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     TABLES,
+    sizes_from_shape,
 )
 
 _META = "perftune_meta"
@@ -217,7 +218,7 @@ class Store:
         con = self._con
         with self._registered("_incoming", frame):
             before = _count(con, table)
-            casts = ", ".join(f"CAST({c} AS {columns[c].split()[0]}) AS {c}" for c in columns)
+            casts = ", ".join(_cast(table, c, columns[c]) for c in columns)
             con.execute(f"INSERT OR IGNORE INTO {table} SELECT {casts} FROM _incoming")
             return _count(con, table) - before
 
@@ -626,6 +627,15 @@ def compact_store(path: str | os.PathLike[str]) -> tuple[int, int]:
     before = source.stat().st_size
     os.replace(copy, source)
     return before, source.stat().st_size
+
+
+def _cast(table: str, column: str, sql_type: str) -> str:
+    """The SELECT expression inserting ``column``: cast to its type, and a measurement's
+    sizes derived from its shape where the row has none."""
+    cast = f"CAST({column} AS {sql_type.split()[0]})"
+    if table == "measurements" and column == "sizes":
+        cast = f"coalesce({cast}, {sizes_from_shape('shape')})"
+    return f"{cast} AS {column}"
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:

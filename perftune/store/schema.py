@@ -90,6 +90,20 @@ CAMPAIGN_COLUMNS: dict[str, str] = {
 # batches (diluted power, inflated energy per call): do not train power models on those.
 MEASUREMENT_COLUMNS_V2: dict[str, str] = {"energy_method": "VARCHAR"}
 
+# Added by migration 2 -> 3: the problem's named sizes as a JSON object, for every family
+# (m, n, k keep GEMM's and RMSNorm's; decode attention has batch, heads, kv_heads, context and
+# head_dim): ``json_extract(sizes, '$.context')`` in SQL. Filled from ``shape`` when a row
+# comes without it.
+MEASUREMENT_COLUMNS_V3: dict[str, str] = {"sizes": "VARCHAR"}
+
+
+def sizes_from_shape(shape: str) -> str:
+    """SQL turning a canonical shape column (``m=16,n=32``) into its sizes JSON object."""
+    pairs = (f"list_transform(string_split({shape}, ','), lambda x: '\"' || split_part(x, '=', 1) "
+             f"|| '\":' || split_part(x, '=', 2))")
+    return f"'{{' || array_to_string({pairs}, ',') || '}}'"
+
+
 _TABLES_V1: dict[str, dict[str, str]] = {
     "devices": DEVICE_COLUMNS,
     "campaigns": CAMPAIGN_COLUMNS,
@@ -98,7 +112,7 @@ _TABLES_V1: dict[str, dict[str, str]] = {
 
 TABLES: dict[str, dict[str, str]] = {
     **_TABLES_V1,
-    "measurements": {**MEASUREMENT_COLUMNS, **MEASUREMENT_COLUMNS_V2},
+    "measurements": {**MEASUREMENT_COLUMNS, **MEASUREMENT_COLUMNS_V2, **MEASUREMENT_COLUMNS_V3},
 }
 
 
@@ -116,6 +130,9 @@ MIGRATIONS: list[list[str]] = [
     # 1 -> 2: energy_method.
     [f"ALTER TABLE measurements ADD COLUMN {name} {sql_type}"
      for name, sql_type in MEASUREMENT_COLUMNS_V2.items()],
+    # 2 -> 3: sizes, filled for the stored rows.
+    ["ALTER TABLE measurements ADD COLUMN sizes VARCHAR",
+     f"UPDATE measurements SET sizes = {sizes_from_shape('shape')}"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
