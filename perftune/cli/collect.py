@@ -37,7 +37,9 @@ def register(sub: Any) -> None:
         "  perftune collect                                   # the embedded default sweep\n"
         "  perftune collect --problem 16x4096x4096 --problem 4096x4096x4096 --sample 50\n"
         "  perftune collect --family rmsnorm --problem 4096x8192 --dtype bf16\n"
-        "  perftune collect --problems-file data/problems/llm.csv --energy")
+        "  perftune collect --problems-file perftune/data/problems/gemm_sampled.csv --energy\n"
+        "  perftune collect --family decode_attention --problem "
+        "batch=1,heads=32,kv_heads=8,context=32768,head_dim=128 --all")
     collect.add_argument("--family", default="gemm",
                          help="kernel family: gemm, rmsnorm, or package.module:Class "
                          "(default gemm)")

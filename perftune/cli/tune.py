@@ -43,7 +43,9 @@ def register(sub: Any) -> None:
     tune.add_argument("--budget", type=positive_int, default=8,
                       help="most measurements (default 8)")
     tune.add_argument("--method", default="model",
-                      help="model, tpe, gp, random, tutorial or cublas (default model)")
+                      help="model (default), tpe, gp, random, tutorial (GEMM), nvmmh (GEMM: "
+                      "NVIDIA's nvMatmulHeuristics), or library (the family's library alone; "
+                      "cublas for GEMM)")
     tune.add_argument("--dataflows", help="comma-separated subset, e.g. triton")
     tune.add_argument("--backend", choices=["replay", "live"], default="replay",
                       help="replay recorded measurements (default) or measure live")

@@ -36,7 +36,7 @@ def load_measurements(store: Store, *, family: str = "gemm", device: str | None 
     """Measurements of a family joined with their device's properties, sizes and config
     parameters as columns."""
     kind = load_family(family)
-    frame = measurements_with_devices(store, family=family, device_columns=DEVICE_COLUMNS,
+    frame = measurements_with_devices(store, family=kind.name, device_columns=DEVICE_COLUMNS,
                                       device=device, status=status)
     return with_config_columns(with_size_columns(frame, kind), kind.params())
 

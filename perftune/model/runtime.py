@@ -50,7 +50,7 @@ def training_rows(store: Store, *, family: str = "gemm", devices: list[str] | No
             raise PerftuneInputError(f"no measurements of device(s) {unknown} in {store.path}; "
                                      f"known: {sorted(set(rows['device_id']))}")
         rows = rows[rows["device_id"].isin(devices)]
-    held = heldout_mask(rows, family)
+    held = heldout_mask(rows, load_family(family).name)
     return rows[held if heldout else ~held]
 
 
@@ -164,8 +164,9 @@ class Catalog:
     @classmethod
     def of(cls, store: Store, family: str = "gemm") -> Catalog:
         devices = gpu_devices(store, DEVICE_COLUMNS)
-        known = known_configs(store, family=family)
-        return cls(devices, with_config_columns(known, load_family(family).params()), family)
+        kernel = load_family(family)
+        known = known_configs(store, family=kernel.name)
+        return cls(devices, with_config_columns(known, kernel.params()), family)
 
     def device_rows(self, device_ids: Any) -> pd.DataFrame:
         unknown = sorted(set(device_ids) - set(self.devices["device_id"]))
@@ -217,7 +218,7 @@ class Predictor:
         if not path.exists():
             announce(f"no {family} model at {path}: training one on {store.path.name} (once)")
             save_model(path, *fit_model(store, family=family))
-        has_energy = has_trusted_energy(store, family)
+        has_energy = has_trusted_energy(store, load_family(family).name)
         for target in ENERGY_TARGETS:
             if has_energy and not model_path(target, path).exists():
                 announce(f"training the {target} model of {family} on {store.path.name} (once)")

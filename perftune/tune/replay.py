@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from perftune.collect.families import load_family
 from perftune.errors import PerftuneInputError
 from perftune.store.db import Store
 from perftune.store.queries import problem_measurements
@@ -24,7 +25,8 @@ class ReplayBackend(Backend):
 
     def _rows(self, problem: Problem) -> pd.DataFrame:
         if problem not in self._recorded:
-            rows = problem_measurements(self.store, family=self.family, device=str(problem.device),
+            rows = problem_measurements(self.store, family=load_family(self.family).name,
+                                        device=str(problem.device),
                                         shape=problem.shape, dtype=problem.dtype)
             what = "measurements"
             if self.energy:
