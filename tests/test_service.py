@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -66,16 +67,24 @@ def start_server(db: Path, model: Path, log: Path, **settings: str) -> Server:
     raise RuntimeError("perftune serve did not come up in 120 s")
 
 
-@pytest.fixture(scope="module")
-def server(shipped: Path, model_file: Path, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Server]:
-    work = tmp_path_factory.mktemp("serve")
+@contextlib.contextmanager
+def serving_copy(shipped: Path, model_file: Path, work: Path) -> Iterator[Server]:
+    """`perftune serve` on a copy of the shipped store in ``work``, stopped at the end."""
     db = work / "served.duckdb"
     shutil.copy(shipped, db)
     running = start_server(db, model_file, work / "serve.log")
-    yield running
-    running.process.terminate()
-    running.process.wait(30)
+    try:
+        yield running
+    finally:
+        running.process.terminate()
+        running.process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(shipped: Path, model_file: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Server]:
+    with serving_copy(shipped, model_file, tmp_path_factory.mktemp("serve")) as running:
+        yield running
 
 
 def _query(**changes: object) -> dict[str, object]:

@@ -7,7 +7,6 @@ read from the store, not assumed."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from perftune.service.recommend import Knowledge, NoAnswer, recommend
 from perftune.service.schemas import ProblemQuery
 from perftune.store.db import Store
 from perftune.store.rules import BUSY_SQL
-from tests.test_service import H100, Server, start_server
+from tests.test_service import H100, Server, serving_copy
 
 RMS_STORED = {"family": "rmsnorm", "m": 1, "n": 4096}  # a whole sweep of H100 RMSNorm rows
 RMS_NEW = {"family": "rmsnorm", "m": 3000, "n": 5000}  # never measured
@@ -33,13 +32,8 @@ RMS_TILE = {"BLOCK_SIZE": 1024, "num_warps": 4}
 @pytest.fixture(scope="module")
 def server(shipped: Path, model_file: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Server]:
-    work = tmp_path_factory.mktemp("families")
-    db = work / "served.duckdb"
-    shutil.copy(shipped, db)
-    running = start_server(db, model_file, work / "serve.log")
-    yield running
-    running.process.terminate()
-    running.process.wait(30)
+    with serving_copy(shipped, model_file, tmp_path_factory.mktemp("families")) as running:
+        yield running
 
 
 def _get(server: Server, **query: object) -> dict[str, Any]:

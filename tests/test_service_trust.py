@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from perftune.service.app import create_app
 from perftune.settings import Settings
 from perftune.store.db import Store
-from tests.test_service import H100, Server, start_server
+from tests.test_service import H100, Server, serving_copy, start_server
 
 BEST_SQL = ("SELECT dataflow, config, runtime_ms FROM measurements WHERE device_id = ? AND "
             "shape = 'm=16,n=4096,k=4096' AND dtype = 'fp16' AND status = 'ok' "
@@ -29,13 +29,8 @@ TILE = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 
 @pytest.fixture(scope="module")
 def server(shipped: Path, model_file: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Server]:
-    work = tmp_path_factory.mktemp("trust")
-    db = work / "served.duckdb"
-    shutil.copy(shipped, db)
-    running = start_server(db, model_file, work / "serve.log")
-    yield running
-    running.process.terminate()
-    running.process.wait(30)
+    with serving_copy(shipped, model_file, tmp_path_factory.mktemp("trust")) as running:
+        yield running
 
 
 def test_a_read_token_closes_metrics_docs_and_the_schema(shipped: Path, model_file: Path,

@@ -78,7 +78,8 @@ def test_nvmmh_measures_the_heuristics_picks_mapped_to_our_space(shipped: Path) 
 
 def test_a_measured_error_corrects_its_neighbours_more_than_far_configs(shipped: Path) -> None:
     from perftune.tune._base import Measurement
-    from perftune.tune.search import Search, config_positions
+    from perftune.tune.positions import config_positions
+    from perftune.tune.search import Search
     from perftune.tune.strategies.model_guided import local_corrections
 
     with Store(shipped, read_only=True) as store:

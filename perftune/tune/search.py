@@ -16,7 +16,6 @@ the energy that a small time loss saves against the fastest config measured.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import pandas as pd
 from perftune.collect.families import KernelFamily, load_family
 from perftune.errors import PerftuneInputError
 from perftune.tune._base import Backend, Measurement, Problem
+from perftune.tune.positions import config_names, config_positions
 from perftune.tune.strategies import ALIASES, STRATEGIES, make_strategy
 
 OBJECTIVES = ("time", "energy")
@@ -151,20 +151,6 @@ def _check_objectives(objectives: tuple[str, ...], backend: Backend) -> tuple[st
         raise PerftuneInputError("the energy objective needs a backend that measures energy "
                                  "(built with energy=True)")
     return objectives
-
-
-def config_names(candidates: pd.DataFrame) -> list[str]:
-    """Every config parameter that some candidate has, sorted."""
-    return sorted({name for config in candidates["config"] for name in json.loads(config)})
-
-
-def config_positions(candidates: pd.DataFrame, names: list[str] | None = None) -> np.ndarray:
-    """Each candidate's config as a point: log2 of its parameters (0 where it has none)."""
-    from perftune.model.features import with_config_columns
-
-    names = config_names(candidates) if names is None else names
-    params = with_config_columns(candidates.reset_index(drop=True), names)
-    return np.log2(params[names].fillna(1).to_numpy(float).reshape(len(params), len(names)))
 
 
 class Search:

@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 
 from perftune.store.keys import canonical_config
+from perftune.tune.positions import config_positions
 from perftune.tune.strategies._base import Strategy
 
 if TYPE_CHECKING:
@@ -86,8 +87,6 @@ def _enqueue_nearest(search: Search, dataflow: str, params: dict[str, int]) -> N
     misses in a row: where most of the space is valid, proposing again keeps the sampler's own
     distribution (the nearest valid config to an invalid one is a large tile at the edge of
     shared memory, rarely a fast one)."""
-    from perftune.tune.search import config_positions
-
     candidates = search.candidates
     open_ = np.array([d == dataflow and (d, c) not in search.seen for d, c in
                       zip(candidates["dataflow"], candidates["config"], strict=True)])
