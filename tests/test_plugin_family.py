@@ -59,3 +59,9 @@ def test_a_plugged_in_family_is_modelled_and_answered(db: Path, shipped: Path,
     ranked = json.loads(out)
     assert {r["dataflow"] for r in ranked} <= {"torch", "triton"} and len(ranked) == 10
     assert all(r["predicted_ms"] > 0 for r in ranked)
+    code, out, err = cli("fit", "--family", PLUGIN, "--db", store_path, "--trees", "3")
+    assert code == 0 and "axpy_runtime.skops" in out, err  # the user's models, by its name
+    code, out, err = cli("tune", "--family", PLUGIN, "--db", store_path, "--problem", "5000",
+                         "--device", "nvidia-h200", "--budget", "4", "--json")
+    assert code == 0, err
+    assert json.loads(out)["measurements"] <= 4

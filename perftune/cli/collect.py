@@ -41,10 +41,11 @@ def register(sub: Any) -> None:
         "  perftune collect --family decode_attention --problem "
         "batch=1,heads=32,kv_heads=8,context=32768,head_dim=128 --all")
     collect.add_argument("--family", default="gemm",
-                         help="kernel family: gemm, rmsnorm, or package.module:Class "
-                         "(default gemm)")
+                         help="kernel family: gemm (default), rmsnorm, decode_attention, or "
+                         "package.module:Class")
     collect.add_argument("--problem", action="append", default=[], metavar="SIZES",
-                         help="a problem as MxNxK (gemm), MxN (rmsnorm) or m=..,n=..,k=..; "
+                         help="a problem: the family's sizes in order (MxNxK for gemm, MxN "
+                         "for rmsnorm) or by name (batch=1,heads=32,...); "
                          "repeat for more")
     collect.add_argument("--problems-file", type=Path,
                          help="CSV with a header of size names (optional dtype column) or a "

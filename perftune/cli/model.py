@@ -80,6 +80,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from perftune.collect.families import load_family
     from perftune.model.runtime import fit_model, model_path, save_model
     from perftune.store.db import Store
 
@@ -87,7 +88,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     with Store(args.db, read_only=True) as store:
         model, meta = fit_model(store, kind=args.model, family=args.family,
                                 devices=args.device, target=args.target, **params)
-    path = save_model(args.out or model_path(args.target, family=args.family), model, meta)
+    name = load_family(args.family).name
+    path = save_model(args.out or model_path(args.target, family=name), model, meta)
     print(f"trained a {args.family} {args.target} {args.model} on {meta['rows']} measurements "
           f"of {meta['problems']} problems ({', '.join(meta['devices'])}); saved {path}")
     return 0

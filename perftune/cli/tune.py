@@ -23,19 +23,21 @@ from perftune.errors import PerftuneInputError
 
 def register(sub: Any) -> None:
     tune = sub.add_parser(
-        "tune", help="find the best dataflow and config of a GEMM problem in few measurements",
+        "tune", help="find the best dataflow and config of a problem in few measurements",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Search a GEMM problem's dataflows and configs with at most --budget "
-        "measurements.\nMethods: model (perftune: cuBLAS first, then the model's best "
-        "candidates, corrected as\nmeasurements arrive, stopping early when nothing can win), "
-        "tpe / gp / random (Optuna samplers\nover the conditional space), tutorial (the Triton "
-        "tutorial's 8 configs), nvmmh (NVIDIA's\nnvMatmulHeuristics, mapped to our space), "
-        "cublas.\nBackends: replay answers from the store's recorded "
-        "measurements (CPU; only recorded configs\ncan be proposed); live measures on this "
-        "machine's GPU through the collector (checked,\nisolated, stored; stored ones are "
-        "reused), or under the Triton interpreter without one.\nWith --objectives time,energy "
-        "it also measures NVML energy per call (live: a GPU; replay:\nrecorded energy) and "
-        "prints the time-energy Pareto front and the energy that --max-time-loss saves.",
+        description="Search a problem's dataflows and configs (any family: --family) with at "
+        "most --budget\nmeasurements. Methods: model (perftune: the library first, then the "
+        "model's best\ncandidates, corrected as measurements arrive, stopping early when "
+        "nothing can win),\ntpe / gp / random (Optuna samplers over the conditional space), "
+        "tutorial (the Triton\ntutorial's 8 GEMM configs), nvmmh (NVIDIA's "
+        "nvMatmulHeuristics for GEMM, mapped to our\nspace), library (the family's library "
+        "alone: cuBLAS, torch, SDPA; cublas names it for GEMM).\nBackends: replay answers "
+        "from the store's recorded measurements (CPU; only recorded configs\ncan be proposed); "
+        "live measures on this machine's GPU through the collector (checked,\nisolated, "
+        "stored; stored ones are reused), or under the Triton interpreter without one.\n"
+        "With --objectives time,energy it also measures NVML energy per call (live: a GPU; "
+        "replay:\nrecorded energy) and prints the time-energy Pareto front and the energy "
+        "that --max-time-loss saves.",
         epilog="examples:\n  perftune tune --problem 64x11008x4096 --device "
         "nvidia-h100-80gb-hbm3 --budget 8\n  perftune tune --problem 64x11008x4096 --backend "
         "live --objectives time,energy --budget 16")
@@ -95,7 +97,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if args.method == "model":
             predictor = (Predictor.load(args.model) if args.model is not None else
                          Predictor.load_or_train(model_path("runtime", family=family.name),
-                                                 store, notices.print, family=family.name))
+                                                 store, notices.print, family=args.family))
 
         def show(result: Any) -> None:
             trial, best = result.trials[-1], result.best
@@ -116,7 +118,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                                       family=args.family)
                 problem = asked.on(backend.device_id)
             else:
-                backend = ReplayBackend(store, energy=energy, family=family.name)
+                backend = ReplayBackend(store, energy=energy, family=args.family)
             try:
                 result = tune(problem, backend, budget=args.budget, method=args.method,
                               dataflows=dataflows, predictor=predictor, store=store,
