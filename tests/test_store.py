@@ -138,7 +138,7 @@ def test_v1_store_is_migrated_and_keeps_its_rows(db: Path) -> None:
     with pytest.raises(StoreError, match="perftune db migrate"):
         Store(db, read_only=True)
     with Store(db) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         row = store.query("SELECT energy_per_call_j, energy_method FROM measurements").iloc[0]
         assert row["energy_per_call_j"] == 1.5 and row["energy_method"] is None
         assert store.energy_targets(["old", "other"]) == {}  # no runtime: not ok-timed
@@ -167,7 +167,7 @@ def test_v2_store_gains_the_sizes_of_its_rows(db: Path) -> None:
                 "context=4096,head_dim=64', '{}', 'ok', 'sw', now())")
     con.close()
     with Store(db) as store:
-        assert store.schema_version() == 3
+        assert store.schema_version() == 4
         store.insert("measurements", [_row("new")])  # no sizes given: from its shape
         rows = store.query("SELECT key, shape, sizes, CAST(json_extract(sizes, '$.context') "
                            "AS INTEGER) AS context FROM measurements ORDER BY key")

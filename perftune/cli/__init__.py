@@ -9,11 +9,11 @@ import signal
 import sys
 import threading
 
-from perftune.cli import collect, db, device, model, serve, tune
+from perftune.cli import collect, db, device, kernels, model, serve, tune
 from perftune.cli._common import EXIT_BAD_INPUT, STOP_SIGNALS, Parser, StopToken
 from perftune.errors import PerftuneInputError
 
-COMMANDS = (device, collect, db, model, tune, serve)
+COMMANDS = (device, collect, db, model, tune, kernels, serve)
 DESCRIPTION = """\
 perftune measures GPU kernel configurations into a DuckDB store, models them, tunes kernels in
 few measurements and serves the best config per problem and device over HTTP.

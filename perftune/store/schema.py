@@ -104,6 +104,39 @@ def sizes_from_shape(shape: str) -> str:
     return f"'{{' || array_to_string({pairs}, ',') || '}}'"
 
 
+# Added by migration 3 -> 4: the ``autotune`` decorator's state for kernels of no family
+# (perftune.tune.autotune). A kernel is its name and a hash of its source; a record holds for one
+# device and software key (torch, Triton, CUDA). ``tuning_key`` is Triton's autotune key (the
+# key arguments' values and the tensor arguments' dtypes) as a JSON list.
+AUTOTUNE_MEASUREMENT_COLUMNS: dict[str, str] = {
+    "key": "VARCHAR PRIMARY KEY",  # hash of the columns up to config
+    "kernel": "VARCHAR NOT NULL",
+    "source_hash": "VARCHAR NOT NULL",
+    "device_id": "VARCHAR NOT NULL",
+    "software_key": "VARCHAR NOT NULL",
+    "tuning_key": "VARCHAR NOT NULL",
+    "key_values": "VARCHAR NOT NULL",  # JSON object: key argument -> value
+    "config": "VARCHAR NOT NULL",  # JSON object: kwargs, num_warps, num_stages, ...
+    "features": "VARCHAR",  # JSON object: derived features (programs, programs per SM)
+    "runtime_ms": "DOUBLE",  # NULL: the config failed (out of resources)
+    "timer": "VARCHAR NOT NULL",
+    "measured_at": "TIMESTAMP NOT NULL",
+}
+AUTOTUNE_CHOICE_COLUMNS: dict[str, str] = {
+    "key": "VARCHAR PRIMARY KEY",  # hash of kernel, source_hash, device, software, tuning key
+    "kernel": "VARCHAR NOT NULL",
+    "source_hash": "VARCHAR NOT NULL",
+    "device_id": "VARCHAR NOT NULL",
+    "software_key": "VARCHAR NOT NULL",
+    "tuning_key": "VARCHAR NOT NULL",
+    "config": "VARCHAR NOT NULL",
+    "runtime_ms": "DOUBLE",
+    "configs": "INTEGER NOT NULL",  # the configs the kernel offers
+    "measured": "INTEGER NOT NULL",  # how many of them were timed for this key
+    "ranked_by": "VARCHAR NOT NULL",  # 'all', 'family:<name>' or 'learned'
+    "chosen_at": "TIMESTAMP NOT NULL",
+}
+
 _TABLES_V1: dict[str, dict[str, str]] = {
     "devices": DEVICE_COLUMNS,
     "campaigns": CAMPAIGN_COLUMNS,
@@ -113,6 +146,8 @@ _TABLES_V1: dict[str, dict[str, str]] = {
 TABLES: dict[str, dict[str, str]] = {
     **_TABLES_V1,
     "measurements": {**MEASUREMENT_COLUMNS, **MEASUREMENT_COLUMNS_V2, **MEASUREMENT_COLUMNS_V3},
+    "autotune_measurements": AUTOTUNE_MEASUREMENT_COLUMNS,
+    "autotune_choices": AUTOTUNE_CHOICE_COLUMNS,
 }
 
 
@@ -133,6 +168,11 @@ MIGRATIONS: list[list[str]] = [
     # 2 -> 3: sizes, filled for the stored rows.
     ["ALTER TABLE measurements ADD COLUMN sizes VARCHAR",
      f"UPDATE measurements SET sizes = {sizes_from_shape('shape')}"],
+    # 3 -> 4: the autotune decorator's measurements and choices.
+    [_create("autotune_measurements", AUTOTUNE_MEASUREMENT_COLUMNS),
+     _create("autotune_choices", AUTOTUNE_CHOICE_COLUMNS),
+     "CREATE INDEX autotune_measurements_kernel ON autotune_measurements "
+     "(kernel, source_hash, device_id, software_key)"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,25 +1,30 @@
-"""``tuner.autotune``: a drop-in for ``triton.autotune`` on GEMM kernels that benchmarks only
-the configs the runtime model ranks best.
+"""``perftune.tune.autotune.autotune``: a drop-in for ``triton.autotune`` on any ``@triton.jit``
+kernel, that times only the configs a model ranks best and remembers its choices.
 
     from perftune.tune.autotune import autotune
 
-    @autotune(configs=[triton.Config({...}, num_warps=4, num_stages=3), ...],
-              key=["M", "N", "K"], budget=8)
+    @autotune(configs=[triton.Config({"BLOCK": 256}, num_warps=4), ...], key=["n"], budget=8)
     @triton.jit
-    def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, ..., BLOCK_M: tl.constexpr, ...):
-        ...
+    def axpy_kernel(x_ptr, y_ptr, out_ptr, a, n, BLOCK: tl.constexpr): ...
 
-It is ``triton.autotune`` itself (same cache per key, same benchmarking, same ``best_config``)
-with one addition: on the first call for a key, the configs are ranked by perftune's forest for
-this problem, dtype and GPU, and only the ``budget`` best are compiled and timed, instead of
-all of them. Config parameters are read by name: ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``,
-``GROUP_M`` (default 1), ``SPLIT_K`` (default 1), ``num_warps`` and ``num_stages``.
+It is Triton's ``Autotuner`` (same key, per-key cache, hooks, ``reset_to_zero``,
+``restore_value``, ``prune_configs_by``, ``do_bench``, ``best_config``) with three additions:
+
+- A kernel of a registered family (``family="gemm"``, ``"rmsnorm"``, ``"decode_attention"``;
+  a GEMM is recognised by its ``BLOCK_M/N/K`` configs and ``M, N, K`` arguments) has its
+  configs ranked by the family's runtime model; only the ``budget`` best are timed.
+- Any other kernel learns from its own measurements: once ``min_keys`` keys are measured, a
+  small forest on key values, config parameters and grid features ranks a new key's configs
+  and only the ``budget`` best are timed; before that, all of them are.
+- Every measurement and choice goes to the store (``autotune_measurements``,
+  ``autotune_choices``), per kernel source hash, device and software versions: another process
+  with the same kernel, key, device and versions times nothing.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +37,36 @@ DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
 class ModelPrune:
-    """The ``early_config_prune`` hook: keeps the ``budget`` configs the model ranks fastest.
+    """Keeps the ``budget`` configs the family's runtime model ranks fastest.
 
+    ``sizes`` names the kernel arguments holding the family's sizes, in the family's order
+    (GEMM: ``M, N, K``) or as a mapping from the family's size names to argument names.
     ``device`` is a device id of the store (default: the current GPU's); ``dtype`` defaults
     to the dtype of the first tensor argument. ``ranked`` records each key's ranking, for
     inspection.
     """
 
-    def __init__(self, *, budget: int, sizes: Sequence[str] = ("M", "N", "K"),
+    def __init__(self, *, budget: int, sizes: Sequence[str] | Mapping[str, str] | None = None,
                  device: str | None = None, dtype: str | None = None,
-                 model: str | Path | None = None, db: str | Path | None = None):
+                 model: str | Path | None = None, db: str | Path | None = None,
+                 family: str = "gemm"):
         if budget < 1:
             raise PerftuneInputError(f"budget must be at least 1 (got {budget})")
+        from perftune.collect.families import load_family
+
+        self.family = load_family(family)
+        dims = tuple(self.family.dims)
+        if sizes is None:
+            sizes = ("M", "N", "K") if self.family.name == "gemm" else dims
+        if isinstance(sizes, Mapping):
+            missing = [d for d in dims if d not in sizes]
+            if missing:
+                raise PerftuneInputError(f"sizes has no argument for {', '.join(missing)} of "
+                                         f"{self.family.name}")
+            sizes = [sizes[d] for d in dims]
+        if len(sizes) != len(dims):
+            raise PerftuneInputError(f"sizes names {len(sizes)} arguments; {self.family.name} "
+                                     f"has {len(dims)} sizes ({', '.join(dims)})")
         self.budget = budget
         self.sizes = tuple(sizes)
         self.device = device
@@ -55,27 +78,60 @@ class ModelPrune:
         self._catalog: Any = None
 
     def __call__(self, configs: list[Any], nargs: dict[str, Any], **kwargs: Any) -> list[Any]:
-        m, n, k = (int(nargs[name]) for name in self.sizes)
+        named = {**nargs, **kwargs}
+        values = tuple(int(named[name]) for name in self.sizes)
         dtype = self.dtype or _dtype_of(nargs)
         device = self.device or _current_device()
         predictor, catalog = self._load()
-        rows = pd.DataFrame([_row(config, m, n, k, dtype, device) for config in configs])
         from perftune.model.features import with_config_columns
 
-        predicted = predictor.predict(catalog, with_config_columns(rows))
+        if self.family.name == "gemm":
+            m, n, k = values
+            rows = pd.DataFrame([_row(config, m, n, k, dtype, device) for config in configs])
+            frame = with_config_columns(rows)
+        else:
+            rows, params = self._family_rows(configs, values, dtype, device)
+            frame = with_config_columns(rows, params)
+        predicted = predictor.predict(catalog, frame)
         predicted["index"] = range(len(configs))
         order = predicted.sort_values("predicted_ms", kind="stable")
-        self.ranked[(m, n, k, dtype, device)] = order
+        self.ranked[(*values, dtype, device)] = order
         return [configs[i] for i in order["index"].head(self.budget)]
+
+    def _family_rows(self, configs: list[Any], values: tuple[int, ...], dtype: str,
+                     device: str) -> tuple[pd.DataFrame, list[str]]:
+        """Rows of another family: its sizes, its tuned dataflow and the config's parameters
+        of that dataflow's space, read by name."""
+        from perftune.model.runtime import tuned_dataflows
+
+        dataflow = next(d for d in tuned_dataflows(self.family) if self.family.space(d))
+        params = list(self.family.space(dataflow))
+        rows = []
+        for config in configs:
+            given = {**config.kwargs, "num_warps": config.num_warps,
+                     "num_stages": config.num_stages}
+            missing = [p for p in params if p not in given]
+            if missing:
+                raise PerftuneInputError(f"config {config.kwargs} has no {', '.join(missing)}: "
+                                         f"the {self.family.name} model ranks "
+                                         f"{', '.join(params)}")
+            rows.append({**dict(zip(self.family.dims, values, strict=True)), "dtype": dtype,
+                         "device_id": device, "dataflow": dataflow,
+                         "config": json.dumps({p: int(given[p]) for p in sorted(params)})})
+        return pd.DataFrame(rows), params
 
     def _load(self) -> tuple[Any, Any]:
         if self._predictor is None:
             from perftune.model.runtime import Catalog, Predictor
             from perftune.store.db import Store
 
-            self._predictor = Predictor.load(self.model)
             with Store(self.db, read_only=True) as store:
-                self._catalog = Catalog.of(store)
+                if self.family.name == "gemm":
+                    self._predictor = Predictor.load(self.model)
+                else:
+                    self._predictor = Predictor.load_or_train(
+                        self.model, store, lambda _: None, family=self.family.name)
+                self._catalog = Catalog.of(store, self.family.name)
         return self._predictor, self._catalog
 
 
@@ -117,26 +173,77 @@ def _current_device() -> str:
     return gpu_device_id(torch.cuda.get_device_name())
 
 
-def autotune(configs: list[Any], key: list[str], *, budget: int = 8,
-             sizes: Sequence[str] = ("M", "N", "K"), device: str | None = None,
-             dtype: str | None = None, model: str | Path | None = None,
-             db: str | Path | None = None, **triton_options: Any) -> Callable[[Any], Any]:
-    """``triton.autotune(configs, key, ...)`` that times at most ``budget`` configs per key:
-    the model's best. ``sizes`` names the kernel's M, N and K arguments; other keyword
-    options (``do_bench``, ``warmup``, ``rep``, ``reset_to_zero``, ...) go to Triton."""
-    if "prune_configs_by" in triton_options:
-        raise PerftuneInputError("perftune's autotune prunes configs itself; drop "
-                                 "prune_configs_by (or use triton.autotune)")
-    prune = ModelPrune(budget=budget, sizes=sizes, device=device, dtype=dtype, model=model,
-                       db=db)
+TRITON_OPTIONS = ("reset_to_zero", "restore_value", "pre_hook", "post_hook", "warmup", "rep",
+                  "use_cuda_graph", "do_bench", "cache_results")
+
+
+def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any] | None = None,
+             reset_to_zero: list[str] | None = None, restore_value: list[str] | None = None,
+             pre_hook: Callable[..., Any] | None = None,
+             post_hook: Callable[..., Any] | None = None, warmup: int | None = None,
+             rep: int | None = None, use_cuda_graph: bool = False,
+             do_bench: Callable[..., Any] | None = None, cache_results: bool = False, *,
+             budget: int = 8, family: str | bool | None = None,
+             sizes: Sequence[str] | Mapping[str, str] | None = None,
+             device: str | None = None, dtype: str | None = None,
+             model: str | Path | None = None, db: str | Path | None = None,
+             timer: str = "triton", min_keys: int = 4, name: str | None = None,
+             objective: str = "time") -> Callable[[Any], Any]:
+    """``triton.autotune(configs, key, ...)`` (same arguments, same meaning) that times at most
+    ``budget`` configs for a new key once a model can rank them, and stores what it measured
+    and chose.
+
+    ``family``: ``"gemm"``, ``"rmsnorm"``, ``"decode_attention"`` (or a plugin's reference):
+    rank with that family's runtime model, reading its sizes from the arguments ``sizes``
+    names (the family's order, or a mapping from its size names to argument names). Default:
+    GEMM when every config has ``BLOCK_M/N/K`` and the kernel has ``M, N, K`` arguments, else
+    none (``family=False`` forces none): the kernel's own measurements train its model once
+    ``min_keys`` keys are measured. ``device``, ``dtype``, ``model``: the family model's device
+    id, dtype and file. ``db``: the store (default: the user's). ``timer``: ``"triton"``
+    (Triton's benchmarker, as ``triton.autotune``) or ``"perftune"`` (perftune's timer); an
+    explicit ``do_bench`` wins. ``name``: the kernel's name in the store (default: the
+    function's). ``objective``: ``"time"`` only (energy needs NVML; not offered here)."""
+    if budget < 1:
+        raise PerftuneInputError(f"budget must be at least 1 (got {budget})")
+    if min_keys < 1:
+        raise PerftuneInputError(f"min_keys must be at least 1 (got {min_keys})")
+    if timer not in ("triton", "perftune"):
+        raise PerftuneInputError(f"timer must be 'triton' or 'perftune' (got {timer!r})")
+    if objective != "time":
+        raise PerftuneInputError(f"objective {objective!r} is not offered: autotune ranks and "
+                                 f"times by runtime only (objective='time')")
+    options = {"reset_to_zero": reset_to_zero, "restore_value": restore_value,
+               "pre_hook": pre_hook, "post_hook": post_hook, "warmup": warmup, "rep": rep,
+               "use_cuda_graph": use_cuda_graph, "do_bench": do_bench,
+               "cache_results": cache_results, "prune_configs_by": prune_configs_by}
 
     def decorate(fn: Any) -> Any:
-        import triton
+        from perftune.tune._autotuner import PerftuneAutotuner, perftune_do_bench
 
-        tuned = triton.autotune(configs=configs, key=key,
-                                prune_configs_by={"early_config_prune": prune},
-                                **triton_options)(fn)
+        chosen = _family_of(family, configs, list(fn.arg_names))
+        prune = None
+        if chosen is not None:
+            prune = ModelPrune(budget=budget, sizes=sizes, device=device, dtype=dtype,
+                               model=model, db=db, family=chosen)
+        timer_name = "custom" if do_bench is not None else "triton_do_bench"
+        if do_bench is None and timer == "perftune":
+            options["do_bench"], timer_name = perftune_do_bench()
+        tuned = PerftuneAutotuner(fn, list(fn.arg_names), configs, key, budget=budget,
+                                  family_prune=prune, family_name=chosen, db=db,
+                                  min_keys=min_keys, timer_name=timer_name, name=name,
+                                  device=None, **options)
         tuned.perftune_prune = prune
         return tuned
 
     return decorate
+
+
+def _family_of(family: str | bool | None, configs: list[Any], arg_names: list[str]
+               ) -> str | None:
+    if family is False:
+        return None
+    if isinstance(family, str):
+        return family
+    gemm_configs = bool(configs) and all(
+        all(name in getattr(c, "kwargs", {}) for name in REQUIRED) for c in configs)
+    return "gemm" if gemm_configs and {"M", "N", "K"} <= set(arg_names) else None

@@ -1,0 +1,247 @@
+"""Triton's ``Autotuner`` with perftune's ranking and persistence (imported only once Triton is;
+see :func:`perftune.tune.autotune.autotune`)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from triton.runtime.autotuner import Autotuner, Config
+
+from perftune.tune import _autotune_model
+from perftune.tune._autotune_store import AutotuneRecords, KernelIdentity, canonical
+
+CONFIG_FIELDS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+
+
+def config_dict(config: Config) -> dict[str, Any]:
+    """A config's parameters as one JSON-able dict (its kwargs and launch options)."""
+    out = {name: _plain(value) for name, value in config.kwargs.items()}
+    for name in CONFIG_FIELDS:
+        value = getattr(config, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, bool | int | float | str) or value is None else str(value)
+
+
+class PerftuneAutotuner(Autotuner):
+    """``triton.runtime.autotuner.Autotuner`` (same key, hooks, benchmarking, per-key cache and
+    ``best_config``) that, for a key it has not seen, first looks the choice up in the store,
+    else ranks the configs (family model or the kernel's learned model) and times only the
+    ``budget`` best, then stores the measurements and the choice."""
+
+    def __init__(self, fn: Any, arg_names: list[str], configs: list[Config], key: list[str], *,
+                 budget: int, family_prune: Callable[..., list[Config]] | None,
+                 family_name: str | None, db: Any, min_keys: int, timer_name: str,
+                 name: str | None, device: str | None, **options: Any):
+        super().__init__(fn, arg_names, configs, key, **options)
+        self.budget = budget
+        self.family_prune = family_prune
+        self.family_name = family_name
+        self.min_keys = min_keys
+        self.timer_name = timer_name
+        identity = KernelIdentity(kernel=name or self.base_fn.__name__,
+                                  source_hash=source_hash(fn),
+                                  device_id=device or current_device_id(),
+                                  software_key=software_key())
+        self.records = AutotuneRecords(db, identity)
+        self.configs_hash = hashlib.sha1(
+            "|".join(canonical(config_dict(c)) for c in self.configs).encode()).hexdigest()
+        self.benchmarks = 0  # configs timed by this process
+        self.history: list[dict[str, Any]] = []  # per new key: how it was answered
+        self._loaded = False
+        self._choices: dict[str, dict[str, Any]] = {}
+        self._measured = pd.DataFrame()
+        self._ranked_by = "all"
+        self._features: dict[int, dict[str, Any]] = {}
+
+    # -- the key ------------------------------------------------------------------------------
+    def _tuning_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """Triton's key for these arguments (``Autotuner.run``'s)."""
+        all_args = {**dict(zip(self.arg_names, args, strict=False)), **kwargs}
+        named = {k: v for k, v in all_args.items() if k in self.arg_names}
+        key = [named[k] for k in self.keys if k in named]
+        key += [str(v.dtype) for v in named.values() if hasattr(v, "dtype")]
+        return tuple(key)
+
+    def _choice_key(self, tuning_key: tuple[Any, ...]) -> str:
+        return self.records.identity.digest(_key_text(tuning_key), self.configs_hash)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if len(self.configs) <= 1:
+            return super().run(*args, **kwargs)
+        key = self._tuning_key(args, kwargs)
+        if key in self.cache:
+            return super().run(*args, **kwargs)
+        if not self._loaded:
+            self._choices, self._measured = self.records.load()
+            self._loaded = True
+        stored = self._choices.get(self._choice_key(key))
+        config = self._config_of(stored["config"]) if stored else None
+        if config is not None:
+            self.cache[key] = config
+            self.history.append({"key": _key_text(key), "measured": 0, "ranked_by": "stored"})
+            return super().run(*args, **kwargs)
+        self.configs_timings: dict[Config, Any] = {}
+        self._ranked_by = "all"
+        self._features = {}
+        before = self.benchmarks
+        result = super().run(*args, **kwargs)
+        self._remember(key, args, kwargs, self.benchmarks - before)
+        return result
+
+    def _config_of(self, text: str) -> Config | None:
+        for config in self.configs:
+            if canonical(config_dict(config)) == text:
+                return config
+        return None
+
+    # -- ranking --------------------------------------------------------------------------------
+    def prune_configs(self, kwargs: dict[str, Any]) -> list[Config]:
+        """The user's ``prune_configs_by`` (Triton's), then perftune's ranking to ``budget``."""
+        pruned = list(super().prune_configs(kwargs))
+        nargs = self.nargs or {}
+        self._features = {id(c): self._derived(c, nargs, kwargs) for c in pruned}
+        if len(pruned) <= self.budget:
+            return pruned
+        if self.family_prune is not None:
+            self._ranked_by = f"family:{self.family_name}"
+            return list(self.family_prune(pruned, nargs, **kwargs))
+        measured = self._measured
+        if measured.empty or measured["tuning_key"].nunique() < self.min_keys:
+            return pruned
+        key_values = self._key_values(nargs, kwargs)
+        candidates = [_autotune_model.feature_row(key_values, config_dict(c),
+                                                  self._features[id(c)]) for c in pruned]
+        order = _autotune_model.rank(measured, candidates)
+        self._ranked_by = "learned"
+        return [pruned[i] for i in order[:self.budget]]
+
+    def _key_values(self, nargs: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        named = {**nargs, **kwargs}
+        return {k: _plain(named[k]) for k in self.keys if k in named}
+
+    def _derived(self, config: Config, nargs: dict[str, Any], kwargs: dict[str, Any]
+                 ) -> dict[str, Any]:
+        """Programs of the launch grid for ``config``, and programs per SM."""
+        grid = kwargs.get("grid")
+        try:
+            if callable(grid):
+                grid = grid({**nargs, **kwargs, **config.all_kwargs()})
+            dims = [int(g) for g in (grid if isinstance(grid, tuple | list) else (grid,))]
+        except Exception:  # a grid we cannot evaluate: no grid features
+            return {}
+        programs = math.prod(dims)
+        return {"programs": programs, "programs_per_sm": programs / sm_count()}
+
+    # -- timing and storing ---------------------------------------------------------------------
+    def _bench(self, *args: Any, config: Config, **meta: Any) -> Any:
+        self.benchmarks += 1
+        return super()._bench(*args, config=config, **meta)
+
+    def _remember(self, key: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any],
+                  measured: int) -> None:
+        nargs = dict(zip(self.arg_names, args, strict=False))
+        key_text = _key_text(key)
+        key_values = canonical(self._key_values(nargs, kwargs))
+        rows = []
+        for config, timing in (getattr(self, "configs_timings", None) or {}).items():
+            ms = timing[0] if isinstance(timing, list | tuple) else timing
+            cfg = canonical(config_dict(config))
+            rows.append({"key": self.records.identity.digest(key_text, cfg),
+                         "tuning_key": key_text, "key_values": key_values, "config": cfg,
+                         "features": json.dumps(self._features.get(id(config), {})),
+                         "runtime_ms": float(ms) if math.isfinite(float(ms)) else None,
+                         "timer": self.timer_name})
+        best = self.cache[key]
+        timings = getattr(self, "configs_timings", None) or {}
+        best_ms = timings.get(best)
+        best_ms = best_ms[0] if isinstance(best_ms, list | tuple) else best_ms
+        choice_key = self._choice_key(key)
+        choice: dict[str, Any] = {"key": choice_key, "tuning_key": key_text,
+                  "config": canonical(config_dict(best)),
+                  "runtime_ms": float(best_ms) if best_ms is not None else None,
+                  "configs": len(self.configs), "measured": measured,
+                  "ranked_by": self._ranked_by}
+        if rows:
+            self._measured = pd.concat([self._measured, pd.DataFrame(rows)], ignore_index=True)
+        self._choices[choice_key] = choice
+        self.records.record(rows, choice)
+        self.history.append({"key": key_text, "measured": measured,
+                             "ranked_by": self._ranked_by})
+
+
+def _key_text(key: tuple[Any, ...]) -> str:
+    return json.dumps([_plain(v) for v in key])
+
+
+def source_hash(fn: Any) -> str:
+    """A hash of the kernel's source (on a GPU, Triton's own hash of it and of the jitted
+    functions it calls)."""
+    base = fn
+    while not inspect.isfunction(base):
+        base = base.fn
+    parts = [inspect.getsource(base)]
+    jitted = fn
+    while hasattr(jitted, "fn") and not hasattr(jitted, "cache_key"):
+        jitted = jitted.fn
+    with contextlib.suppress(Exception):  # the interpreter's functions have no cache key
+        parts.append(str(jitted.cache_key))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _on_gpu() -> bool:
+    import os
+
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+def current_device_id() -> str:
+    from perftune.collect.device import INTERPRETER_DEVICE_ID, gpu_device_id
+
+    if not _on_gpu():
+        return INTERPRETER_DEVICE_ID
+    import torch
+
+    return gpu_device_id(torch.cuda.get_device_name())
+
+
+def sm_count() -> int:
+    if not _on_gpu():
+        return 1
+    import torch
+
+    return int(torch.cuda.get_device_properties(0).multi_processor_count)
+
+
+def software_key() -> str:
+    import torch
+    import triton
+
+    from perftune.store.keys import software_key as key
+
+    return key(torch.__version__, triton.__version__, torch.version.cuda, None)
+
+
+def perftune_do_bench() -> tuple[Callable[..., float], str]:
+    """perftune's timer as a ``do_bench``: CUDA events on a GPU, wall clock otherwise."""
+    from perftune.collect.timers import timer_for
+
+    timer = timer_for(_on_gpu())
+
+    def do_bench(kernel_call: Callable[[], None], quantiles: Any = None, **_: Any) -> float:
+        return timer.time(kernel_call).median_ms
+
+    return do_bench, f"perftune:{timer.name}"
