@@ -12,7 +12,8 @@ cache (``TRITON_CACHE_DIR``):
 2. perftune's ``autotune`` into a fresh store: the same, with how many configs it measured per
    key (the measurements-per-new-key curve: all until the learned model has ``min_keys`` keys);
 3. perftune's ``autotune`` again in a new process on that store: every key a lookup
-   (``second_process_s``: the wall time of all its first calls);
+   (``second_process_s``: the wall time of all its first calls, the chosen configs' compiles
+   included, its Triton cache being cold too);
 4. the two picks of every key re-timed side by side (``triton.testing.do_bench``, interleaved
    rounds, median).
 
