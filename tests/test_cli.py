@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from perftune.store.db import Store
+from perftune.store.schema import SCHEMA_VERSION
 from tests.conftest import fingerprint
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -125,7 +126,7 @@ def test_older_store_is_migrated_on_request(db: Path, cli: Cli) -> None:
     code, _, err = cli("db", "stats", "--db", db)
     assert code == 2 and "perftune db migrate" in err
     code, out, _ = cli("db", "migrate", "--db", db)
-    assert code == 0 and "schema v2" in out
+    assert code == 0 and f"schema v{SCHEMA_VERSION}" in out
     assert cli("db", "stats", "--db", db)[0] == 0
 
 

@@ -19,7 +19,7 @@ def test_rmsnorm_fit_predict_and_tune(shipped: Path, tmp_path: Path, cli: Cli) -
     code, out, err = cli("fit", "--family", "rmsnorm", "--db", shipped, "--trees", "8",
                          "--out", model)
     assert code == 0, err
-    assert "rmsnorm runtime forest" in out
+    assert "runtime forest (rmsnorm)" in out
     code, out, err = cli("predict", "--family", "rmsnorm", "--db", shipped, "--model", model,
                          "--problem", "3000x7168", "--dtype", "bf16", "--device", H100,
                          "--top", "3", "--json")

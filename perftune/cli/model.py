@@ -90,7 +90,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                 devices=args.device, target=args.target, **params)
     name = load_family(args.family).name
     path = save_model(args.out or model_path(args.target, family=name), model, meta)
-    print(f"trained a {args.family} {args.target} {args.model} on {meta['rows']} measurements "
+    print(f"trained a {args.target} {args.model} ({name}) on {meta['rows']} measurements "
           f"of {meta['problems']} problems ({', '.join(meta['devices'])}); saved {path}")
     return 0
 
