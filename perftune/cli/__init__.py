@@ -9,11 +9,11 @@ import signal
 import sys
 import threading
 
-from perftune.cli import collect, db, device, kernels, model, serve, tune
+from perftune.cli import collect, db, device, kernels, model, report, serve, tune
 from perftune.cli._common import EXIT_BAD_INPUT, STOP_SIGNALS, Parser, StopToken
 from perftune.errors import PerftuneInputError
 
-COMMANDS = (device, collect, db, model, tune, kernels, serve)
+COMMANDS = (device, collect, db, model, tune, kernels, serve, report)
 DESCRIPTION = """\
 perftune measures GPU kernel configurations into a DuckDB store, models them, tunes kernels in
 few measurements and serves the best config per problem and device over HTTP.
@@ -25,6 +25,8 @@ few measurements and serves the best config per problem and device over HTTP.
   perftune predict                predict one config, or rank every known config
   perftune evaluate               a model's accuracy on the held-out problems (HTML report)
   perftune tune                   find the best dataflow and config in few measurements
+  perftune kernels                kernels tuned by the autotune decorator, their keys and picks
+  perftune report                 the analysis plots of the store in one HTML page
   perftune serve                  the REST service (OpenAPI docs at /docs)
 
 The store is perftune.duckdb in $PERFTUNE_HOME (default ~/.local/share/perftune) unless --db
