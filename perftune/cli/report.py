@@ -15,8 +15,8 @@ def register(sub: Any) -> None:
         "report", help="the store's analysis figures (roofline, winners, model, tuners, "
         "energy, devices) as one HTML page",
         description="Draw the analysis figures of perftune.analysis.plots for each family "
-        "(or --family) as PNGs and write index.html beside them. A family without a model "
-        "gets a small one trained for the page (seconds; not saved).",
+        "(or --family)\nas PNGs and write index.html beside them. A family without a model "
+        "gets a small\none trained for the page (seconds; not saved).",
         epilog="example:\n  perftune report --out report --family rmsnorm",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     db_option(report)
