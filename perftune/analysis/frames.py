@@ -7,6 +7,7 @@ rooflines, fronts) read only ok rows that perftune measured itself on a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -245,17 +246,21 @@ def config_runtimes(store: Store, family: str, problem: ProblemLike, device: str
 
 
 def model_for(store: Store, family: str = "gemm") -> Predictor:
-    """The user's model of ``family`` (``$PERFTUNE_HOME/models``) where there is one, else a
-    small forest trained on ``store`` now (seconds; kept for this process, never saved).
+    """The user's model of ``family`` (``$PERFTUNE_HOME/models``) where there is one that this
+    perftune can read, else a small forest trained on ``store`` now (seconds; kept for this
+    process, never saved).
 
     >>> model_for(store, "rmsnorm").meta["rows"]
     1494
     """
     path = model_path("runtime", family=family)
-    key = (str(path) if path.exists() else str(store.path), family)
+    if path.exists() and (str(path), family) not in _MODELS:
+        # one trained on other features than this perftune computes: a small one instead
+        with contextlib.suppress(PerftuneInputError):
+            _MODELS[(str(path), family)] = Predictor.load(path)
+    key = (str(path), family) if (str(path), family) in _MODELS else (str(store.path), family)
     if key not in _MODELS:
-        _MODELS[key] = (Predictor.load(path) if path.exists() else
-                        Predictor(*fit_model(store, family=family, **SMALL_FOREST)))
+        _MODELS[key] = Predictor(*fit_model(store, family=family, **SMALL_FOREST))
     return _MODELS[key]
 
 
