@@ -145,15 +145,6 @@ def check_fits(problem: Problem, bytes_needed: float, memory_bytes: int | None,
 GEMM_DIMS = ("m", "n", "k")
 
 
-def check_gemm(problem: Problem) -> Problem:
-    """Refuse GEMM sizes the kernels cannot index (an operand over 2^31 elements): the one
-    check of a GEMM problem that every command and the service's schemas apply. Returns the
-    problem, so that it reads ``check_gemm(parse_problem(...))``."""
-    m, n, k = (problem[d] for d in GEMM_DIMS)
-    check_fits(problem, 0.0, None, max(m * k, k * n, m * n))
-    return problem
-
-
 def read_problems_file(path: str | Path, dim_names: Sequence[str], dtype: str,
                        family: str | None = None) -> list[Problem]:
     """Problems from a CSV with a header of size names (and optionally ``dtype``), or from a

@@ -5,20 +5,16 @@ name. A request's sizes are checked against its family here, for the schemas."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from perftune.collect.families import BUILTIN, KernelFamily, load_family
-from perftune.collect.problems import Problem, check_gemm, make_problem
+from perftune.collect.problems import Problem, make_problem
 from perftune.errors import PerftuneInputError
 
 DEFAULT_FAMILY = "gemm"  # a request that names no family asks about GEMM
 FAMILIES: tuple[str, ...] = tuple(BUILTIN)
 MAX_SIZE = 1 << 24  # any size of any family, as GEMM's m, n and k always were
-# The one check of a problem per family, beyond names and positive integers, that the CLI
-# applies too: sizes the family refuses, operands over the 2^31 elements the kernels index.
-# A family's own (KernelFamily.validate), GEMM's as it always was (check_gemm).
-_CHECKS: dict[str, Callable[[Problem], Problem]] = {DEFAULT_FAMILY: check_gemm}
 
 
 @functools.cache
@@ -49,8 +45,9 @@ def problem_of(family: str, sizes: Mapping[str, object], dtype: str) -> Problem:
     if too_large:
         raise PerftuneInputError(f"problem {family!r}: size {', '.join(too_large)} over "
                                  f"{MAX_SIZE:,}")
-    check = _CHECKS.get(family, kind.validate)  # the check the CLI applies too
-    return check(problem)
+    # The check the CLI applies too: sizes the family refuses, operands over the 2^31
+    # elements the kernels index.
+    return kind.validate(problem)
 
 
 def check_dataflows(family: str, dataflows: list[str]) -> None:
