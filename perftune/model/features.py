@@ -17,17 +17,15 @@ from perftune.collect.families._gemm_features import (
     CANDIDATE_FEATURES,
     FEATURES,
     GEMM_PARAMS,
-    LIBRARY_TILE,
     gemm_feature_arrays,
-    shared_memory_bytes,
 )
 from perftune.errors import PerftuneInputError
 from perftune.store.db import Store
 from perftune.store.queries import measurements_with_devices
 
 __all__ = ["CANDIDATE_FEATURES", "DEVICE_COLUMNS", "ELEMENT_BYTES", "FEATURES", "GEMM_PARAMS",
-           "LIBRARY_TILE", "Columns", "family_features", "gemm_feature_arrays", "gemm_features",
-           "load_measurements", "shared_memory_bytes", "with_config_columns",
+           "Columns", "family_features", "gemm_feature_arrays", "gemm_features",
+           "load_measurements", "with_config_columns",
            "with_size_columns"]
 
 
