@@ -253,6 +253,8 @@ def main() -> None:
         "benchmark": "autotune_vs_triton",
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(),
+        "command": "python -m benchmarks.autotune_vs_triton " + " ".join(sys.argv[1:]),
+        "software": {"torch": torch.__version__, "triton": _triton_version()},
         "budget": args.budget,
         "kernels": report,
         "keys": {name: len(r["curve"]) for name, r in report.items()},
@@ -268,6 +270,12 @@ def main() -> None:
               f"curve {r['curve']}")
     print(f"geomean  first_call_ratio {summary['first_call_ratio']:.3f}  speed_ratio "
           f"{summary['speed_ratio']:.3f}  second_process_s {summary['second_process_s']:.2f}")
+
+
+def _triton_version() -> str:
+    import triton
+
+    return str(triton.__version__)
 
 
 def _prepare(db: Path, model: Path) -> None:
