@@ -177,18 +177,15 @@ class Campaign:
 Progress = Callable[[SweepSummary], None]
 
 
-class Session:
-    """The measuring core that the sweep, the energy-only re-measurement, the re-timing and the
-    live tuner share: it owns the device (through the isolated worker), the compile pool and
-    the campaign lifecycle, and measures chunks of planned configs. Its store is written by
-    this process alone."""
+class Bench:
+    """The measuring core that every collector shares: it owns the device (through the
+    isolated worker) and the compile pool, and measures chunks of planned configs into rows.
+    It never opens the store: a :class:`Session` adds that here, and a cluster worker sends
+    its rows to the campaign driver, the store's one writer."""
 
-    def __init__(self, store: Store, spec: SweepSpec, *, command: str | None = None,
-                 stop: StopRequest | None = None):
-        self.store = store
+    def __init__(self, spec: SweepSpec, *, stop: StopRequest | None = None):
         self.spec = spec
         self.family = validate(spec)
-        self.command = command or " ".join(sys.argv)
         self.stop: StopRequest = stop or _NeverStop()
         self.mode = select_mode(spec.interpret)
         self.worker = IsolatedWorker(spec.family, self.mode, energy=spec.energy)
@@ -215,25 +212,6 @@ class Session:
                 self.precompiler.close()
                 self.precompiler = None
 
-    def open_campaign(self, campaign: Campaign) -> None:
-        """Store the device and a ``running`` campaign row."""
-        device = self.device
-        record = {k: v for k, v in device.items() if k not in ("software", "cuda_version",
-                                                                "driver_version")}
-        self.store.upsert_device({**record, "cuda_version": device.get("cuda_version"),
-                                  "driver_version": device.get("driver_version")})
-        self.store.start_campaign({"campaign_id": campaign.campaign_id,
-                                   "device_id": device["device_id"],
-                                   "family": self.family.name, "command": self.command,
-                                   "host": socket.gethostname(), "planned": campaign.planned})
-
-    def close_campaign(self, campaign: Campaign, *, finished: bool) -> None:
-        """Mark the campaign finished, or interrupted (a stop request, an error); a campaign
-        that was never stored, or is closed already, is left as it is."""
-        self.store.finish_campaign(campaign.campaign_id,
-                                   status="finished" if finished else "interrupted",
-                                   written=campaign.written)
-
     # -- what to measure ----------------------------------------------------------------------
     @property
     def timer_name(self) -> str:
@@ -257,10 +235,12 @@ class Session:
                             planned=planned, already_stored=already_stored)
 
     def precompile(self, items: Sequence[Planned]) -> None:
-        """Compile the items' kernels in a process pool ahead of the worker (GPU only)."""
-        if self.mode == GPU and items and self.precompiler is None:
-            self.precompiler = Precompiler(self.family, self.spec.family,
-                                           self.spec.compile_workers)
+        """Compile the items' kernels in a process pool ahead of the worker (GPU only); the
+        pool is started once and stays for later items."""
+        if self.mode == GPU and items:
+            if self.precompiler is None:
+                self.precompiler = Precompiler(self.family, self.spec.family,
+                                               self.spec.compile_workers)
             self.precompiler.submit(compile_targets(self.family, (p.task for p in items)))
 
     # -- measuring ----------------------------------------------------------------------------
@@ -362,6 +342,34 @@ class Session:
         return row
 
 
+class Session(Bench):
+    """A :class:`Bench` with the store it writes (this process alone) and the campaign
+    lifecycle: what the sweep, the energy-only re-measurement, the re-timing and the live
+    tuner run on."""
+
+    def __init__(self, store: Store, spec: SweepSpec, *, command: str | None = None,
+                 stop: StopRequest | None = None):
+        super().__init__(spec, stop=stop)
+        self.store = store
+        self.command = command or " ".join(sys.argv)
+
+    def open_campaign(self, campaign: Campaign) -> None:
+        """Store the device and a ``running`` campaign row."""
+        device = self.device
+        self.store.upsert_device(device_record(device))
+        self.store.start_campaign({"campaign_id": campaign.campaign_id,
+                                   "device_id": device["device_id"],
+                                   "family": self.family.name, "command": self.command,
+                                   "host": socket.gethostname(), "planned": campaign.planned})
+
+    def close_campaign(self, campaign: Campaign, *, finished: bool) -> None:
+        """Mark the campaign finished, or interrupted (a stop request, an error); a campaign
+        that was never stored, or is closed already, is left as it is."""
+        self.store.finish_campaign(campaign.campaign_id,
+                                   status="finished" if finished else "interrupted",
+                                   written=campaign.written)
+
+
 ChunkStep = Callable[[Sequence[Planned], str], int]
 
 
@@ -380,7 +388,7 @@ def run_campaign(session: Session, summary: SweepSummary, items: Sequence[Planne
         summary.campaign_id = campaign.campaign_id
         session.precompile(items)
         report(summary)
-        for chunk in _chunks(items, session.spec.chunk_size):
+        for chunk in chunks(items, session.spec.chunk_size):
             if session.stopping:
                 break
             summary.written += step(chunk, campaign.campaign_id)
@@ -595,6 +603,15 @@ TIMING_FIELDS = ("campaign_id", "rel_error", "timer", "measured_at", "runtime_ms
                  "tflops", "gbps")
 
 
+def device_record(device: dict[str, Any]) -> dict[str, Any]:
+    """A device as the store's ``devices`` table keeps it (the worker's identity less its
+    software, which measurements carry)."""
+    record = {k: v for k, v in device.items() if k not in ("software", "cuda_version",
+                                                            "driver_version")}
+    return {**record, "cuda_version": device.get("cuda_version"),
+            "driver_version": device.get("driver_version")}
+
+
 def _retimed(row: dict[str, Any], with_energy: bool) -> dict[str, Any]:
     """The columns a re-timing replaces; energy too where the row had some (left empty if
     measuring it failed this time: the older number is the one in doubt)."""
@@ -618,8 +635,9 @@ def _retime(task: Task, *, time: bool = True, energy_window_s: float | None = No
                 energy_window_s=energy_window_s, call_ms=call_ms)
 
 
-def _chunks(items: Sequence[Planned], size: int) -> list[Sequence[Planned]]:
-    """Consecutive chunks that never mix problems (inputs are made once per problem)."""
+def chunks(items: Sequence[Planned], size: int) -> list[Sequence[Planned]]:
+    """Consecutive chunks of at most ``size`` that never mix problems (inputs are made once
+    per problem)."""
     chunks: list[Sequence[Planned]] = []
     current: list[Planned] = []
     for item in items:

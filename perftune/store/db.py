@@ -27,7 +27,8 @@ from perftune.store.schema import (
 
 _META = "perftune_meta"
 _KEYS = {"devices": "device_id", "campaigns": "campaign_id", "measurements": "key",
-         "autotune_measurements": "key", "autotune_choices": "key"}
+         "autotune_measurements": "key", "autotune_choices": "key",
+         "campaign_runs": "run_id", "campaign_events": "key"}
 
 # Campaigns this process has started and not finished. DuckDB lets one process write a store
 # at a time, so a `running` campaign that a writer finds and did not start is dead: its process
@@ -151,6 +152,11 @@ class Store:
                       FROM _dead d LEFT JOIN measurements m ON m.campaign_id = d.id
                       GROUP BY d.id) AS w
                 WHERE c.campaign_id = w.id AND c.status = 'running'""")
+            self._con.execute("""
+                UPDATE campaign_runs SET status = 'interrupted',
+                    finished_at = coalesce(finished_at, ?)
+                WHERE status = 'running' AND run_id IN (SELECT run_id FROM campaigns
+                    WHERE campaign_id IN (SELECT id FROM _dead))""", [now()])
         return len(dead)
 
     def _migrate(self, version: int) -> None:
@@ -313,6 +319,52 @@ class Store:
                 "WHERE campaign_id = ? AND status = 'running'",
                 [status, now(), written, campaign_id])
         _OWN_CAMPAIGNS.discard(campaign_id)
+
+    # -- campaigns on a cluster ----------------------------------------------------------------
+    def start_run(self, run: Mapping[str, Any]) -> None:
+        """Store a ``running`` cluster campaign (perftune.collect.campaign)."""
+        self.insert("campaign_runs", [{"status": "running", "started_at": now(), **run}])
+
+    def reopen_run(self, run_id: str) -> None:
+        """A stopped cluster campaign running again (``perftune campaign resume``), with its
+        device and family campaigns, owned by this process."""
+        self._require_writable()
+        with self._guard(), self._transaction():
+            self._con.execute("UPDATE campaign_runs SET status = 'running', finished_at = NULL "
+                              "WHERE run_id = ?", [run_id])
+            ids = [r[0] for r in self._con.execute(
+                "UPDATE campaigns SET status = 'running', finished_at = NULL WHERE run_id = ? "
+                "RETURNING campaign_id", [run_id]).fetchall()]
+        _OWN_CAMPAIGNS.update(ids)
+
+    def set_campaign_planned(self, campaign_id: str, planned: int) -> None:
+        self._require_writable()
+        with self._guard():
+            self._con.execute("UPDATE campaigns SET planned = ? WHERE campaign_id = ?",
+                              [planned, campaign_id])
+
+    def finish_run(self, run_id: str, *, status: str) -> None:
+        """Close a cluster campaign and its running device and family campaigns, each with
+        the rows it holds."""
+        if status not in CAMPAIGN_STATUSES or status == "running":
+            raise ValueError(f"a campaign finishes as finished or interrupted, not {status!r}")
+        written = self.query("SELECT c.campaign_id, count(m.key) AS n FROM campaigns c LEFT "
+                             "JOIN measurements m USING (campaign_id) WHERE c.run_id = ? "
+                             "AND c.status = 'running' GROUP BY ALL", [run_id])
+        for campaign_id, count in written.itertuples(index=False):
+            self.finish_campaign(campaign_id, status=status, written=int(count))
+        with self._guard():
+            self._con.execute("UPDATE campaign_runs SET status = ?, finished_at = ? "
+                              "WHERE run_id = ? AND status = 'running'", [status, now(), run_id])
+
+    def add_event(self, run_id: str, event: str, *, worker: str | None = None,
+                  device_id: str | None = None, detail: str | None = None) -> None:
+        """Record what happened to a cluster campaign (a lost worker, a failed chunk...)."""
+        count = self.query("SELECT count(*) AS n FROM campaign_events WHERE run_id = ?",
+                           [run_id])["n"].iloc[0]
+        self.insert("campaign_events", [{
+            "key": f"{run_id}:{int(count) + 1:06d}", "run_id": run_id, "happened_at": now(),
+            "event": event, "worker": worker, "device_id": device_id, "detail": detail}])
 
     # -- reading ------------------------------------------------------------------------------
     def device(self, device_id: str) -> dict[str, Any] | None:

@@ -137,6 +137,33 @@ AUTOTUNE_CHOICE_COLUMNS: dict[str, str] = {
     "chosen_at": "TIMESTAMP NOT NULL",
 }
 
+# Added by migration 4 -> 5: campaigns run on a cluster (perftune.collect.campaign). A run holds
+# its spec (TOML text, so that ``perftune campaign resume`` needs nothing else); its measuring
+# happens in ordinary ``campaigns`` rows, one per device and family, tied to it by ``run_id``.
+# Events record what went wrong on the way: a lost worker, a failed chunk, a quarantined GPU.
+CAMPAIGN_COLUMNS_V5: dict[str, str] = {"run_id": "VARCHAR"}
+CAMPAIGN_RUN_COLUMNS: dict[str, str] = {
+    "run_id": "VARCHAR PRIMARY KEY",
+    "name": "VARCHAR NOT NULL",
+    "spec": "VARCHAR NOT NULL",  # the spec file's TOML text
+    "spec_path": "VARCHAR",
+    "cluster": "VARCHAR",
+    "command": "VARCHAR",
+    "host": "VARCHAR",
+    "status": "VARCHAR NOT NULL",  # running / finished / interrupted
+    "started_at": "TIMESTAMP NOT NULL",
+    "finished_at": "TIMESTAMP",
+}
+CAMPAIGN_EVENT_COLUMNS: dict[str, str] = {
+    "key": "VARCHAR PRIMARY KEY",  # run_id:sequence
+    "run_id": "VARCHAR NOT NULL",
+    "happened_at": "TIMESTAMP NOT NULL",
+    "event": "VARCHAR NOT NULL",  # worker_lost / chunk_failed / quarantined / interrupted
+    "worker": "VARCHAR",
+    "device_id": "VARCHAR",
+    "detail": "VARCHAR",
+}
+
 _TABLES_V1: dict[str, dict[str, str]] = {
     "devices": DEVICE_COLUMNS,
     "campaigns": CAMPAIGN_COLUMNS,
@@ -145,6 +172,9 @@ _TABLES_V1: dict[str, dict[str, str]] = {
 
 TABLES: dict[str, dict[str, str]] = {
     **_TABLES_V1,
+    "campaigns": {**CAMPAIGN_COLUMNS, **CAMPAIGN_COLUMNS_V5},
+    "campaign_runs": CAMPAIGN_RUN_COLUMNS,
+    "campaign_events": CAMPAIGN_EVENT_COLUMNS,
     "measurements": {**MEASUREMENT_COLUMNS, **MEASUREMENT_COLUMNS_V2, **MEASUREMENT_COLUMNS_V3},
     "autotune_measurements": AUTOTUNE_MEASUREMENT_COLUMNS,
     "autotune_choices": AUTOTUNE_CHOICE_COLUMNS,
@@ -173,6 +203,10 @@ MIGRATIONS: list[list[str]] = [
      _create("autotune_choices", AUTOTUNE_CHOICE_COLUMNS),
      "CREATE INDEX autotune_measurements_kernel ON autotune_measurements "
      "(kernel, source_hash, device_id, software_key)"],
+    # 4 -> 5: campaigns on a cluster.
+    ["ALTER TABLE campaigns ADD COLUMN run_id VARCHAR",
+     _create("campaign_runs", CAMPAIGN_RUN_COLUMNS),
+     _create("campaign_events", CAMPAIGN_EVENT_COLUMNS)],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,443 @@
+"""The campaign driver: plans a spec per device type, hands chunks to the Dask workers, and is
+the only writer of the store.
+
+A task is (device type, problem, chunk of configs): it runs on a worker offering that device's
+resource (:mod:`.tasks`). Rows come back whole per chunk and are written in transactional
+batches, each row once (keys are natural; a re-run chunk's rows are skipped). What can go
+wrong is handled where it happens:
+
+- a worker killed mid-chunk: Dask runs the chunk again elsewhere; its rows never arrived;
+- a chunk that fails (the worker's device would not start): retried on another worker, and
+  given up after three tries (recorded; ``resume`` tries again);
+- a worker lost, or failing, ``quarantine_after`` times: retired and named in ``status``;
+- the driver killed: ``perftune campaign resume RUN`` re-plans from the store and measures
+  only what is missing;
+- a stop request (SIGINT, SIGTERM): what arrived is written, the run is closed interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from perftune.collect.campaign.cluster import Connection
+from perftune.collect.campaign.spec import Campaign, Sweep, parse_spec
+from perftune.collect.campaign.tasks import (
+    PLUGIN_NAME,
+    DeviceProbe,
+    measure_chunk,
+    resource_of,
+)
+from perftune.collect.device import limits_of
+from perftune.collect.families import load_family
+from perftune.collect.sweep import Planned, StopRequest, chunks, device_record, plan
+from perftune.errors import PerftuneInputError
+from perftune.store.db import Store
+
+_TRIES = 3  # a chunk that fails this many times is given up (resume tries it again)
+_FLUSH_ROWS = 256
+_FLUSH_S = 5.0
+
+
+@dataclass
+class Chunk:
+    """One task: configs of one problem for one device type."""
+
+    index: int
+    spec: Any  # SweepSpec without its problem list (the items carry their problem)
+    items: Sequence[Planned]
+    campaign_id: str
+    device_id: str
+    tries: int = 0
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``interrupted`` when it ended before every planned row was stored."""
+
+    run_id: str
+    name: str
+    planned: int = 0
+    already_stored: int = 0
+    written: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    chunks: int = 0
+    chunks_done: int = 0
+    chunks_given_up: int = 0
+    workers_lost: int = 0
+    quarantined: list[str] = field(default_factory=list)
+    devices: dict[str, int] = field(default_factory=dict)  # device id -> workers
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def per_minute(self) -> float:
+        return self.written / self.elapsed_s * 60 if self.elapsed_s else 0.0
+
+
+Progress = Callable[[RunSummary], None]
+
+
+class _Never:
+    def is_set(self) -> bool:
+        return False
+
+
+def start_run(store: Store, campaign: Campaign, connection: Connection, *,
+              command: str | None = None, stop: StopRequest | None = None,
+              progress: Progress | None = None, notice: Callable[[str], None] | None = None,
+              device_timeout_s: float = 300.0) -> RunSummary:
+    """Run a new campaign from its spec."""
+    run_id = uuid.uuid4().hex[:12]
+    store.start_run({"run_id": run_id, "name": campaign.name, "spec": campaign.text,
+                     "spec_path": campaign.path, "cluster": connection.description,
+                     "command": command or " ".join(sys.argv), "host": socket.gethostname()})
+    return Driver(store, campaign, connection, run_id, stop=stop, progress=progress,
+                  notice=notice, device_timeout_s=device_timeout_s).run()
+
+
+def resume_run(store: Store, run_id: str, connection: Connection, *,
+               stop: StopRequest | None = None, progress: Progress | None = None,
+               notice: Callable[[str], None] | None = None,
+               device_timeout_s: float = 300.0) -> RunSummary:
+    """Finish a stopped campaign: re-plan its stored spec and measure only what is missing."""
+    runs = store.query("SELECT * FROM campaign_runs WHERE run_id = ?", [run_id])
+    if runs.empty:
+        raise PerftuneInputError(f"no campaign {run_id!r} in {store.path}; see `perftune "
+                                 f"campaign status`")
+    run = runs.iloc[0]
+    if run["status"] == "running":
+        raise PerftuneInputError(f"campaign {run_id} is running (another driver owns it)")
+    campaign = parse_spec(str(run["spec"]))
+    campaign = dataclasses.replace(campaign, path=run["spec_path"])
+    store.reopen_run(run_id)
+    store.add_event(run_id, "resumed", detail=connection.description)
+    return Driver(store, campaign, connection, run_id, stop=stop, progress=progress,
+                  notice=notice, device_timeout_s=device_timeout_s).run()
+
+
+class Driver:
+    """One run of a campaign on a cluster (see the module docstring)."""
+
+    def __init__(self, store: Store, campaign: Campaign, connection: Connection, run_id: str,
+                 *, stop: StopRequest | None, progress: Progress | None,
+                 notice: Callable[[str], None] | None, device_timeout_s: float):
+        self.store, self.campaign, self.client = store, campaign, connection.client
+        self.run_id = run_id
+        self.stop = stop or _Never()
+        self.progress = progress or (lambda summary: None)
+        self.notice = notice or (lambda text: None)
+        self.device_timeout_s = device_timeout_s
+        self.summary = RunSummary(run_id, campaign.name)
+        self.buffer: list[dict[str, Any]] = []
+        self.flushed_at = time.monotonic()
+        self.failures: Counter[str] = Counter()  # worker name -> losses and failed chunks
+        self.succeeded: dict[str, set[str]] = {}  # device id -> workers that measured a chunk
+        self.addresses: dict[str, str] = {}  # worker name -> address, as last seen
+        self.quarantined: set[str] = set()
+        self.devices: dict[str, dict[str, Any]] = {}
+        self.device_of: dict[str, str] = {}  # worker name -> device id
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        started = time.perf_counter()
+        finished = False
+        try:
+            self.client.register_plugin(DeviceProbe(), name=PLUGIN_NAME)
+            self.devices = self._wait_for_devices()
+            work = self._plan()
+            self.progress(self.summary)
+            finished = self._measure(work) and not self.stop.is_set()
+        finally:
+            self._flush()
+            self.summary.elapsed_s = time.perf_counter() - started
+            self.summary.interrupted = not finished
+            if not finished and self.stop.is_set():
+                self.store.add_event(self.run_id, "interrupted", detail="stop requested")
+            self.store.finish_run(self.run_id,
+                                  status="finished" if finished else "interrupted")
+        return self.summary
+
+    def _wait_for_devices(self) -> dict[str, dict[str, Any]]:
+        """Device id -> identity of the workers' devices, once every worker has reported
+        (or, after ``device_timeout_s``, those that have)."""
+        deadline = time.monotonic() + self.device_timeout_s
+        while True:
+            reports = self._reports()
+            if reports and all(r is not None for r in reports.values()):
+                break
+            if self.stop.is_set():
+                raise PerftuneInputError("stopped while the workers were starting")
+            if time.monotonic() > deadline:
+                if any(reports.values()):
+                    break
+                raise PerftuneInputError(f"no worker reported its device within "
+                                         f"{self.device_timeout_s:.0f} s")
+            time.sleep(0.5)
+        devices: dict[str, dict[str, Any]] = {}
+        for name, device in reports.items():
+            if device is not None:
+                devices.setdefault(device["device_id"], device)
+                self.summary.devices[device["device_id"]] = (
+                    self.summary.devices.get(device["device_id"], 0) + 1)
+                self.addresses[name] = self._address_of(name) or ""
+                self.device_of[name] = device["device_id"]
+        return devices
+
+    def _reports(self) -> dict[str, dict[str, Any] | None]:
+        """Each worker's device as its probe learned it (None while it is still probing)."""
+        def device_of(dask_worker: Any) -> Any:
+            probe = dask_worker.plugins.get(PLUGIN_NAME)
+            return (str(dask_worker.name), getattr(probe, "device", None))
+
+        answers = self.client.run(device_of, on_error="return")
+        return {answer[0]: answer[1] for answer in answers.values()
+                if isinstance(answer, tuple)}
+
+    def _address_of(self, name: str) -> str | None:
+        for address, info in self.client.scheduler_info(n_workers=-1)["workers"].items():
+            if str(info.get("name")) == name:
+                return str(address)
+        return None
+
+    def _plan(self) -> list[Chunk]:
+        """The chunks still to measure, per device type, with a campaign row per device and
+        family of this run (reopened when resuming)."""
+        work: list[Chunk] = []
+        campaigns: dict[str, int] = Counter()
+        seen: set[str] = set()
+        for sweep in self.campaign.sweeps:
+            for device_id, device in self.devices.items():
+                if sweep.devices is not None and device_id not in sweep.devices:
+                    continue
+                items = [p for p in self._planned(sweep, device) if p.key not in seen]
+                seen.update(p.key for p in items)
+                stored = self.store.existing_keys(p.key for p in items)
+                pending = [p for p in items if p.key not in stored]
+                self.summary.planned += len(items)
+                self.summary.already_stored += len(stored)
+                campaign_id = f"{self.run_id}:{device_id}:{load_family(sweep.spec.family).name}"
+                campaigns[campaign_id] += len(pending)
+                bare = dataclasses.replace(sweep.spec, problems=[])
+                for chunk in chunks(pending, sweep.spec.chunk_size):
+                    work.append(Chunk(len(work), bare, chunk, campaign_id, device_id))
+        for campaign_id, pending in campaigns.items():
+            self._open_campaign(campaign_id, pending)
+        self.summary.chunks = len(work)
+        return work
+
+    def _planned(self, sweep: Sweep, device: dict[str, Any]) -> list[Planned]:
+        family = load_family(sweep.spec.family)
+        fitting = [p for p in sweep.spec.problems
+                   if _fits(family, p, device.get("memory_bytes"))]
+        return plan(family, dataclasses.replace(sweep.spec, problems=fitting), device)
+
+    def _open_campaign(self, campaign_id: str, pending: int) -> None:
+        _, device_id, family = campaign_id.split(":", 2)
+        store = self.store
+        store.upsert_device(device_record(self.devices[device_id]))
+        done = int(store.query("SELECT count(*) AS n FROM measurements WHERE campaign_id = ?",
+                               [campaign_id])["n"].iloc[0])
+        if store.query("SELECT 1 FROM campaigns WHERE campaign_id = ?", [campaign_id]).empty:
+            store.start_campaign({"campaign_id": campaign_id, "device_id": device_id,
+                                  "family": family, "run_id": self.run_id,
+                                  "command": f"perftune campaign run {self.campaign.path}",
+                                  "host": socket.gethostname(), "planned": pending})
+        else:
+            store.set_campaign_planned(campaign_id, done + pending)
+
+    # -- measuring ----------------------------------------------------------------------------
+    def _measure(self, work: list[Chunk]) -> bool:
+        """Run every chunk; True when each one was measured and stored."""
+        from distributed import as_completed
+
+        if not work:
+            return True
+        pending: dict[str, Chunk] = {}
+        waiting = as_completed()
+        for chunk in work:
+            waiting.add(self._submit(chunk, pending))
+        complete = True
+        while not waiting.is_empty():
+            if self.stop.is_set():
+                self._cancel(pending)
+                return False
+            if waiting.has_ready():
+                for future in waiting.next_batch(block=False):
+                    chunk = pending.pop(future.key)
+                    retry = self._collect(future, chunk)
+                    if retry is not None:
+                        waiting.add(self._submit(retry, pending))
+                    elif future.status != "finished":
+                        complete = False
+            else:
+                time.sleep(0.2)
+                self._watch_workers()
+                if self._stranded(pending):
+                    complete = False
+                    break
+            if self._flush_due():
+                self._flush()
+        return complete
+
+    def _submit(self, chunk: Chunk, pending: dict[str, Chunk]) -> Any:
+        chunk.tries += 1
+        future = self.client.submit(
+            measure_chunk, chunk.spec, list(chunk.items), chunk.campaign_id,
+            key=f"perftune-{self.run_id}-{chunk.index}-{chunk.tries}",
+            resources={resource_of(chunk.device_id): 1}, pure=False)
+        pending[future.key] = chunk
+        return future
+
+    def _collect(self, future: Any, chunk: Chunk) -> Chunk | None:
+        """Take a finished chunk's rows; a failed chunk is returned to try again."""
+        if future.status == "finished":
+            result = future.result()
+            self.succeeded.setdefault(chunk.device_id, set()).add(
+                result["worker"].rsplit("/", 1)[-1])
+            self.buffer.extend(result["rows"])
+            self.summary.statuses.update(row["status"] for row in result["rows"])
+            self.summary.chunks_done += 1
+            self.progress(self.summary)
+            return None
+        if future.status == "cancelled":
+            return None
+        error = future.exception()
+        text = f"{type(error).__name__}: {error}"
+        worker = str(error).split(":", 1)[0] if type(error).__name__ == "ChunkFailed" else None
+        self.store.add_event(self.run_id, "chunk_failed", worker=worker,
+                             device_id=chunk.device_id, detail=f"chunk {chunk.index} try "
+                             f"{chunk.tries}: {text}"[:2000])
+        if worker:
+            self._count_failure(worker.rsplit("/", 1)[-1], text, chunk.device_id)
+        if chunk.tries < _TRIES:
+            return chunk
+        self.summary.chunks_given_up += 1
+        self.notice(f"chunk {chunk.index} ({chunk.items[0].task.problem}) given up after "
+                    f"{chunk.tries} tries: {text}")
+        return None
+
+    def _cancel(self, pending: dict[str, Chunk]) -> None:
+        futures = [f for f in self.client.futures.values() if f.key in pending]
+        if futures:
+            self.client.cancel(futures)
+
+    def _watch_workers(self) -> None:
+        """Count a worker that vanished or came back at a new address (killed and restarted
+        by its nanny) as lost."""
+        now_seen = {str(info.get("name")): address for address, info in
+                    self.client.scheduler_info(n_workers=-1)["workers"].items()}
+        for name, address in list(self.addresses.items()):
+            if name in self.quarantined:
+                continue
+            current = now_seen.get(name)
+            if current != address:
+                self.addresses[name] = current or ""
+                if address:  # it was up, and is gone or replaced
+                    self.summary.workers_lost += 1
+                    self.store.add_event(self.run_id, "worker_lost", worker=name,
+                                         detail=f"{address} -> {current or 'gone'}")
+                    self._count_failure(name, "worker lost", self.device_of.get(name))
+        for name, address in now_seen.items():
+            self.addresses.setdefault(name, address)
+
+    def _count_failure(self, name: str, why: str, device_id: str | None) -> None:
+        """Count a failure against a worker, and quarantine it once it has failed
+        ``quarantine_after`` times while another worker of its device type measured fine (a
+        chunk that fails everywhere is the chunk's fault, not the GPU's)."""
+        self.failures[name] += 1
+        healthy_elsewhere = bool(self.succeeded.get(device_id or "", set()) - {name})
+        if (self.failures[name] >= self.campaign.spec.quarantine_after and healthy_elsewhere
+                and name not in self.quarantined):
+            self.quarantined.add(name)
+            self.summary.quarantined.append(name)
+            self.store.add_event(self.run_id, "quarantined", worker=name,
+                                 detail=f"{self.failures[name]} failures; last: {why}"[:2000])
+            self.notice(f"worker {name} quarantined after {self.failures[name]} failures "
+                        f"(last: {why})")
+            address = self.addresses.get(name) or self._address_of(name)
+            if address:
+                try:
+                    self.client.retire_workers([address], close_workers=True)
+                except Exception as exc:  # it may be down already
+                    self.notice(f"retiring {name}: {exc}")
+
+    def _stranded(self, pending: dict[str, Chunk]) -> bool:
+        """Whether chunks wait for a device type that no live worker offers any more."""
+        if not self.quarantined:
+            return False
+        offered = set()
+        for info in self.client.scheduler_info(n_workers=-1)["workers"].values():
+            if str(info.get("name")) not in self.quarantined:
+                offered.update(info.get("resources", {}))
+        stranded = {c.device_id for c in pending.values()
+                    if resource_of(c.device_id) not in offered}
+        for device_id in stranded:
+            self.store.add_event(self.run_id, "stranded", device_id=device_id,
+                                 detail="no worker of this device is left")
+            self.notice(f"no worker of {device_id} is left; its chunks wait for `resume`")
+        return bool(stranded)
+
+    # -- writing ------------------------------------------------------------------------------
+    def _flush_due(self) -> bool:
+        return bool(self.buffer) and (len(self.buffer) >= _FLUSH_ROWS
+                                      or time.monotonic() - self.flushed_at > _FLUSH_S)
+
+    def _flush(self) -> None:
+        """Write the rows that arrived, in one transaction."""
+        if self.buffer:
+            rows, self.buffer = self.buffer, []
+            self.summary.written += self.store.insert("measurements", rows)
+            self.progress(self.summary)
+        self.flushed_at = time.monotonic()
+
+
+def _fits(family: Any, problem: Any, memory_bytes: Any) -> bool:
+    needed, _ = family.memory_needed(problem)
+    return memory_bytes is None or memory_bytes != memory_bytes or needed <= memory_bytes
+
+
+# -- reading a campaign back -------------------------------------------------------------------
+def runs(store: Store) -> Any:
+    """Every cluster campaign, newest first, with its rows stored and planned."""
+    return store.query("""
+        SELECT r.run_id, r.name, r.status, r.started_at, r.finished_at, r.cluster,
+               coalesce(sum(c.planned), 0) AS planned,
+               (SELECT count(*) FROM measurements m JOIN campaigns c2 USING (campaign_id)
+                WHERE c2.run_id = r.run_id) AS stored
+        FROM campaign_runs r LEFT JOIN campaigns c ON c.run_id = r.run_id
+        GROUP BY ALL ORDER BY r.started_at DESC""")
+
+
+def progress_of(store: Store, run_id: str) -> Any:
+    """Per device and family of a run: planned, stored, ok and each failure status."""
+    return store.query("""
+        SELECT c.device_id, c.family, c.status, any_value(c.planned) AS planned,
+               count(m.key) AS stored,
+               count(m.key) FILTER (WHERE m.status = 'ok') AS ok,
+               count(m.key) FILTER (WHERE m.status <> 'ok') AS failed,
+               any_value(c.planned) - count(m.key) AS missing
+        FROM campaigns c LEFT JOIN measurements m USING (campaign_id)
+        WHERE c.run_id = ? GROUP BY c.device_id, c.family, c.status ORDER BY ALL""", [run_id])
+
+
+def failures_of(store: Store, run_id: str) -> Any:
+    """A run's failed measurements by status and error (first line), most frequent first."""
+    return store.query("""
+        SELECT m.device_id, m.family, m.status,
+               split_part(coalesce(m.error, ''), chr(10), 1)[:160] AS error, count(*) AS rows
+        FROM measurements m JOIN campaigns c USING (campaign_id)
+        WHERE c.run_id = ? AND m.status <> 'ok' GROUP BY ALL ORDER BY rows DESC LIMIT 20""",
+                       [run_id])
+
+
+def events_of(store: Store, run_id: str) -> Any:
+    return store.query("SELECT happened_at, event, worker, device_id, detail FROM campaign_events "
+                       "WHERE run_id = ? ORDER BY key", [run_id])
