@@ -20,7 +20,7 @@ cache (``TRITON_CACHE_DIR``):
 Reports per kernel and as geomeans: ``first_call_ratio`` (perftune's first-call wall time /
 triton.autotune's, summed over the keys), ``speed_ratio`` (runtime of triton.autotune's pick /
 runtime of perftune's: 1.0 = as fast), ``second_process_s`` and ``curve``. Writes
-benchmarks/results/autotune_vs_triton.json. GPU only.
+benchmarks/results/autotune_vs_triton.json (or ``--out``), after each kernel. GPU only.
 """
 
 from __future__ import annotations
@@ -225,6 +225,8 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=12, help="new keys per kernel (>= 10)")
     parser.add_argument("--budget", type=int, default=8)
     parser.add_argument("--kernels", default=",".join(KERNELS))
+    parser.add_argument("--out", type=Path, help="result file (default: "
+                        "benchmarks/results/autotune_vs_triton.json)")
     parser.add_argument("--worker", choices=("triton", "perftune", "retime"), default=None,
                         help=argparse.SUPPRESS)
     parser.add_argument("--kernel", help=argparse.SUPPRESS)
@@ -245,31 +247,59 @@ def main() -> None:
     if args.keys < 10:
         raise SystemExit("--keys must be at least 10")
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    out = args.out or RESULTS / "autotune_vs_triton.json"
+    report: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="perftune-bench-") as work:
         db, model = Path(work) / "store.duckdb", Path(work) / "gemm_runtime.skops"
         _prepare(db, model)
-        report = {name: _one_kernel(name, args, db, model) for name in kernels}
-    summary = {
-        "benchmark": "autotune_vs_triton",
-        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(),
-        "command": "python -m benchmarks.autotune_vs_triton " + " ".join(sys.argv[1:]),
-        "software": {"torch": torch.__version__, "triton": _triton_version()},
-        "budget": args.budget,
-        "kernels": report,
-        "keys": {name: len(r["curve"]) for name, r in report.items()},
-        "first_call_ratio": geomean([r["first_call_ratio"] for r in report.values()]),
-        "speed_ratio": geomean([r["speed_ratio"] for r in report.values()]),
-        "second_process_s": sum(r["second_process_s"] for r in report.values()),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "autotune_vs_triton.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for name in kernels:  # written after each kernel: a run cut short keeps what it did
+            try:
+                report[name] = _one_kernel(name, args, db, model)
+            except subprocess.CalledProcessError as error:  # the others still run
+                failed[name] = str(error)
+                print(f"{name}: {error}", file=sys.stderr)
+            done = list(report.values()) or [{"first_call_ratio": math.nan,
+                                              "speed_ratio": math.nan,
+                                              "second_process_s": math.nan}]
+            summary = {
+                "benchmark": "autotune_vs_triton",
+                "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "device": torch.cuda.get_device_name(),
+                "command": "python -m benchmarks.autotune_vs_triton " + " ".join(_argv_sans_out()),
+                "software": {"torch": torch.__version__, "triton": _triton_version()},
+                "budget": args.budget,
+                "kernels_requested": kernels,
+                "kernels": report,
+                "failed": failed,
+                "keys": {k: len(r["curve"]) for k, r in report.items()},
+                "first_call_ratio": geomean([r["first_call_ratio"] for r in done]),
+                "speed_ratio": geomean([r["speed_ratio"] for r in done]),
+                "second_process_s": sum(r["second_process_s"] for r in done),
+            }
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(summary, indent=2) + "\n")
     for name, r in report.items():
         print(f"{name:8s} first_call_ratio {r['first_call_ratio']:.3f}  speed_ratio "
               f"{r['speed_ratio']:.3f}  second_process_s {r['second_process_s']:.2f}  "
               f"curve {r['curve']}")
     print(f"geomean  first_call_ratio {summary['first_call_ratio']:.3f}  speed_ratio "
-          f"{summary['speed_ratio']:.3f}  second_process_s {summary['second_process_s']:.2f}")
+          f"{summary['speed_ratio']:.3f}  second_process_s {summary['second_process_s']:.2f}"
+          f"; wrote {out}")
+
+
+def _argv_sans_out() -> list[str]:
+    """The command line without ``--out`` (where the file went is no part of reproducing it)."""
+    argv, kept = sys.argv[1:], []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            kept.append(a)
+    return kept
 
 
 def _triton_version() -> str:
