@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[collect,dev,baselines]"
+	$(BIN)/python -m pip install -q -e ".[collect,cluster,dev,baselines]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -9,17 +9,18 @@ import signal
 import sys
 import threading
 
-from perftune.cli import collect, db, device, kernels, model, report, serve, tune
+from perftune.cli import campaign, collect, db, device, kernels, model, report, serve, tune
 from perftune.cli._common import EXIT_BAD_INPUT, STOP_SIGNALS, Parser, StopToken
 from perftune.errors import PerftuneInputError
 
-COMMANDS = (device, collect, db, model, tune, kernels, serve, report)
+COMMANDS = (device, collect, campaign, db, model, tune, kernels, serve, report)
 DESCRIPTION = """\
 perftune measures GPU kernel configurations into a DuckDB store, models them, tunes kernels in
 few measurements and serves the best config per problem and device over HTTP.
 
   perftune device [--calibrate]   the device a collection would run on (and its ceilings)
   perftune collect                sweep a kernel family over problems x configs
+  perftune campaign run|status|resume   campaigns from a TOML spec on a Dask cluster
   perftune db stats|export|import|init|migrate|compact   the store
   perftune fit                    train a runtime (or power, energy) model on the store
   perftune predict                predict one config, or rank every known config

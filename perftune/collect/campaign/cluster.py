@@ -52,14 +52,16 @@ def visible_gpus() -> list[str]:
         pynvml.nvmlShutdown()
 
 
-def worker_specs(*, interpret: bool | None, workers: int | None,
-                 gpus: list[str]) -> dict[str, dict[str, Any]]:
+def worker_specs(*, interpret: bool | None, workers: int | None, gpus: list[str],
+                 env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """One Nanny per GPU pinned with CUDA_VISIBLE_DEVICES; without GPUs (or with
     ``interpret``), ``workers`` CPU workers under the Triton interpreter."""
     from distributed import Nanny
 
+    extra = dict(env or {})
+
     def spec(env: Mapping[str, str]) -> dict[str, Any]:
-        return {"cls": Nanny, "options": {"nthreads": 1, "env": {**WORKER_ENV, **env},
+        return {"cls": Nanny, "options": {"nthreads": 1, "env": {**WORKER_ENV, **extra, **env},
                                           "death_timeout": _DEATH_TIMEOUT_S,
                                           "silence_logs": logging.ERROR}}
 
@@ -72,9 +74,10 @@ def worker_specs(*, interpret: bool | None, workers: int | None,
 
 
 def connect(target: str, *, interpret: bool | None = None, workers: int | None = None,
-            slurm: Mapping[str, Any] | None = None, dashboard: str | None = ":0") -> Connection:
+            slurm: Mapping[str, Any] | None = None, dashboard: str | None = ":0",
+            env: Mapping[str, str] | None = None) -> Connection:
     """A client on ``target``: ``local``, ``slurm``, or a scheduler address
-    (``tcp://host:8786``)."""
+    (``tcp://host:8786``). ``env`` is added to local workers' environment."""
     import dask
     from distributed import Client
 
@@ -82,7 +85,8 @@ def connect(target: str, *, interpret: bool | None = None, workers: int | None =
     if target == "local":
         from distributed import Scheduler, SpecCluster
 
-        specs = worker_specs(interpret=interpret, workers=workers, gpus=visible_gpus())
+        specs = worker_specs(interpret=interpret, workers=workers, gpus=visible_gpus(),
+                             env=env)
         cluster = SpecCluster(workers=specs, scheduler={
             "cls": Scheduler, "options": {"dashboard_address": dashboard}},
             name="perftune-campaign", silence_logs=logging.ERROR)

@@ -18,6 +18,7 @@ wrong is handled where it happens:
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import sys
 import time
@@ -35,7 +36,6 @@ from perftune.collect.campaign.tasks import (
     measure_chunk,
     resource_of,
 )
-from perftune.collect.device import limits_of
 from perftune.collect.families import load_family
 from perftune.collect.sweep import Planned, StopRequest, chunks, device_record, plan
 from perftune.errors import PerftuneInputError
@@ -67,6 +67,7 @@ class RunSummary:
     planned: int = 0
     already_stored: int = 0
     written: int = 0
+    received: int = 0  # rows that came back (more than written: a chunk measured twice)
     statuses: Counter[str] = field(default_factory=Counter)
     chunks: int = 0
     chunks_done: int = 0
@@ -75,11 +76,13 @@ class RunSummary:
     quarantined: list[str] = field(default_factory=list)
     devices: dict[str, int] = field(default_factory=dict)  # device id -> workers
     elapsed_s: float = 0.0
+    measuring_s: float = 0.0  # from the first chunk sent to the last stored
     interrupted: bool = False
 
     @property
     def per_minute(self) -> float:
-        return self.written / self.elapsed_s * 60 if self.elapsed_s else 0.0
+        """Rows written per minute of measuring."""
+        return self.written / self.measuring_s * 60 if self.measuring_s else 0.0
 
 
 Progress = Callable[[RunSummary], None]
@@ -148,15 +151,19 @@ class Driver:
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> RunSummary:
         started = time.perf_counter()
+        measuring = 0.0
         finished = False
         try:
             self.client.register_plugin(DeviceProbe(), name=PLUGIN_NAME)
             self.devices = self._wait_for_devices()
             work = self._plan()
             self.progress(self.summary)
+            measuring = time.perf_counter()
             finished = self._measure(work) and not self.stop.is_set()
         finally:
             self._flush()
+            if measuring:
+                self.summary.measuring_s = time.perf_counter() - measuring
             self.summary.elapsed_s = time.perf_counter() - started
             self.summary.interrupted = not finished
             if not finished and self.stop.is_set():
@@ -225,13 +232,22 @@ class Driver:
                 self.summary.already_stored += len(stored)
                 campaign_id = f"{self.run_id}:{device_id}:{load_family(sweep.spec.family).name}"
                 campaigns[campaign_id] += len(pending)
-                bare = dataclasses.replace(sweep.spec, problems=[])
+                bare = dataclasses.replace(sweep.spec, problems=[],
+                                           compile_workers=self._compile_workers(sweep))
                 for chunk in chunks(pending, sweep.spec.chunk_size):
                     work.append(Chunk(len(work), bare, chunk, campaign_id, device_id))
-        for campaign_id, pending in campaigns.items():
-            self._open_campaign(campaign_id, pending)
+        for campaign_id, count in campaigns.items():
+            self._open_campaign(campaign_id, count)
         self.summary.chunks = len(work)
         return work
+
+    def _compile_workers(self, sweep: Sweep) -> int | None:
+        """The spec's compile processes per worker, else this machine's cores shared among
+        the workers (a local cluster's; a guess for remote ones)."""
+        if sweep.spec.compile_workers is not None:
+            return sweep.spec.compile_workers
+        workers = max(1, sum(self.summary.devices.values()))
+        return max(1, (os.cpu_count() or 2) // workers - 1)
 
     def _planned(self, sweep: Sweep, device: dict[str, Any]) -> list[Planned]:
         family = load_family(sweep.spec.family)
@@ -303,6 +319,7 @@ class Driver:
             self.succeeded.setdefault(chunk.device_id, set()).add(
                 result["worker"].rsplit("/", 1)[-1])
             self.buffer.extend(result["rows"])
+            self.summary.received += len(result["rows"])
             self.summary.statuses.update(row["status"] for row in result["rows"])
             self.summary.chunks_done += 1
             self.progress(self.summary)
@@ -409,7 +426,7 @@ def runs(store: Store) -> Any:
     """Every cluster campaign, newest first, with its rows stored and planned."""
     return store.query("""
         SELECT r.run_id, r.name, r.status, r.started_at, r.finished_at, r.cluster,
-               coalesce(sum(c.planned), 0) AS planned,
+               CAST(coalesce(sum(c.planned), 0) AS BIGINT) AS planned,
                (SELECT count(*) FROM measurements m JOIN campaigns c2 USING (campaign_id)
                 WHERE c2.run_id = r.run_id) AS stored
         FROM campaign_runs r LEFT JOIN campaigns c ON c.run_id = r.run_id

@@ -6,6 +6,7 @@
     [[sweep]]
     family = "gemm"
     problems = "gemm_breadth.csv"    # a problems file (beside the spec, or a shipped list)
+    limit = 100                      # only its first 100 problems
     dtype = "fp16"                   # for rows of the file that name none
     dataflows = ["triton", "split_k", "cublas"]
     sample = 6                       # configs per dataflow and problem, seeded; or "all"
@@ -46,6 +47,8 @@ class SweepEntry(BaseModel):
     problems: str | list[str] = Field(description="a problems file, or problems such as "
                                                   "'m=128,n=4096,k=4096'")
     dtype: str = "fp16"
+    limit: Annotated[int, Field(ge=1)] | None = Field(default=None, description="only the "
+                                                      "first N problems")
     dataflows: list[str] | None = None
     sample: Annotated[int, Field(ge=1)] | Literal["all"] = "all"
     seed: Annotated[int, Field(ge=0)] = 0
@@ -72,6 +75,9 @@ class CampaignSpec(BaseModel):
     chunk_size: Annotated[int, Field(ge=1, le=1024)] = 16
     timeout_s: Annotated[float, Field(gt=0)] = 180.0
     quarantine_after: Annotated[int, Field(ge=1)] = 3
+    compile_workers: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="compile processes per worker (default: the cores shared "
+        "among the workers)")
     slurm: dict[str, Any] = Field(default_factory=dict, description="dask-jobqueue "
                                   "SLURMCluster settings for --cluster slurm, and jobs")
     sweep: Annotated[list[SweepEntry], Field(min_length=1)]
@@ -141,12 +147,13 @@ def _sweeps(entry: SweepEntry, spec: CampaignSpec, base: Path, where: str) -> li
     measured with energy and those without."""
     try:
         family = load_family(entry.family)
-        problems = _problems(entry, family.dims, base)
+        problems = _problems(entry, family.dims, base)[:entry.limit]
         common: dict[str, Any] = {
             "family": entry.family, "dataflows": entry.dataflows,
             "sample": None if entry.sample == "all" else entry.sample, "seed": entry.seed,
             "rounds": entry.rounds, "max_rounds": max(4, entry.rounds),
-            "timeout_s": spec.timeout_s, "chunk_size": spec.chunk_size}
+            "timeout_s": spec.timeout_s, "chunk_size": spec.chunk_size,
+            "compile_workers": spec.compile_workers}
         fraction = float(entry.energy)
         chosen = set(random.Random(f"energy:{entry.seed}").sample(
             range(len(problems)), round(fraction * len(problems))))

@@ -1,0 +1,142 @@
+"""A campaign on one GPU and on two, each into a fresh store, one worker killed in the second.
+
+    python -m benchmarks.campaign_scaling [--spec campaigns/scaling.toml] [--kill-at 0.4]
+
+Runs the spec with the local cluster (``perftune campaign run --cluster local``) twice: with one
+worker (GPU 0) and with two (GPUs 0 and 1), each run into a fresh store and with a fresh,
+empty Triton cache, so that both pay their own compilation. In the two-GPU run, once
+``--kill-at`` of its chunks are done, the second worker's process is killed (SIGKILL): its
+nanny starts a new one, and its chunk in flight is measured again.
+
+Reports ``per_gpu_minute_1`` and ``per_gpu_minute_2`` (rows stored per GPU per minute of
+measuring: from the first chunk sent to the last row stored), ``scaling`` (two-GPU rows per
+minute over one-GPU rows per minute; goal >= 1.9), ``duplicates`` (stored rows sharing a key)
+and ``rows_received_twice`` (rows a re-run chunk sent again, which the store skipped), ``lost``
+(planned rows not stored) and ``worker_killed``. Writes benchmarks/results/campaign_scaling.json
+on GPUs. Without two GPUs it runs on CPU workers under the Triton interpreter (a smoke test:
+``--spec campaigns/example-cpu.toml``; nothing is written unless ``--out`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def one_run(spec_path: Path, workers: int, work: Path, kill_at: float | None,
+            interpret: bool) -> dict[str, Any]:
+    """One campaign run on ``workers`` workers into a fresh store."""
+    from perftune.collect.campaign.cluster import connect
+    from perftune.collect.campaign.engine import start_run
+    from perftune.collect.campaign.spec import load_spec
+    from perftune.store.db import Store
+
+    campaign = load_spec(spec_path)
+    cache = work / f"triton-cache-{workers}"
+    cache.mkdir()
+    connection = connect("local", workers=workers, interpret=interpret or None,
+                         env={"TRITON_CACHE_DIR": str(cache)})
+    killed: dict[str, Any] = {}
+
+    def progress(summary: Any) -> None:
+        if (kill_at is not None and not killed and summary.chunks
+                and summary.chunks_done >= kill_at * summary.chunks):
+            killed.update(_kill_one(connection.client))
+
+    try:
+        with Store(work / f"store-{workers}.duckdb") as store:
+            summary = start_run(store, campaign, connection, progress=progress,
+                                command=f"benchmarks.campaign_scaling ({workers} workers)")
+            counts = store.query("SELECT count(*) AS rows, count(DISTINCT key) AS keys, "
+                                 "count(*) FILTER (WHERE status = 'ok') AS ok "
+                                 "FROM measurements").iloc[0]
+    finally:
+        connection.close()
+    return {"workers": workers, "devices": summary.devices, "planned": summary.planned,
+            "stored": int(counts["rows"]), "ok": int(counts["ok"]),
+            "duplicates": int(counts["rows"] - counts["keys"]),
+            "rows_received_twice": summary.received - summary.written,
+            "lost": summary.planned - int(counts["rows"]),
+            "chunks": summary.chunks, "chunks_given_up": summary.chunks_given_up,
+            "workers_lost": summary.workers_lost, "quarantined": summary.quarantined,
+            "elapsed_s": summary.elapsed_s, "measuring_s": summary.measuring_s,
+            "per_minute": summary.per_minute, "per_gpu_minute": summary.per_minute / workers,
+            "killed": killed or None, "interrupted": summary.interrupted}
+
+
+def _kill_one(client: Any) -> dict[str, Any]:
+    """SIGKILL the process of the last worker by name (same host as this driver)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    address, info = max(workers.items(), key=lambda item: str(item[1].get("name")))
+    pid = client.run(os.getpid, workers=[address])[address]
+    os.kill(pid, signal.SIGKILL)
+    return {"worker": str(info.get("name")), "pid": pid, "at": time.time()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, default=ROOT / "campaigns" / "scaling.toml")
+    parser.add_argument("--kill-at", type=float, default=0.4,
+                        help="share of the two-worker run's chunks done when a worker is "
+                        "killed")
+    parser.add_argument("--out", type=Path, help="result file (default on GPUs: "
+                        "benchmarks/results/campaign_scaling.json)")
+    args = parser.parse_args()
+
+    from perftune.collect.campaign.cluster import visible_gpus
+
+    gpus = visible_gpus()
+    interpret = len(gpus) < 2
+    if interpret:
+        print("fewer than two GPUs visible: CPU workers under the Triton interpreter (a smoke "
+              "test, not GPU throughput)", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="campaign-scaling-") as tmp:
+        work = Path(tmp)
+        one = one_run(args.spec, 1, work, None, interpret)
+        print(json.dumps(one), flush=True)
+        two = one_run(args.spec, 2, work, args.kill_at, interpret)
+        print(json.dumps(two), flush=True)
+    from perftune.collect.device import identify, select_mode
+
+    device = identify(select_mode(interpret or None))
+    result = {
+        "benchmark": "campaign_scaling", "device": device["name"],
+        "device_id": device["device_id"], "software": device["software"],
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "command": "python -m benchmarks.campaign_scaling " + " ".join(sys.argv[1:]),
+        "spec": str(args.spec.relative_to(ROOT) if args.spec.is_relative_to(ROOT)
+                    else args.spec),
+        "timer": "GPU (CUDA events)" if not interpret
+        else "Triton interpreter on CPU (not GPU times)",
+        "gpus": [1, 2], "measurements": [one["stored"], two["stored"]],
+        "per_gpu_minute_1": one["per_gpu_minute"], "per_gpu_minute_2": two["per_gpu_minute"],
+        "scaling": two["per_minute"] / one["per_minute"] if one["per_minute"] else None,
+        "duplicates": one["duplicates"] + two["duplicates"],
+        "rows_received_twice": two["rows_received_twice"],
+        "lost": one["lost"] + two["lost"], "worker_killed": two["killed"] is not None,
+        "runs": [one, two],
+    }
+    out = args.out or (RESULTS / "campaign_scaling.json" if not interpret else None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"1 worker {one['per_gpu_minute']:.0f}/min, 2 workers "
+          f"{two['per_gpu_minute']:.0f}/min each, scaling {result['scaling']}, duplicates "
+          f"{result['duplicates']}, lost {result['lost']}, worker killed {result['worker_killed']}"
+          + (f"; wrote {out}" if out else ""))
+
+
+if __name__ == "__main__":
+    main()

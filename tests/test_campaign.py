@@ -1,0 +1,212 @@
+"""Campaigns on a real Dask LocalCluster, kernels under the Triton interpreter: the rows a spec
+asks for, every one stored once when a worker or the driver is killed, specs checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perftune.collect.campaign.cluster import connect, slurm_cluster
+from perftune.collect.campaign.engine import progress_of, start_run
+from perftune.collect.campaign.spec import load_spec, parse_spec
+from perftune.errors import PerftuneInputError
+from perftune.store.db import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SPEC = """
+name = "test"
+chunk_size = 2
+
+[[sweep]]
+family = "gemm"
+problems = ["m=16,n=32,k=32", "m=24,n=40,k=40", "m=8,n=64,k=64"]
+dataflows = ["triton"]
+sample = 4
+seed = 3
+"""
+PLANNED = 12  # 3 problems x 4 sampled configs
+
+
+def _write(tmp_path: Path, text: str = SPEC) -> Path:
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def _counts(db: Path) -> dict[str, int]:
+    with Store(db, read_only=True) as store:
+        row = store.query("SELECT count(*) AS n, count(DISTINCT key) AS keys, "
+                          "count(DISTINCT shape || dataflow || config) AS configs, "
+                          "count(*) FILTER (WHERE status = 'ok') AS ok FROM measurements")
+    return {k: int(v) for k, v in row.iloc[0].items()}
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("name = 'x'\n[[sweep]]\nfamily = 'gemm'\nproblems = ['m=1,n=2,k=3']\nsmaple = 3\n",
+     "sweep[0].smaple: Extra inputs are not permitted"),
+    ("name = 'x'\n[[sweep]]\nfamily = 'gemm'\nproblems = ['m=1,n=2,k=3']\nsample = 0\n",
+     "sweep[0].sample"),
+    ("name = 'x'\n[[sweep]]\nproblems = ['m=1,n=2,k=3']\n", "sweep[0].family: Field required"),
+    ("name = 'x'\n[[sweep]]\nfamily = 'conv'\nproblems = ['m=1,n=2,k=3']\n",
+     "sweep[0]: unknown family 'conv'"),
+    ("name = 'x'\n[[sweep]]\nfamily = 'gemm'\nproblems = ['m=1,n=2']\n", "missing k"),
+    ("name = 'x'\n[[sweep]]\nfamily = 'gemm'\nproblems = 'nowhere.csv'\n",
+     "no file 'nowhere.csv'"),
+    ("name = 'x'\n[[sweep]]\nfamily = 'gemm'\nproblems = ['m=1,n=2,k=3']\nenergy = 2\n",
+     "sweep[0].energy"),
+    ("name = 'x'\n", "sweep: Field required"),
+    ("name = 'x\n", "not valid TOML"),
+    ("name = 'x'\nchunk_size = 'big'\n[[sweep]]\nfamily = 'gemm'\nproblems = ['m=1,n=2,k=3']\n",
+     "chunk_size"),
+])
+def test_bad_spec_names_the_field(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(PerftuneInputError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        load_spec(_write(tmp_path, text))
+
+
+def test_shipped_specs_parse() -> None:
+    specs = sorted((ROOT / "campaigns").glob("*.toml"))
+    assert len(specs) >= 3
+    breadth = load_spec(ROOT / "campaigns" / "h200-gemm-breadth.toml")
+    problems = {(p.shape, p.dtype) for s in breadth.sweeps for p in s.spec.problems}
+    assert len(problems) >= 400
+    for path in specs:
+        assert load_spec(path).sweeps
+
+
+def test_energy_fraction_splits_problems_seeded() -> None:
+    text = SPEC.replace("seed = 3", "seed = 3\nenergy = 0.34")
+    first, again = parse_spec(text), parse_spec(text)
+    assert [(len(s.spec.problems), s.spec.energy) for s in first.sweeps] == [(1, True),
+                                                                               (2, False)]
+    assert first.sweeps[0].spec.problems == again.sweeps[0].spec.problems
+
+
+def test_cli_run_stores_the_planned_rows_and_status_reports_them(
+        tmp_path: Path, db: Path, cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, out, err = cli("campaign", "run", _write(tmp_path), "--db", db, "--workers", "2",
+                         "--no-progress")
+    assert code == 0, err
+    assert "2 x cpu-triton-interpreter" in err
+    counts = _counts(db)
+    assert counts["n"] == counts["keys"] == counts["configs"] == counts["ok"] == PLANNED
+    code, out, _ = cli("campaign", "status", "--db", db, "--json")
+    runs = json.loads(out)["campaigns"]
+    assert code == 0 and len(runs) == 1
+    assert runs[0]["status"] == "finished" and runs[0]["stored"] == PLANNED
+    code, out, _ = cli("campaign", "status", runs[0]["run_id"], "--db", db, "--json")
+    progress = json.loads(out)["progress"]
+    assert progress == [{"device_id": "cpu-triton-interpreter", "family": "gemm",
+                         "status": "finished", "planned": PLANNED, "stored": PLANNED,
+                         "ok": PLANNED, "failed": 0, "missing": 0}]
+    # the same spec again: everything is stored already, nothing is measured twice
+    code, _, err = cli("campaign", "run", _write(tmp_path), "--db", db, "--no-progress")
+    assert code == 0 and f"{PLANNED} already stored, 0 written" in err.replace("\n", " ")
+
+
+def test_a_worker_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, db: Path) -> None:
+    campaign = load_spec(_write(tmp_path))
+    connection = connect("local", workers=2, interpret=True)
+    killed: list[int] = []
+
+    def kill_one(summary: Any) -> None:
+        if summary.chunks_done >= 1 and not killed:
+            client = connection.client
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            busy = [a for a, info in workers.items() if info.get("metrics", {}).get(
+                "executing", 0)] or list(workers)
+            pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    try:
+        with Store(db) as store:
+            summary = start_run(store, campaign, connection, progress=kill_one)
+            events = store.query("SELECT event FROM campaign_events")["event"].tolist()
+    finally:
+        connection.close()
+    assert killed and not summary.interrupted
+    assert summary.workers_lost >= 1 and "worker_lost" in events
+    counts = _counts(db)
+    assert counts["n"] == counts["keys"] == counts["configs"] == PLANNED == summary.planned
+
+
+def test_killed_driver_is_resumed_from_the_store(tmp_path: Path, db: Path,
+                                                 cli: Callable[..., tuple[int, str, str]]
+                                                 ) -> None:
+    args = [sys.executable, "-m", "perftune", "campaign", "run", str(_write(tmp_path)),
+            "--db", str(db), "--workers", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:  # the driver writes rows in batches: kill it after the first
+        if line.startswith("progress "):
+            done, total = (int(x) for x in line.split()[1].split("/"))
+            if done >= 2:
+                assert done < total, "the campaign ended before it could be killed"
+                break
+        assert time.monotonic() < deadline
+    os.killpg(proc.pid, signal.SIGKILL)  # driver, scheduler and workers: no clean-up
+    proc.wait(timeout=30)
+    with Store(db, read_only=True) as store:
+        run = store.query("SELECT run_id, status FROM campaign_runs")
+    assert list(run["status"]) == ["running"]  # killed: it never got to say otherwise
+    run_id = str(run["run_id"][0])
+    stored_before = _counts(db)["n"]
+    assert stored_before < PLANNED
+    code, _, err = cli("campaign", "resume", run_id, "--db", db, "--workers", "2",
+                       "--no-progress")
+    assert code == 0, err
+    assert f"{stored_before} already stored" in err.replace("\n", " ")
+    counts = _counts(db)
+    assert counts["n"] == counts["keys"] == counts["configs"] == PLANNED
+    with Store(db, read_only=True) as store:
+        assert list(store.query("SELECT status FROM campaign_runs")["status"]) == ["finished"]
+        progress = progress_of(store, run_id)
+        events = store.query("SELECT event FROM campaign_events")["event"].tolist()
+    assert int(progress["missing"].sum()) == 0 and "resumed" in events
+
+
+def test_resume_of_an_unknown_or_finished_run_is_refused(
+        tmp_path: Path, db: Path, cli: Callable[..., tuple[int, str, str]]) -> None:
+    with Store(db):
+        pass
+    code, _, err = cli("campaign", "resume", "nope", "--db", db)
+    assert code == 2 and "no campaign 'nope'" in err
+    code, _, err = cli("campaign", "status", "nope", "--db", db)
+    assert code == 2 and "no campaign 'nope'" in err
+
+
+def test_slurm_job_config(tmp_path: Path) -> None:
+    spec = load_spec(_write(tmp_path, SPEC + """
+[slurm]
+queue = "gpu"
+account = "perf"
+walltime = "02:00:00"
+job_extra_directives = ["--gres=gpu:h200:1"]
+jobs = 4
+"""))
+    cluster = slurm_cluster(spec.spec.slurm)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p gpu" in script and "#SBATCH -A perf" in script
+    assert "#SBATCH --gres=gpu:h200:1" in script and "#SBATCH -t 02:00:00" in script
+    assert "export DASK_DISTRIBUTED__WORKER__DAEMON=False" in script
+    assert "--nthreads 1" in script
+    with pytest.raises(PerftuneInputError, match=r"\[slurm\] settings"):
+        slurm_cluster({"no_such_option": 1})
