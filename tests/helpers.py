@@ -8,6 +8,7 @@ names, so their rows never mix with real GEMM rows.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -68,6 +69,20 @@ class HangingGemm(_FaultyGemm):
 
     def fault(self, correct: Callable[[], None], inputs: Inputs) -> Callable[[], None]:
         return lambda: time.sleep(3600)
+
+
+class BadGpuGemm(GemmFamily):
+    """GEMM that, on a campaign worker started with PERFTUNE_TEST_BAD_GPU=1, kills the worker
+    process (the parent of its launch process) at its first launch, as a failing GPU's driver
+    might; elsewhere plain GEMM."""
+
+    name = "gemm_bad_gpu"
+
+    def launcher(self, problem: Problem, dataflow: str, config: Config,
+                 inputs: Inputs) -> Callable[[], None]:
+        if os.environ.get("PERFTUNE_TEST_BAD_GPU") == "1":
+            os.kill(os.getppid(), signal.SIGKILL)
+        return super().launcher(problem, dataflow, config, inputs)
 
 
 def gemm(m: int, n: int, k: int, dtype: str, device: str) -> Problem:

@@ -210,3 +210,56 @@ jobs = 4
     assert "--nthreads 1" in script
     with pytest.raises(PerftuneInputError, match=r"\[slurm\] settings"):
         slurm_cluster({"no_such_option": 1})
+
+
+def test_a_config_that_crashes_is_recorded_and_the_campaign_goes_on(tmp_path: Path,
+                                                                    db: Path) -> None:
+    campaign = load_spec(_write(tmp_path, """
+name = "crash"
+[[sweep]]
+family = "tests.helpers:CrashingGemm"
+problems = ["m=16,n=48,k=32", "m=17,n=48,k=32"]
+"""))
+    connection = connect("local", workers=1, interpret=True)
+    try:
+        with Store(db) as store:
+            summary = start_run(store, campaign, connection)
+            rows = store.query("SELECT status, config FROM measurements")
+    finally:
+        connection.close()
+    assert not summary.interrupted and len(rows) == 6
+    crashed = rows[rows["config"].str.contains('"BLOCK_N":32')]
+    assert list(crashed["status"]) == ["launch_error", "launch_error"]
+    assert (rows["status"] == "ok").sum() == 4
+
+
+def test_a_gpu_that_keeps_failing_is_quarantined_and_named(
+        tmp_path: Path, db: Path, cli: Callable[..., tuple[int, str, str]]) -> None:
+    import dask
+    from distributed import Scheduler, SpecCluster
+
+    from perftune.collect.campaign.cluster import worker_specs
+
+    specs = worker_specs(interpret=True, workers=2, gpus=[])
+    specs["cpu1"]["options"]["env"]["PERFTUNE_TEST_BAD_GPU"] = "1"
+    with dask.config.set({"distributed.worker.daemon": False}):  # as `dask worker` is told
+        cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {
+            "dashboard_address": None}}, silence_logs=40)
+    campaign = load_spec(_write(tmp_path, SPEC.replace('"gemm"', '"tests.helpers:BadGpuGemm"')
+                                .replace("chunk_size = 2",
+                                         "chunk_size = 1\nquarantine_after = 1")
+                                .replace("sample = 4", "sample = 6")))
+    connection = connect(cluster.scheduler_address)  # an existing scheduler, by address
+    try:
+        with Store(db) as store:
+            summary = start_run(store, campaign, connection)
+            events = store.query("SELECT event, worker, detail FROM campaign_events")
+    finally:
+        connection.close()
+        cluster.close()
+    assert summary.quarantined == ["cpu1"], events.to_string()
+    counts = _counts(db)
+    assert counts["n"] == counts["keys"] == summary.planned and counts["ok"] == summary.planned
+    code, out, _ = cli("campaign", "status", summary.run_id, "--db", db, "--json")
+    status = json.loads(out)
+    assert code == 0 and [q["worker"] for q in status["quarantined"]] == ["cpu1"]

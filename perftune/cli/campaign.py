@@ -170,9 +170,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                            [args.run_id]).empty:
                 raise PerftuneInputError(f"no campaign {args.run_id!r} in the store; "
                                          f"`perftune campaign status` lists them")
+            events = events_of(store, args.run_id)
             frames = {"progress": progress_of(store, args.run_id),
                       "failures": failures_of(store, args.run_id),
-                      "events": events_of(store, args.run_id)}
+                      "quarantined": events[events["event"] == "quarantined"][
+                          ["worker", "happened_at", "detail"]],
+                      "events": events}
     if args.json:
         print(json.dumps({name: json.loads(frame.to_json(orient="records", date_format="iso"))
                           for name, frame in frames.items()}, indent=2))

@@ -143,6 +143,7 @@ class Driver:
         self.flushed_at = time.monotonic()
         self.failures: Counter[str] = Counter()  # worker name -> losses and failed chunks
         self.succeeded: dict[str, set[str]] = {}  # device id -> workers that measured a chunk
+        self.last_failure: dict[str, tuple[str, str | None]] = {}  # name -> (why, device id)
         self.addresses: dict[str, str] = {}  # worker name -> address, as last seen
         self.quarantined: set[str] = set()
         self.devices: dict[str, dict[str, Any]] = {}
@@ -322,6 +323,8 @@ class Driver:
             self.summary.received += len(result["rows"])
             self.summary.statuses.update(row["status"] for row in result["rows"])
             self.summary.chunks_done += 1
+            if self.failures:
+                self._quarantine_failing()
             self.progress(self.summary)
             return None
         if future.status == "cancelled":
@@ -366,19 +369,25 @@ class Driver:
             self.addresses.setdefault(name, address)
 
     def _count_failure(self, name: str, why: str, device_id: str | None) -> None:
-        """Count a failure against a worker, and quarantine it once it has failed
-        ``quarantine_after`` times while another worker of its device type measured fine (a
-        chunk that fails everywhere is the chunk's fault, not the GPU's)."""
         self.failures[name] += 1
-        healthy_elsewhere = bool(self.succeeded.get(device_id or "", set()) - {name})
-        if (self.failures[name] >= self.campaign.spec.quarantine_after and healthy_elsewhere
-                and name not in self.quarantined):
+        self.last_failure[name] = (why, device_id)
+        self._quarantine_failing()
+
+    def _quarantine_failing(self) -> None:
+        """Retire the workers that failed ``quarantine_after`` times while another worker of
+        their device type measured fine (a chunk that fails everywhere is the chunk's fault,
+        not the GPU's)."""
+        for name, count in self.failures.items():
+            why, device_id = self.last_failure[name]
+            healthy_elsewhere = bool(self.succeeded.get(device_id or "", set()) - {name})
+            if (count < self.campaign.spec.quarantine_after or not healthy_elsewhere
+                    or name in self.quarantined):
+                continue
             self.quarantined.add(name)
             self.summary.quarantined.append(name)
-            self.store.add_event(self.run_id, "quarantined", worker=name,
-                                 detail=f"{self.failures[name]} failures; last: {why}"[:2000])
-            self.notice(f"worker {name} quarantined after {self.failures[name]} failures "
-                        f"(last: {why})")
+            self.store.add_event(self.run_id, "quarantined", worker=name, device_id=device_id,
+                                 detail=f"{count} failures; last: {why}"[:2000])
+            self.notice(f"worker {name} quarantined after {count} failures (last: {why})")
             address = self.addresses.get(name) or self._address_of(name)
             if address:
                 try:
