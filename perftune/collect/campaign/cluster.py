@@ -63,7 +63,10 @@ def worker_specs(*, interpret: bool | None, workers: int | None, gpus: list[str]
     def spec(env: Mapping[str, str]) -> dict[str, Any]:
         return {"cls": Nanny, "options": {"nthreads": 1, "env": {**WORKER_ENV, **extra, **env},
                                           "death_timeout": _DEATH_TIMEOUT_S,
-                                          "silence_logs": logging.ERROR}}
+                                          # a worker's memory is its measuring state, not
+                                          # data: no share of the host to be restarted at
+                                          "memory_limit": 0,
+                                          "silence_logs": logging.WARNING}}
 
     if gpus and not interpret:
         chosen = gpus[:workers] if workers else gpus
