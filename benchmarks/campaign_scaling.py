@@ -84,6 +84,19 @@ def _kill_one(client: Any) -> dict[str, Any]:
     return {"worker": str(info.get("name")), "pid": pid, "at": time.time()}
 
 
+def _without_out(argv: list[str]) -> list[str]:
+    """The arguments less ``--out PATH`` (where a run put its file is not how to reproduce
+    it)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--out":
+            skip = not skip
+            continue
+        if not arg.startswith("--out="):
+            kept.append(arg)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,7 +128,8 @@ def main() -> None:
         "benchmark": "campaign_scaling", "device": device["name"],
         "device_id": device["device_id"], "software": device["software"],
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
-        "command": "python -m benchmarks.campaign_scaling " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.campaign_scaling",
+                             *_without_out(sys.argv[1:])]),
         "spec": str(args.spec.relative_to(ROOT) if args.spec.is_relative_to(ROOT)
                     else args.spec),
         "timer": "GPU (CUDA events)" if not interpret
