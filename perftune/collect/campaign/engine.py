@@ -352,6 +352,8 @@ class Driver:
     def _watch_workers(self) -> None:
         """Count a worker that vanished or came back at a new address (killed and restarted
         by its nanny) as lost."""
+        if self.stop.is_set():  # a signal to the process group takes the workers down too
+            return
         now_seen = {str(info.get("name")): address for address, info in
                     self.client.scheduler_info(n_workers=-1)["workers"].items()}
         for name, address in list(self.addresses.items()):
@@ -363,6 +365,7 @@ class Driver:
                 if address:  # it was up, and is gone or replaced
                     self.summary.workers_lost += 1
                     self.store.add_event(self.run_id, "worker_lost", worker=name,
+                                         device_id=self.device_of.get(name),
                                          detail=f"{address} -> {current or 'gone'}")
                     self._count_failure(name, "worker lost", self.device_of.get(name))
         for name, address in now_seen.items():
