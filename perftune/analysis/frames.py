@@ -39,7 +39,7 @@ def open_store(path: str | Path | None = None) -> Store:
 
     >>> store = open_store()
     >>> store.query("SELECT count(*) AS n FROM measurements")["n"][0]
-    90335
+    95339
     """
     if path is None:
         ensure_default_store()
