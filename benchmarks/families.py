@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks._shipped import fresh_store
 from perftune.collect.families import BUILTIN, load_family
 from perftune.collect.problems import Problem
-from perftune.model.metrics import PROBLEM, geomean, regret
+from perftune.model.metrics import PROBLEM, geomean, regret, whole_space_problems
 from perftune.model.runtime import Predictor, fit_model, training_rows
 from perftune.store.db import Store
 from perftune.tune.replay import ReplayBackend
@@ -73,8 +73,35 @@ def evaluate_family(store: Store, family: str, budget: int, trees: int) -> dict[
         f"regret_at_{budget}": geomean(tuned),
         "library_alone": regret(library, "score"),
         "library_dataflow": kernel.library_dataflow,
+        "per_device": {str(device): _device_figures(rows, kernel)
+                       for device, rows in held.groupby("device_id")},
         "per_problem": per_problem,
     }
+
+
+def _device_figures(rows: Any, kernel: Any) -> dict[str, Any]:
+    """One device's held-out figures: its error, zero-shot regret, and the model's top-1
+    within each dataflow that has configs, also on the problems swept over the whole space."""
+    truth, guess = rows["runtime_ms"].to_numpy(), rows["predicted"].to_numpy()
+    whole = whole_space_problems(rows)
+    on_whole = rows[[(s, d) in whole for s, d in zip(rows["shape"], rows["dtype"],
+                                                        strict=True)]]
+    tuned = [d for d in kernel.dataflows if d != kernel.library_dataflow]
+    figures: dict[str, Any] = {
+        "heldout_problems": int(rows.groupby(PROBLEM).ngroups),
+        "whole_space_problems": len(whole),
+        "mape": float(np.mean(np.abs(guess - truth) / truth)),
+        "regret_zero_shot": regret(rows, "predicted"),
+        "within": {d: regret(rows, "predicted", dataflows=(d,)) for d in tuned
+                   if (rows["dataflow"] == d).any()},
+    }
+    if not on_whole.empty:
+        truth, guess = on_whole["runtime_ms"].to_numpy(), on_whole["predicted"].to_numpy()
+        figures["whole_space"] = {
+            "mape": float(np.mean(np.abs(guess - truth) / truth)),
+            "within": {d: regret(on_whole, "predicted", dataflows=(d,)) for d in tuned
+                       if (on_whole["dataflow"] == d).any()}}
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
