@@ -167,7 +167,7 @@ def test_v2_store_gains_the_sizes_of_its_rows(db: Path) -> None:
                 "context=4096,head_dim=64', '{}', 'ok', 'sw', now())")
     con.close()
     with Store(db) as store:
-        assert store.schema_version() == 4
+        assert store.schema_version() == SCHEMA_VERSION
         store.insert("measurements", [_row("new")])  # no sizes given: from its shape
         rows = store.query("SELECT key, shape, sizes, CAST(json_extract(sizes, '$.context') "
                            "AS INTEGER) AS context FROM measurements ORDER BY key")
