@@ -44,6 +44,16 @@ def _write(tmp_path: Path, text: str = SPEC) -> Path:
     return path
 
 
+def _run(campaign: Any, connection: Any, db: Path, sql: str) -> tuple[Any, Any]:
+    """Run a campaign on a connection (closed after) into ``db``; the summary and ``sql``'s
+    answer."""
+    try:
+        with Store(db) as store:
+            return start_run(store, campaign, connection), store.query(sql)
+    finally:
+        connection.close()
+
+
 def _counts(db: Path) -> dict[str, int]:
     with Store(db, read_only=True) as store:
         row = store.query("SELECT count(*) AS n, count(DISTINCT key) AS keys, "
@@ -220,13 +230,8 @@ name = "crash"
 family = "tests.helpers:CrashingGemm"
 problems = ["m=16,n=48,k=32", "m=17,n=48,k=32"]
 """))
-    connection = connect("local", workers=1, interpret=True)
-    try:
-        with Store(db) as store:
-            summary = start_run(store, campaign, connection)
-            rows = store.query("SELECT status, config FROM measurements")
-    finally:
-        connection.close()
+    summary, rows = _run(campaign, connect("local", workers=1, interpret=True), db,
+                         "SELECT status, config FROM measurements")
     assert not summary.interrupted and len(rows) == 6
     crashed = rows[rows["config"].str.contains('"BLOCK_N":32')]
     assert list(crashed["status"]) == ["launch_error", "launch_error"]
@@ -249,13 +254,10 @@ def test_a_gpu_that_keeps_failing_is_quarantined_and_named(
                                 .replace("chunk_size = 2",
                                          "chunk_size = 1\nquarantine_after = 1")
                                 .replace("sample = 4", "sample = 6")))
-    connection = connect(cluster.scheduler_address)  # an existing scheduler, by address
-    try:
-        with Store(db) as store:
-            summary = start_run(store, campaign, connection)
-            events = store.query("SELECT event, worker, detail FROM campaign_events")
+    try:  # an existing scheduler, by address
+        summary, events = _run(campaign, connect(cluster.scheduler_address), db,
+                               "SELECT event, worker, detail FROM campaign_events")
     finally:
-        connection.close()
         cluster.close()
     assert summary.quarantined == ["cpu1"], events.to_string()
     counts = _counts(db)
