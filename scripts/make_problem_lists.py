@@ -129,15 +129,15 @@ def main() -> None:
 
 def h200_whole_more(whole: list[dict[str, object]], heldout: list[dict[str, object]],
                     h200: list[dict[str, object]]) -> list[dict[str, object]]:
-    """The held-out problems of the whole-space list, then those of its problems with M > 64
-    that the H200 has no whole sweep of: the H200's held-out accuracy measured against its
-    whole space, and its compute-bound regimes covered."""
+    """The held-out problems of the whole-space list, then others (M > 64 first) that the H200
+    has no whole sweep of, 12 in all: the H200's held-out accuracy measured against its whole
+    space, and its compute-bound regimes covered."""
     held = {_key(r) for r in heldout}
-    swept = {_key(r) for r in h200[:20] if int(str(r["m"])) <= 64}
-    first = [r for r in whole if _key(r) in held]
-    rest = [r for r in whole if _key(r) not in held and _key(r) not in swept
-            and int(str(r["m"])) > 64]
-    return first + rest[:4]
+    swept = {_key(r) for r in [r for r in h200[:20] if int(str(r["m"])) <= 64][:8]}
+    first = [r for r in whole if _key(r) in held and _key(r) not in swept]
+    rest = sorted((r for r in whole if _key(r) not in held and _key(r) not in swept),
+                  key=lambda r: int(str(r["m"])) <= 64)  # compute-bound ones first
+    return first + rest[:12 - len(first)]  # with the 8 swept already: 20
 
 
 def large_whole_space(sampled: list[dict[str, object]],
