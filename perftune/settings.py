@@ -67,5 +67,14 @@ class Settings(BaseSettings):
                              "worker; more are answered 503 with Retry-After")
     model_wait_s: float = Field(default=10.0, gt=0, description="longest wait for a worker "
                                 "before a 503")
+    job_lease_s: float = Field(default=120.0, gt=0, description="a running tune job whose "
+                               "worker sends no heartbeat for this long is queued again")
+    job_budget: int = Field(default=16, ge=1, le=256, description="measurements per tune job "
+                            "unless the request says")
+    max_open_jobs: int = Field(default=1000, ge=1, description="most queued and running tune "
+                               "jobs; more are refused with 503")
+    interpreter_devices: bool = Field(default=False, description="also answer for and queue "
+                                      "jobs on Triton-interpreter devices of the store (for "
+                                      "development and tests; their times are CPU times)")
     cache_bytes: int = Field(default=64 << 20, ge=0, description="memory for cached answers "
                              "(JSON bytes; least recently used dropped first)")

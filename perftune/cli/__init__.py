@@ -9,11 +9,22 @@ import signal
 import sys
 import threading
 
-from perftune.cli import campaign, collect, db, device, kernels, model, report, serve, tune
+from perftune.cli import (
+    campaign,
+    collect,
+    db,
+    device,
+    kernels,
+    model,
+    report,
+    serve,
+    tune,
+    worker,
+)
 from perftune.cli._common import EXIT_BAD_INPUT, STOP_SIGNALS, Parser, StopToken
 from perftune.errors import PerftuneInputError
 
-COMMANDS = (device, collect, campaign, db, model, tune, kernels, serve, report)
+COMMANDS = (device, collect, campaign, db, model, tune, kernels, serve, worker, report)
 DESCRIPTION = """\
 perftune measures GPU kernel configurations into a DuckDB store, models them, tunes kernels in
 few measurements and serves the best config per problem and device over HTTP.
@@ -29,6 +40,7 @@ few measurements and serves the best config per problem and device over HTTP.
   perftune kernels                kernels tuned by the autotune decorator, their keys and picks
   perftune report                 the analysis plots of the store in one HTML page
   perftune serve                  the REST service (OpenAPI docs at /docs)
+  perftune worker                 run a service's tune jobs for this machine's device
 
 The store is perftune.duckdb in $PERFTUNE_HOME (default ~/.local/share/perftune) unless --db
 or PERFTUNE_DB says otherwise; the first command that opens it builds it from the dataset

@@ -13,8 +13,9 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from perftune.errors import PerftuneInputError
+from perftune.service.jobs import WorkerBoard
 from perftune.service.limits import BodyLimit, Metrics, WorkGate, validation_error
-from perftune.service.routers import catalog, docs, health, measurements, recommendations
+from perftune.service.routers import catalog, docs, health, jobs, measurements, recommendations
 from perftune.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def load_knowledge(settings: Settings) -> Knowledge:
         build_store(settings.db)
     with reading(settings.db) as store:
         return Knowledge.of(store, settings.db, load_models(settings, store),
-                            settings.cache_bytes)
+                            settings.cache_bytes, interpreter=settings.interpreter_devices)
 
 
 def load_models(settings: Settings, store: Store) -> dict[str, Predictor]:
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.knowledge = load_knowledge(settings)
+        app.state.workers = WorkerBoard()
         app.state.gate = WorkGate(settings.model_workers, settings.model_queue,
                                   settings.model_wait_s)
         # What is loaded now (modules, store rows, models) lives as long as the process: kept
@@ -99,6 +101,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Metrics)  # added last: outermost, so it counts the 413s too
-    for module in (recommendations, measurements, catalog, health, docs):
+    for module in (recommendations, measurements, jobs, catalog, health, docs):
         app.include_router(module.router)
     return app

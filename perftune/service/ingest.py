@@ -24,11 +24,13 @@ from perftune.service.recommend import Knowledge, NoAnswer, ProblemKey, problem_
 from perftune.service.schemas import MeasurementCreate
 from perftune.service.storefile import holder, is_locked
 from perftune.store.db import Store
+from perftune.store.jobs import get as get_job
 from perftune.store.keys import canonical_config, measurement_key, software_key
 from perftune.store.queries import measured_rows
 from perftune.store.rules import CLIENT_TIMER
 
 INGEST_CAMPAIGN = "service-ingest"
+JOB_TIMER = "worker"  # a worker's row that does not name its timer
 # Margins over the device's ceilings, from the shipped measurements: the fastest stored row
 # takes 0.86 of the roofline floor (the calibrated ceilings are not quite the hardware's),
 # the highest power read is 1.03 of the limit, and energy per call reaches 1.97 times the
@@ -58,6 +60,7 @@ def ingest(knowledge: Knowledge, measurements: list[MeasurementCreate]) -> int:
             for index, m in enumerate(measurements)]
     try:
         with knowledge.write_lock, Store(knowledge.db) as store:
+            _check_jobs(store, measurements)
             stored = store.insert("measurements", rows)
             keys: set[ProblemKey] = {problem_key(m.family, m.device, m.problem)
                                      for m in measurements}
@@ -77,6 +80,25 @@ def ingest(knowledge: Knowledge, measurements: list[MeasurementCreate]) -> int:
     return stored
 
 
+def _check_jobs(store: Store, measurements: list[MeasurementCreate]) -> None:
+    """Rows naming a job must measure its problem on its device while it runs."""
+    for index, m in enumerate(measurements):
+        if m.job is None:
+            continue
+        job = get_job(store, m.job)
+        where = f"measurements[{index}].job"
+        if job is None:
+            raise NoAnswer(f"{where}: no tune job {m.job!r}")
+        if job["status"] != "running":
+            raise NoAnswer(f"{where}: job {m.job} is {job['status']}, not running; its "
+                           f"rows are taken only while a worker runs it")
+        asked = (job["family"], job["device_id"], job["dtype"], job["shape"])
+        sent = (m.family, m.device, m.dtype, m.problem.shape)
+        if asked != sent:
+            raise NoAnswer(f"{where}: job {m.job} measures {' '.join(asked)}, not "
+                           f"{' '.join(sent)}")
+
+
 def _row(index: int, m: MeasurementCreate, device: pd.Series, now: dt.datetime
          ) -> dict[str, Any]:
     problem = m.problem
@@ -93,9 +115,16 @@ def _row(index: int, m: MeasurementCreate, device: pd.Series, now: dt.datetime
     ok = m.status == "ok"
     if ok:
         check_plausible(where, m, device)
+    if m.timer is not None and m.job is None:
+        raise NoAnswer(f"{where}.timer is taken only with job (a worker's rows); a client's "
+                       f"rows are stored with the timer {CLIENT_TIMER!r}")
+    # A worker's rows were measured by perftune's collector (reference-checked, timed): kept
+    # with its timer, so that they answer as measured; a client's are kept as a client's.
+    timer = (m.timer or JOB_TIMER) if m.job is not None else CLIENT_TIMER
+    campaign = f"tune-job:{m.job}" if m.job is not None else INGEST_CAMPAIGN
     return {"key": measurement_key(device_id=m.device, family=m.family, dataflow=m.dataflow,
                                    dtype=m.dtype, shape=shape, config=config, software=software),
-            "campaign_id": INGEST_CAMPAIGN, "device_id": m.device, "family": m.family,
+            "campaign_id": campaign, "device_id": m.device, "family": m.family,
             "dataflow": m.dataflow, "dtype": m.dtype,
             # the size columns of the table (GEMM's names), as the collector fills them
             **{d: problem.sizes.get(d) for d in GEMM_DIMS},
@@ -103,7 +132,7 @@ def _row(index: int, m: MeasurementCreate, device: pd.Series, now: dt.datetime
             "runtime_ms": m.runtime_ms if ok else None,
             "avg_power_w": m.avg_power_w if ok else None,
             "energy_per_call_j": m.energy_per_call_j if ok else None,
-            "timer": CLIENT_TIMER, "torch_version": m.torch_version,
+            "timer": timer, "torch_version": m.torch_version,
             "triton_version": m.triton_version, "cuda_version": m.cuda_version,
             "driver_version": m.driver_version, "software_key": software, "measured_at": now}
 
@@ -128,7 +157,8 @@ def check_plausible(where: str, m: MeasurementCreate, device: pd.Series) -> None
     assert m.runtime_ms is not None
     name, problem = device["device_id"], f"{m.family} {m.problem.shape} {m.dtype}"
     floor = floor_ms(m, device)
-    if m.runtime_ms < floor:
+    # An interpreter device's times are CPU times: no GPU launch or roofline bounds them.
+    if device.get("kind", "gpu") == "gpu" and m.runtime_ms < floor:
         raise NoAnswer(f"{where}.runtime_ms: {m.runtime_ms:.3g} ms is faster than {name} can "
                        f"run {problem} (its roofline and one launch, halved: {floor:.3g} ms); "
                        f"send what the timer measured")

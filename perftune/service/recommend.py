@@ -138,18 +138,22 @@ class Knowledge:
 
     @classmethod
     def load(cls, db: Path, predictors: Predictor | Mapping[str, Predictor],
-             cache_bytes: int = DEFAULT_CACHE_BYTES) -> Knowledge:
+             cache_bytes: int = DEFAULT_CACHE_BYTES, *, interpreter: bool = False
+             ) -> Knowledge:
         """What the store at ``db`` holds (read through a copy while a writer holds it)."""
         from perftune.service.storefile import reading
 
         with reading(db) as store:
-            return cls.of(store, db, predictors, cache_bytes)
+            return cls.of(store, db, predictors, cache_bytes, interpreter=interpreter)
 
     @classmethod
     def of(cls, store: Store, db: Path, predictors: Predictor | Mapping[str, Predictor],
-           cache_bytes: int = DEFAULT_CACHE_BYTES) -> Knowledge:
+           cache_bytes: int = DEFAULT_CACHE_BYTES, *, interpreter: bool = False
+           ) -> Knowledge:
         """What ``store`` holds; ``db`` is where ingest writes (``store`` may be a copy).
-        ``predictors``: per family its runtime model (one Predictor: that of its family)."""
+        ``predictors``: per family its runtime model (one Predictor: that of its family).
+        ``interpreter``: the store's Triton-interpreter devices are known too, beside its
+        GPUs (their times are CPU times: for development and tests)."""
         models = ({predictors.meta.get("family", DEFAULT_FAMILY): predictors}
                   if isinstance(predictors, Predictor) else dict(predictors))
         catalogs = {name: Catalog.of(store, name) for name in models}
@@ -158,6 +162,9 @@ class Knowledge:
         measured = {key: rank_rows(group) for key, group
                     in rows.groupby(["family", "device_id", "dtype", "shape"], sort=False)}
         devices = gpu_devices(store)
+        if interpreter:
+            devices = store.query("SELECT * FROM devices WHERE kind IN ('gpu', "
+                                  "'cpu-interpreter')")
         return cls(db, models, catalogs, measured, devices.set_index("device_id", drop=False),
                    measurement_counts(store), cache=AnswerCache(cache_bytes))
 
@@ -290,7 +297,8 @@ def _library_ms(family: KernelFamily, rows: pd.DataFrame, column: str = "runtime
 
 
 def _answer(query: ProblemFields, device: str, ranked: pd.DataFrame, source: str,
-            confidence: str, library_ms: float | None, bound: str | None = None
+            confidence: str, library_ms: float | None, bound: str | None = None,
+            spread: float | None = None, distance: float | None = None
             ) -> RecommendationPublic:
     best = ranked.iloc[0]
     speedup = library_ms / float(best["runtime_ms"]) if library_ms else None
@@ -305,7 +313,7 @@ def _answer(query: ProblemFields, device: str, ranked: pd.DataFrame, source: str
         speedup_over_library=speedup,
         # the GEMM-only service's name for it, kept for its clients
         speedup_over_cublas=speedup if query.family == DEFAULT_FAMILY else None,
-        bound=bound)
+        bound=bound, spread=spread, distance=distance, job=None)
 
 
 def _from_measured(knowledge: Knowledge, query: ProblemFields, device: str, rows: pd.DataFrame
@@ -368,8 +376,54 @@ def _from_model(knowledge: Knowledge, query: ProblemFields, device: str,
                                   "predicted_power_w": "avg_power_w",
                                   "predicted_energy_j": "energy_per_call_j"})
     best = shown.iloc[0]
-    width = (best.get("high_ms", math.nan) - best.get("low_ms", math.nan)) / best["runtime_ms"]
-    confident = bool(best["trained_on_device"]) and width < 0.25
-    return _answer(query, device, shown, "model", "medium" if confident else "low",
+    spread = (best.get("high_ms", math.nan) - best.get("low_ms", math.nan)) / best["runtime_ms"]
+    distance = measured_distance(knowledge, query.family, device, query.problem)
+    confidence = model_confidence(bool(best["trained_on_device"]), float(spread), distance)
+    return _answer(query, device, shown, "model", confidence,
                    _library_ms(kernel(query.family), ranked, "predicted_ms"),
-                   str(best["bound"]))
+                   str(best["bound"]),
+                   spread=None if math.isnan(spread) else round(float(spread), 4),
+                   distance=None if math.isinf(distance) else round(distance, 4))
+
+
+# A model answer's confidence (docs/service.md): the forest's spread (the 90% interval of its
+# trees' predictions over the prediction) and the problem's distance from the nearest problem
+# measured on the device (same family and dtype; the root of the summed squares of log2 size
+# ratios: 1 is one size twice or half as large).
+HIGH_SPREAD, HIGH_DISTANCE = 0.15, 0.5
+MEDIUM_SPREAD, MEDIUM_DISTANCE = 0.35, 2.0
+
+
+def model_confidence(trained_on_device: bool, spread: float, distance: float) -> str:
+    """high: the model was trained on the device, its trees agree within
+    :data:`HIGH_SPREAD` and a measured problem lies within :data:`HIGH_DISTANCE`; medium: the
+    same within the MEDIUM bounds; else low (also without an interval)."""
+    if not trained_on_device or math.isnan(spread):
+        return "low"
+    if spread <= HIGH_SPREAD and distance <= HIGH_DISTANCE:
+        return "high"
+    if spread <= MEDIUM_SPREAD and distance <= MEDIUM_DISTANCE:
+        return "medium"
+    return "low"
+
+
+@functools.lru_cache(maxsize=65536)
+def _log_sizes(shape: str) -> dict[str, float]:
+    return {name: math.log2(float(value)) for name, value
+            in (part.split("=", 1) for part in shape.split(",") if "=" in part)}
+
+
+def measured_distance(knowledge: Knowledge, family: str, device: str, problem: Problem
+                      ) -> float:
+    """How far ``problem`` lies from the nearest problem of ``family`` and its dtype measured
+    on ``device`` (see :func:`model_confidence`); infinite when none is."""
+    target = _log_sizes(problem.shape)
+    best = math.inf
+    for fam, dev, dtype, shape in knowledge.measured:
+        if fam != family or dev != device or dtype != problem.dtype:
+            continue
+        other = _log_sizes(shape)
+        if other.keys() != target.keys():
+            continue
+        best = min(best, math.sqrt(sum((target[d] - other[d]) ** 2 for d in target)))
+    return best

@@ -133,6 +133,11 @@ class ProblemParams(ProblemFields):
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
+    measure: bool = Field(False, description="if the problem has no measured answer on the "
+                          "device and the answer is not of high confidence, queue a tune job "
+                          "to measure it (the answer links it; a worker of the device runs "
+                          "it, and later answers come from its measurements)")
+
     def _more_sizes(self) -> dict[str, object]:
         return dict(self.model_extra or {})
 
@@ -149,6 +154,12 @@ class Choice(BaseModel):
     energy_per_call_j: float | None = None
     client: bool = Field(False, description="a row a client sent (POST /v1/measurements), "
                          "not measured by perftune")
+
+
+class JobLink(BaseModel):
+    id: str
+    status: str
+    url: str = Field(description="where to follow it: /v1/jobs/{id}")
 
 
 class RecommendationPublic(BaseModel):
@@ -178,6 +189,13 @@ class RecommendationPublic(BaseModel):
         None, description="gemm answers: speedup_over_library (cuBLAS is GEMM's library); "
         "kept for clients of the GEMM-only service")
     bound: str | None = Field(None, description="roofline bound of the best (model answers)")
+    spread: float | None = Field(None, description="model answers: the 90% interval of the "
+                                 "forest's trees over the predicted runtime of the best")
+    distance: float | None = Field(None, description="model answers: distance from the "
+                                   "nearest problem measured on the device (root of summed "
+                                   "squared log2 size ratios); none when none is measured")
+    job: JobLink | None = Field(None, description="with measure=true: the tune job queued to "
+                                "measure this problem on the device")
 
 
 class BatchCreate(BaseModel):
@@ -209,6 +227,11 @@ class MeasurementCreate(_FamilyProblem):
     triton_version: str | None = Field(None, max_length=64)
     cuda_version: str | None = Field(None, max_length=64)
     driver_version: str | None = Field(None, max_length=64)
+    job: str | None = Field(None, min_length=1, max_length=64, description="a worker's rows: "
+                            "the id of the running tune job they measure (stored as "
+                            "perftune's measurements, with the worker's timer)")
+    timer: str | None = Field(None, min_length=1, max_length=64, description="with job: the "
+                              "timer the worker's collector used")
 
     @field_validator("dataflow")
     @classmethod
@@ -272,3 +295,74 @@ class ModelPublic(BaseModel):
     accuracy: dict[str, float] | None = Field(
         None, description="what the model was measured to do on the held-out problems "
                     "when it was trained (kept in the model file)")
+
+
+JOB_ID = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+WORKER = Field(min_length=1, max_length=200, description="a name for the worker (host, pid)")
+
+
+class TuneCreate(_FamilyProblem):
+    """A problem to measure on a device: queued as a tune job (one open job per problem)."""
+
+    model_config = _REQUEST
+
+    device: str = Field(min_length=1, max_length=200, description="a device_id, see /v1/devices")
+    sizes: dict[SizeName, SizeValue] | None = _sizes()
+    budget: int | None = Field(None, ge=1, le=256, description="most measurements (default: "
+                               "the service's job_budget)")
+
+    def _more_sizes(self) -> dict[str, object]:
+        return dict(self.sizes or {})
+
+
+class JobPublic(BaseModel):
+    id: str
+    family: str
+    problem: str
+    sizes: dict[str, int]
+    dtype: str
+    device: str
+    budget: int
+    status: Literal["queued", "running", "done", "failed"]
+    attempts: int
+    created_at: str
+    claimed_by: str | None = None
+    claimed_at: str | None = None
+    heartbeat_at: str | None = None
+    finished_at: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    lease_s: float = Field(description="a running job whose worker does not heartbeat within "
+                           "this many seconds is queued again")
+    note: str | None = Field(None, description="why a queued job waits, when it does")
+    url: str
+
+
+class JobClaim(BaseModel):
+    model_config = _REQUEST
+
+    device_id: str = Field(min_length=1, max_length=200, description="the worker's device")
+    worker: str = WORKER
+
+
+class JobHeartbeat(BaseModel):
+    model_config = _REQUEST
+
+    worker: str = WORKER
+
+
+class JobDone(BaseModel):
+    model_config = _REQUEST
+
+    worker: str = WORKER
+    result: dict[str, Any] = Field(description="the worker's answer: best dataflow, config, "
+                                   "runtime_ms, measurements")
+
+
+class JobFailed(BaseModel):
+    model_config = _REQUEST
+
+    worker: str = WORKER
+    error: str = Field(min_length=1, max_length=4000)
+    retry: bool = Field(False, description="the worker stopped before the end: queue the job "
+                        "again (until it has had 3 claims)")

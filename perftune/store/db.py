@@ -28,7 +28,7 @@ from perftune.store.schema import (
 _META = "perftune_meta"
 _KEYS = {"devices": "device_id", "campaigns": "campaign_id", "measurements": "key",
          "autotune_measurements": "key", "autotune_choices": "key",
-         "campaign_runs": "run_id", "campaign_events": "key"}
+         "campaign_runs": "run_id", "campaign_events": "key", "tune_jobs": "job_id"}
 
 # Campaigns this process has started and not finished. DuckDB lets one process write a store
 # at a time, so a `running` campaign that a writer finds and did not start is dead: its process

@@ -164,6 +164,28 @@ CAMPAIGN_EVENT_COLUMNS: dict[str, str] = {
     "detail": "VARCHAR",
 }
 
+# Added by migration 5 -> 6: tune jobs the service queues for workers (perftune.store.jobs). A
+# job measures one problem on one device; one open (queued or running) job per problem.
+JOB_STATUSES = ("queued", "running", "done", "failed")
+TUNE_JOB_COLUMNS: dict[str, str] = {
+    "job_id": "VARCHAR PRIMARY KEY",
+    "family": "VARCHAR NOT NULL",
+    "shape": "VARCHAR NOT NULL",
+    "sizes": "VARCHAR NOT NULL",  # JSON object: size name -> value
+    "dtype": "VARCHAR NOT NULL",
+    "device_id": "VARCHAR NOT NULL",
+    "budget": "INTEGER NOT NULL",
+    "status": "VARCHAR NOT NULL",  # queued / running / done / failed
+    "created_at": "TIMESTAMP NOT NULL",
+    "claimed_by": "VARCHAR",
+    "claimed_at": "TIMESTAMP",
+    "heartbeat_at": "TIMESTAMP",
+    "attempts": "INTEGER NOT NULL",
+    "finished_at": "TIMESTAMP",
+    "result": "VARCHAR",  # JSON object: the worker's answer
+    "error": "VARCHAR",
+}
+
 _TABLES_V1: dict[str, dict[str, str]] = {
     "devices": DEVICE_COLUMNS,
     "campaigns": CAMPAIGN_COLUMNS,
@@ -178,6 +200,7 @@ TABLES: dict[str, dict[str, str]] = {
     "measurements": {**MEASUREMENT_COLUMNS, **MEASUREMENT_COLUMNS_V2, **MEASUREMENT_COLUMNS_V3},
     "autotune_measurements": AUTOTUNE_MEASUREMENT_COLUMNS,
     "autotune_choices": AUTOTUNE_CHOICE_COLUMNS,
+    "tune_jobs": TUNE_JOB_COLUMNS,
 }
 
 
@@ -207,6 +230,9 @@ MIGRATIONS: list[list[str]] = [
     ["ALTER TABLE campaigns ADD COLUMN run_id VARCHAR",
      _create("campaign_runs", CAMPAIGN_RUN_COLUMNS),
      _create("campaign_events", CAMPAIGN_EVENT_COLUMNS)],
+    # 5 -> 6: tune jobs.
+    [_create("tune_jobs", TUNE_JOB_COLUMNS),
+     "CREATE INDEX tune_jobs_problem ON tune_jobs (family, shape, dtype, device_id, status)"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -20,6 +20,7 @@ from perftune.service.deps import (
     limit_work,
     require_read_token,
 )
+from perftune.service.jobs import queue, wants_measuring, with_job
 from perftune.service.recommend import (
     Knowledge,
     NoAnswer,
@@ -27,6 +28,7 @@ from perftune.service.recommend import (
     needs_model,
     recommend_json,
 )
+from perftune.service.routers.jobs import guarded
 from perftune.service.schemas import (
     BatchCreate,
     BatchPublic,
@@ -60,18 +62,25 @@ def _json(body: bytes) -> Response:
 
 
 @router.get("/recommendation", response_model=RecommendationPublic, responses=_ERRORS)
-async def get_recommendation(knowledge: KnowledgeDep, gate: GateDep,
+async def get_recommendation(knowledge: KnowledgeDep, gate: GateDep, settings: SettingsDep,
                              query: Annotated[ProblemParams, Query()]) -> Response:
     """The best dataflow and config for one problem of a family (default gemm) on one device,
     with alternatives. The family's sizes are parameters of their names (its dims in
-    /v1/families; gemm's m, n, k)."""
-    cached = knowledge.cached(query)
-    if cached is not None:
-        return _json(cached)
-    if not needs_model(knowledge, query):  # a lookup or a refusal: on the event loop
-        return _json(answer(knowledge, query))
-    async with gate.slot():  # a model run: in a worker thread, when one is free
-        return _json(await run_in_threadpool(answer, knowledge, query))
+    /v1/families; gemm's m, n, k). With ``measure=true``, an answer that is neither measured
+    nor of high confidence queues a tune job for the problem and links it (``job``)."""
+    body = knowledge.cached(query)
+    if body is None:
+        if not needs_model(knowledge, query):  # a lookup or a refusal: on the event loop
+            body = answer(knowledge, query)
+        else:
+            async with gate.slot():  # a model run: in a worker thread, when one is free
+                body = await run_in_threadpool(answer, knowledge, query)
+    if query.measure and wants_measuring(body):
+        job, _ = await run_in_threadpool(
+            guarded, lambda: queue(knowledge, settings, family=query.family,
+                                   problem=query.problem, device=query.device))
+        body = with_job(body, job)
+    return _json(body)
 
 
 def _answers(knowledge: Knowledge, problems: Sequence[ProblemFields]) -> list[bytes]:
