@@ -164,8 +164,13 @@ def test_bad_options_are_refused() -> None:
     from perftune.errors import PerftuneInputError
     from perftune.tune.autotune import autotune
 
-    with pytest.raises(PerftuneInputError, match="objective 'energy' is not offered"):
-        autotune([], key=["n"], objective="energy")
+    with pytest.raises(PerftuneInputError, match="objective must be 'time' or 'energy'"):
+        autotune([], key=["n"], objective="power")
+    import torch
+
+    if not torch.cuda.is_available():  # the energy objective on a GPU: tests/test_gpu.py
+        with pytest.raises(PerftuneInputError, match="needs an NVIDIA GPU"):
+            autotune([], key=["n"], objective="energy")
     with pytest.raises(PerftuneInputError, match="timer must be"):
         autotune([], key=["n"], timer="cuda")
 

@@ -85,3 +85,37 @@ def test_calibration_measures_plausible_ceilings():
     ceilings = calibrate(size=4096, copy_bytes=2**30)
     assert 50 < ceilings["peak_tflops_bf16"] < 3000
     assert 300 < ceilings["copy_bandwidth_gbs"] < 20000
+
+
+def test_autotune_energy_objective_picks_the_least_energy_config(tmp_path):
+    import duckdb
+    import triton
+    import triton.language as tl
+
+    from perftune.tune.autotune import autotune
+
+    @triton.jit
+    def scale_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(out_ptr + offs, 2.0 * tl.load(x_ptr + offs, mask=mask), mask=mask)
+
+    configs = [triton.Config({"BLOCK": b}, num_warps=w) for b in (256, 1024) for w in (1, 4)]
+    db = tmp_path / "energy.duckdb"
+    tuned = autotune(configs, key=["n"], objective="energy", energy_window_s=0.2, db=db,
+                     family=False, name="scale_energy")(scale_kernel)
+    n = 1 << 24
+    x = torch.randn(n, device="cuda")
+    out = torch.empty_like(x)
+    tuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, out, n)
+    torch.cuda.synchronize()
+    assert torch.equal(out, 2 * x)
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("SELECT config, runtime_ms, energy_per_call_j FROM "
+                       "autotune_measurements").fetchall()
+    choice = con.execute("SELECT config, objective, energy_per_call_j FROM "
+                         "autotune_choices").fetchall()
+    con.close()
+    assert len(rows) == 4 and all(r[1] > 0 and r[2] > 0 for r in rows)
+    least = min(rows, key=lambda r: r[2])
+    assert choice == [(least[0], "energy", least[2])]

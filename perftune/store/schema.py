@@ -186,6 +186,12 @@ TUNE_JOB_COLUMNS: dict[str, str] = {
     "error": "VARCHAR",
 }
 
+# Added by migration 6 -> 7: the autotune decorator's energy objective (``objective="energy"``):
+# energy per call of a measured config, and of the chosen one, and what a choice minimised.
+AUTOTUNE_ENERGY_COLUMNS: dict[str, str] = {"energy_per_call_j": "DOUBLE"}
+AUTOTUNE_CHOICE_COLUMNS_V7: dict[str, str] = {"energy_per_call_j": "DOUBLE",
+                                              "objective": "VARCHAR"}
+
 _TABLES_V1: dict[str, dict[str, str]] = {
     "devices": DEVICE_COLUMNS,
     "campaigns": CAMPAIGN_COLUMNS,
@@ -198,8 +204,8 @@ TABLES: dict[str, dict[str, str]] = {
     "campaign_runs": CAMPAIGN_RUN_COLUMNS,
     "campaign_events": CAMPAIGN_EVENT_COLUMNS,
     "measurements": {**MEASUREMENT_COLUMNS, **MEASUREMENT_COLUMNS_V2, **MEASUREMENT_COLUMNS_V3},
-    "autotune_measurements": AUTOTUNE_MEASUREMENT_COLUMNS,
-    "autotune_choices": AUTOTUNE_CHOICE_COLUMNS,
+    "autotune_measurements": {**AUTOTUNE_MEASUREMENT_COLUMNS, **AUTOTUNE_ENERGY_COLUMNS},
+    "autotune_choices": {**AUTOTUNE_CHOICE_COLUMNS, **AUTOTUNE_CHOICE_COLUMNS_V7},
     "tune_jobs": TUNE_JOB_COLUMNS,
 }
 
@@ -233,6 +239,10 @@ MIGRATIONS: list[list[str]] = [
     # 5 -> 6: tune jobs.
     [_create("tune_jobs", TUNE_JOB_COLUMNS),
      "CREATE INDEX tune_jobs_problem ON tune_jobs (family, shape, dtype, device_id, status)"],
+    # 6 -> 7: the autotune decorator's energy objective.
+    ["ALTER TABLE autotune_measurements ADD COLUMN energy_per_call_j DOUBLE",
+     "ALTER TABLE autotune_choices ADD COLUMN energy_per_call_j DOUBLE",
+     "ALTER TABLE autotune_choices ADD COLUMN objective VARCHAR DEFAULT 'time'"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,8 +3,8 @@ forest fitted on the kernel's own measurements across keys.
 
 Features: the numeric key values, the numeric config parameters (``num_warps``,
 ``num_stages`` and the kwargs) and what the grid gives per config (programs, programs per
-SM), each as log2(1 + value). Target: a config's log runtime less the log runtime of the best
-config measured for its key, so keys of very different sizes teach the same thing: which
+SM), each as log2(1 + value). Target: a config's log runtime (or energy per call) less that of
+the best config measured for its key, so keys of very different sizes teach the same thing: which
 configs are fast relative to the others.
 """
 
@@ -40,21 +40,21 @@ def stored_features(measured: pd.DataFrame) -> list[dict[str, float]]:
 
 
 def rank(measured: pd.DataFrame, candidates: Sequence[Mapping[str, float]], *,
-         seed: int = 0) -> list[int]:
-    """Candidate indices, predicted fastest first, by a forest fitted on ``measured``
-    (``autotune_measurements`` rows of one kernel: tuning_key, key_values, config, features,
-    runtime_ms)."""
+         seed: int = 0, target: str = "runtime_ms") -> list[int]:
+    """Candidate indices, predicted best (lowest ``target``: runtime_ms, or
+    energy_per_call_j) first, by a forest fitted on ``measured`` (``autotune_measurements``
+    rows of one kernel: tuning_key, key_values, config, features and the target)."""
     from sklearn.ensemble import RandomForestRegressor
 
-    ok = measured[measured["runtime_ms"].notna() & (measured["runtime_ms"] > 0)]
-    ok = ok.assign(log_ms=np.log(ok["runtime_ms"].astype(float)))
-    target = ok["log_ms"] - ok.groupby("tuning_key")["log_ms"].transform("min")
+    ok = measured[measured[target].notna() & (measured[target] > 0)]
+    ok = ok.assign(log_ms=np.log(ok[target].astype(float)))
+    relative = ok["log_ms"] - ok.groupby("tuning_key")["log_ms"].transform("min")
     train = pd.DataFrame(stored_features(ok))
     columns = sorted(set(train.columns) | {c for row in candidates for c in row})
     x = train.reindex(columns=columns).fillna(-1.0).to_numpy()
     forest = RandomForestRegressor(n_estimators=64, min_samples_leaf=1, random_state=seed,
                                    n_jobs=1)
-    forest.fit(x, target.to_numpy())
+    forest.fit(x, relative.to_numpy())
     new = pd.DataFrame(list(candidates)).reindex(columns=columns).fillna(-1.0).to_numpy()
     predicted = forest.predict(new)
     return [int(i) for i in np.argsort(predicted, kind="stable")]

@@ -43,8 +43,16 @@ class PerftuneAutotuner(Autotuner):
     def __init__(self, fn: Any, arg_names: list[str], configs: list[Config], key: list[str], *,
                  budget: int, family_prune: Callable[..., list[Config]] | None,
                  family_name: str | None, db: Any, min_keys: int, timer_name: str,
-                 name: str | None, device: str | None, **options: Any):
+                 name: str | None, device: str | None, objective: str = "time",
+                 energy_window_s: float = 0.25, **options: Any):
         super().__init__(fn, arg_names, configs, key, **options)
+        self.objective = objective
+        self.energy_window_s = energy_window_s
+        self._energy: dict[int, tuple[float, float]] = {}  # id(config) -> (ms, J per call)
+        self._last_energy: tuple[float, float] | None = None
+        if objective == "energy":
+            timer: Callable[..., Any] = self.do_bench  # type: ignore[has-type]
+            self.do_bench = self._energy_bench(timer)
         self.budget = budget
         self.family_prune = family_prune
         self.family_name = family_name
@@ -75,7 +83,8 @@ class PerftuneAutotuner(Autotuner):
         return tuple(key)
 
     def _choice_key(self, tuning_key: tuple[Any, ...]) -> str:
-        return self.records.identity.digest(_key_text(tuning_key), self.configs_hash)
+        objective = "" if self.objective == "time" else f":{self.objective}"
+        return self.records.identity.digest(_key_text(tuning_key), self.configs_hash + objective)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         if len(self.configs) <= 1:
@@ -118,12 +127,14 @@ class PerftuneAutotuner(Autotuner):
             self._ranked_by = f"family:{self.family_name}"
             return list(self.family_prune(pruned, nargs, **kwargs))
         measured = self._measured
+        if not measured.empty and self._target in measured:
+            measured = measured[measured[self._target].notna()]
         if measured.empty or measured["tuning_key"].nunique() < self.min_keys:
             return pruned
         key_values = self._key_values(nargs, kwargs)
         candidates = [_autotune_model.feature_row(key_values, config_dict(c),
                                                   self._features[id(c)]) for c in pruned]
-        order = _autotune_model.rank(measured, candidates)
+        order = _autotune_model.rank(measured, candidates, target=self._target)
         self._ranked_by = "learned"
         return [pruned[i] for i in order[:self.budget]]
 
@@ -144,10 +155,42 @@ class PerftuneAutotuner(Autotuner):
         programs = math.prod(dims)
         return {"programs": programs, "programs_per_sm": programs / sm_count()}
 
+    @property
+    def _target(self) -> str:
+        return "energy_per_call_j" if self.objective == "energy" else "runtime_ms"
+
     # -- timing and storing ---------------------------------------------------------------------
     def _bench(self, *args: Any, config: Config, **meta: Any) -> Any:
         self.benchmarks += 1
-        return super()._bench(*args, config=config, **meta)
+        self._last_energy = None
+        timings = super()._bench(*args, config=config, **meta)
+        if self._last_energy is not None:
+            self._energy[id(config)] = self._last_energy
+        return timings
+
+    def _energy_bench(self, base: Callable[..., Any]) -> Callable[..., Any]:
+        """``base`` (the timer) followed by NVML energy per call over ``energy_window_s``, the
+        GPU kept busy; it returns the energy (mJ), which the autotuner then minimises."""
+        import torch
+
+        from perftune.collect.power.nvml import NVMLObserver, measure_energy
+
+        observer = NVMLObserver(torch.cuda.current_device())
+
+        def bench(kernel_call: Callable[[], None], quantiles: Any = None, **kw: Any) -> Any:
+            timings = base(kernel_call, quantiles=quantiles, **kw)
+            ms = float(timings[0] if isinstance(timings, list | tuple) else timings)
+            if not math.isfinite(ms):
+                return timings
+            measured = measure_energy(kernel_call, observer, call_ms=ms,
+                                      window_s=self.energy_window_s)
+            joules = float(measured["energy_per_call_j"])
+            self._last_energy = (ms, joules)
+            millijoules = joules * 1e3
+            return ([millijoules] * len(timings) if isinstance(timings, list | tuple)
+                    else millijoules)
+
+        return bench
 
     def _remember(self, key: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any],
                   measured: int) -> None:
@@ -155,22 +198,25 @@ class PerftuneAutotuner(Autotuner):
         key_text = _key_text(key)
         key_values = canonical(self._key_values(nargs, kwargs))
         rows = []
+        measured_ms: dict[int, float | None] = {}
         for config, timing in (getattr(self, "configs_timings", None) or {}).items():
-            ms = timing[0] if isinstance(timing, list | tuple) else timing
+            ms, joules = self._energy.get(id(config), (_first(timing), None))
+            measured_ms[id(config)] = ms if ms is not None and math.isfinite(ms) else None
             cfg = canonical(config_dict(config))
-            rows.append({"key": self.records.identity.digest(key_text, cfg),
+            parts = (key_text, cfg) if self.objective == "time" else (key_text, cfg, "energy")
+            rows.append({"key": self.records.identity.digest(*parts),
                          "tuning_key": key_text, "key_values": key_values, "config": cfg,
                          "features": json.dumps(self._features.get(id(config), {})),
-                         "runtime_ms": float(ms) if math.isfinite(float(ms)) else None,
+                         "runtime_ms": measured_ms[id(config)], "energy_per_call_j": joules,
                          "timer": self.timer_name})
         best = self.cache[key]
-        timings = getattr(self, "configs_timings", None) or {}
-        best_ms = timings.get(best)
-        best_ms = best_ms[0] if isinstance(best_ms, list | tuple) else best_ms
+        best_ms = measured_ms.get(id(best))
+        best_energy = self._energy.get(id(best), (None, None))[1]
         choice_key = self._choice_key(key)
         choice: dict[str, Any] = {"key": choice_key, "tuning_key": key_text,
                   "config": canonical(config_dict(best)),
                   "runtime_ms": float(best_ms) if best_ms is not None else None,
+                  "energy_per_call_j": best_energy, "objective": self.objective,
                   "configs": len(self.configs), "measured": measured,
                   "ranked_by": self._ranked_by}
         if rows:
@@ -179,6 +225,11 @@ class PerftuneAutotuner(Autotuner):
         self.records.record(rows, choice)
         self.history.append({"key": key_text, "measured": measured,
                              "ranked_by": self._ranked_by})
+
+
+def _first(timing: Any) -> float | None:
+    value = timing[0] if isinstance(timing, list | tuple) else timing
+    return None if value is None else float(value)
 
 
 def _key_text(key: tuple[Any, ...]) -> str:

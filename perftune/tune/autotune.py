@@ -188,7 +188,7 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
              device: str | None = None, dtype: str | None = None,
              model: str | Path | None = None, db: str | Path | None = None,
              timer: str = "triton", min_keys: int = 4, name: str | None = None,
-             objective: str = "time") -> Callable[[Any], Any]:
+             objective: str = "time", energy_window_s: float = 0.25) -> Callable[[Any], Any]:
     """``triton.autotune(configs, key, ...)`` (same arguments, same meaning) that times at most
     ``budget`` configs for a new key once a model can rank them, and stores what it measured
     and chose.
@@ -202,16 +202,20 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
     id, dtype and file. ``db``: the store (default: the user's). ``timer``: ``"triton"``
     (Triton's benchmarker, as ``triton.autotune``) or ``"perftune"`` (perftune's timer); an
     explicit ``do_bench`` wins. ``name``: the kernel's name in the store (default: the
-    function's). ``objective``: ``"time"`` only (energy needs NVML; not offered here)."""
+    function's). ``objective``: ``"time"``, or ``"energy"``: each timed config's energy per call
+    is measured through NVML over ``energy_window_s`` (the GPU kept busy) and the config of
+    least energy is picked; the learned model ranks by energy too (a family's model ranks by
+    time). Energy needs an NVIDIA GPU."""
     if budget < 1:
         raise PerftuneInputError(f"budget must be at least 1 (got {budget})")
     if min_keys < 1:
         raise PerftuneInputError(f"min_keys must be at least 1 (got {min_keys})")
     if timer not in ("triton", "perftune"):
         raise PerftuneInputError(f"timer must be 'triton' or 'perftune' (got {timer!r})")
-    if objective != "time":
-        raise PerftuneInputError(f"objective {objective!r} is not offered: autotune ranks and "
-                                 f"times by runtime only (objective='time')")
+    if objective not in ("time", "energy"):
+        raise PerftuneInputError(f"objective must be 'time' or 'energy' (got {objective!r})")
+    if objective == "energy":
+        _check_energy(energy_window_s)
     options = {"reset_to_zero": reset_to_zero, "restore_value": restore_value,
                "pre_hook": pre_hook, "post_hook": post_hook, "warmup": warmup, "rep": rep,
                "use_cuda_graph": use_cuda_graph, "do_bench": do_bench,
@@ -231,11 +235,26 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
         tuned = PerftuneAutotuner(fn, list(fn.arg_names), configs, key, budget=budget,
                                   family_prune=prune, family_name=chosen, db=db,
                                   min_keys=min_keys, timer_name=timer_name, name=name,
-                                  device=None, **options)
+                                  device=None, objective=objective,
+                                  energy_window_s=energy_window_s, **options)
         tuned.perftune_prune = prune
         return tuned
 
     return decorate
+
+
+def _check_energy(window_s: float) -> None:
+    """Energy per call is read from NVML's energy counter: a GPU, and a window in which the
+    counter ticks (about every 100 ms)."""
+    from perftune.tune._autotuner import _on_gpu
+
+    if not _on_gpu():
+        raise PerftuneInputError("objective='energy' measures energy per call through NVML and "
+                                 "needs an NVIDIA GPU (none is in use: no CUDA, or the Triton "
+                                 "interpreter); use objective='time' here")
+    if not window_s >= 0.1:
+        raise PerftuneInputError(f"energy_window_s must be at least 0.1 s, the NVML energy "
+                                 f"counter's update period (got {window_s})")
 
 
 def _family_of(family: str | bool | None, configs: list[Any], arg_names: list[str]
