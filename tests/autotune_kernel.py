@@ -3,6 +3,7 @@ of no family (an AXPY and an accumulating kernel), on CPU tensors. Prints a JSON
 last line. Timings are interpreter wall clock, used only to pick among configs.
 
     autotune_kernel.py KERNEL_DIR DB tune N [N ...] [--budget B] [--min-keys K] [--sleep S]
+    (DB "-": no store named: the user's default, or the service PERFTUNE_URL names)
     autotune_kernel.py KERNEL_DIR DB hooks
 """
 
@@ -53,7 +54,8 @@ def describe(config: Any) -> dict[str, Any]:
 
 def tune() -> dict[str, Any]:
     kernel = autotune(CONFIGS, key=["n"], budget=args.budget, min_keys=args.min_keys,
-                      db=args.db, do_bench=wall_clock)(autotune_kernels.axpy_kernel)
+                      db=None if args.db == "-" else args.db,
+                      do_bench=wall_clock)(autotune_kernels.axpy_kernel)
     calls = []
     for n in args.sizes:
         x, y = torch.randn(n), torch.randn(n)

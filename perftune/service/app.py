@@ -15,7 +15,15 @@ from fastapi.exceptions import RequestValidationError
 from perftune.errors import PerftuneInputError
 from perftune.service.jobs import WorkerBoard
 from perftune.service.limits import BodyLimit, Metrics, WorkGate, validation_error
-from perftune.service.routers import catalog, docs, health, jobs, measurements, recommendations
+from perftune.service.routers import (
+    autotune,
+    catalog,
+    docs,
+    health,
+    jobs,
+    measurements,
+    recommendations,
+)
 from perftune.settings import Settings
 
 if TYPE_CHECKING:
@@ -101,6 +109,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Metrics)  # added last: outermost, so it counts the 413s too
-    for module in (recommendations, measurements, jobs, catalog, health, docs):
+    for module in (recommendations, measurements, jobs, autotune, catalog, health, docs):
         app.include_router(module.router)
     return app

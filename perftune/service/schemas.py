@@ -366,3 +366,63 @@ class JobFailed(BaseModel):
     error: str = Field(min_length=1, max_length=4000)
     retry: bool = Field(False, description="the worker stopped before the end: queue the job "
                         "again (until it has had 3 claims)")
+
+
+# -- the autotune decorator's records (GET/POST /v1/autotune/records) ----------------------------
+Hex = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
+Text = Annotated[str, Field(max_length=20_000)]
+
+
+class AutotuneIdentity(BaseModel):
+    """One kernel source on one device and software: what its records hold for."""
+
+    model_config = _REQUEST
+
+    kernel: str = Field(min_length=1, max_length=200, description="the kernel's name")
+    source_hash: Hex = Field(description="hash of the kernel's source")
+    device_id: str = Field(min_length=1, max_length=200, description="a device_id")
+    software_key: str = Field(min_length=1, max_length=500, description="torch, Triton, CUDA")
+
+
+class AutotuneMeasurementCreate(BaseModel):
+    model_config = _REQUEST
+
+    key: Hex
+    tuning_key: Text
+    key_values: Text
+    config: Text
+    features: Text | None = None
+    runtime_ms: float | None = Field(None, gt=0, description="NULL: the config failed")
+    energy_per_call_j: float | None = Field(None, gt=0)
+    timer: str = Field(min_length=1, max_length=100)
+
+
+class AutotuneChoiceCreate(BaseModel):
+    model_config = _REQUEST
+
+    key: Hex
+    tuning_key: Text
+    config: Text
+    runtime_ms: float | None = Field(None, gt=0)
+    energy_per_call_j: float | None = Field(None, gt=0)
+    objective: Literal["time", "energy"] = "time"
+    configs: int = Field(ge=1, le=100_000)
+    measured: int = Field(ge=0, le=100_000)
+    ranked_by: str = Field(min_length=1, max_length=200)
+
+
+class AutotuneRecordsCreate(AutotuneIdentity):
+    """One key's measurements and choice, stored in one transaction."""
+
+    measurements: list[AutotuneMeasurementCreate] = Field(max_length=100_000)
+    choice: AutotuneChoiceCreate
+
+
+class AutotuneRecordsPublic(BaseModel):
+    choices: list[dict[str, Any]] = Field(description="the kernel's choices, one per key")
+    measurements: list[dict[str, Any]] = Field(description="its measurements")
+
+
+class AutotuneStoredPublic(BaseModel):
+    choice: dict[str, Any] | None = Field(description="the key's stored choice: this one, or "
+                                          "one stored first by another process")

@@ -24,6 +24,8 @@ from typing import Any
 
 import pandas as pd
 
+from perftune.store.autotune_records import read_records, write_records
+
 LOCK_WAIT_S = 30.0  # the longest one access waits for the store
 
 
@@ -35,6 +37,11 @@ class KernelIdentity:
     source_hash: str
     device_id: str
     software_key: str
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return {"kernel": self.kernel, "source_hash": self.source_hash,
+                "device_id": self.device_id, "software_key": self.software_key}
 
     def digest(self, *parts: str) -> str:
         text = "|".join((self.kernel, self.source_hash, self.device_id, self.software_key,
@@ -108,12 +115,7 @@ class AutotuneRecords:
             write = _needs_migrating(path)
             with self._store(write=write) as store:
                 self.reads += 1
-                where = ("WHERE kernel = ? AND source_hash = ? AND device_id = ? AND "
-                         "software_key = ?")
-                ident = self.identity
-                params = [ident.kernel, ident.source_hash, ident.device_id, ident.software_key]
-                choices = store.query(f"SELECT * FROM autotune_choices {where}", params)
-                measured = store.query(f"SELECT * FROM autotune_measurements {where}", params)
+                choices, measured = read_records(store, self.identity.fields)
         except Exception as exc:  # any failure means local-only, said once
             self._fail(exc)
             return empty
@@ -126,25 +128,15 @@ class AutotuneRecords:
         choice: this one, or the one another process stored first (never two)."""
         if self.local_only:
             return None
-        ident = self.identity
-        base = {"kernel": ident.kernel, "source_hash": ident.source_hash,
-                "device_id": ident.device_id, "software_key": ident.software_key}
-        at = _now()
-        rows = [{**base, **row, "measured_at": at} for row in measurements]
-        chosen = {**base, **choice, "chosen_at": at}
         try:
             with self._store(write=True) as store:
-                with store._guard(), store._transaction():
-                    if rows:
-                        store._insert_frame("autotune_measurements", pd.DataFrame(rows))
-                    store._insert_frame("autotune_choices", pd.DataFrame([chosen]))
-                stored = store.query("SELECT * FROM autotune_choices WHERE key = ?",
-                                     [chosen["key"]])
+                stored = write_records(store, self.identity.fields, measurements, choice,
+                                       _now())
                 self.writes += 1
         except Exception as exc:  # any failure means local-only, said once
             self._fail(exc)
             return None
-        return dict(stored.to_dict("records")[0]) if len(stored) else None
+        return stored
 
 
 def _needs_migrating(path: Path) -> bool:

@@ -15,7 +15,8 @@ import pandas as pd
 from triton.runtime.autotuner import Autotuner, Config
 
 from perftune.tune import _autotune_model
-from perftune.tune._autotune_store import AutotuneRecords, KernelIdentity, canonical
+from perftune.tune._autotune_remote import records_for
+from perftune.tune._autotune_store import KernelIdentity, canonical
 
 CONFIG_FIELDS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
@@ -62,7 +63,7 @@ class PerftuneAutotuner(Autotuner):
                                   source_hash=source_hash(fn),
                                   device_id=device or current_device_id(),
                                   software_key=software_key())
-        self.records = AutotuneRecords(db, identity)
+        self.records = records_for(db, identity)
         self.configs_hash = hashlib.sha1(
             "|".join(canonical(config_dict(c)) for c in self.configs).encode()).hexdigest()
         self.benchmarks = 0  # configs timed by this process
