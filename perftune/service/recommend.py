@@ -19,7 +19,7 @@ import math
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,7 +376,8 @@ def _from_model(knowledge: Knowledge, query: ProblemFields, device: str,
                                   "predicted_power_w": "avg_power_w",
                                   "predicted_energy_j": "energy_per_call_j"})
     best = shown.iloc[0]
-    spread = (best.get("high_ms", math.nan) - best.get("low_ms", math.nan)) / best["runtime_ms"]
+    spread = model_spread(best["runtime_ms"], best.get("low_ms", math.nan),
+                          best.get("high_ms", math.nan))
     distance = measured_distance(knowledge, query.family, device, query.problem)
     confidence = model_confidence(bool(best["trained_on_device"]), float(spread), distance)
     return _answer(query, device, shown, "model", confidence,
@@ -392,6 +393,12 @@ def _from_model(knowledge: Knowledge, query: ProblemFields, device: str,
 # ratios: 1 is one size twice or half as large).
 HIGH_SPREAD, HIGH_DISTANCE = 0.15, 0.5
 MEDIUM_SPREAD, MEDIUM_DISTANCE = 0.35, 2.0
+
+
+def model_spread(predicted_ms: float, low_ms: float, high_ms: float) -> float:
+    """A model answer's spread: its 90% interval over its predicted runtime (NaN without an
+    interval)."""
+    return (high_ms - low_ms) / predicted_ms
 
 
 def model_confidence(trained_on_device: bool, spread: float, distance: float) -> str:
@@ -417,12 +424,19 @@ def measured_distance(knowledge: Knowledge, family: str, device: str, problem: P
                       ) -> float:
     """How far ``problem`` lies from the nearest problem of ``family`` and its dtype measured
     on ``device`` (see :func:`model_confidence`); infinite when none is."""
-    target = _log_sizes(problem.shape)
+    return nearest_distance(problem.shape, (shape for fam, dev, dtype, shape in knowledge.measured
+                                            if fam == family and dev == device
+                                            and dtype == problem.dtype))
+
+
+def nearest_distance(shape: str, measured: Iterable[str]) -> float:
+    """The distance of :func:`measured_distance` from ``shape`` to the nearest of the
+    ``measured`` shapes (of the same family, dtype and device) with the same sizes named;
+    infinite when there is none."""
+    target = _log_sizes(shape)
     best = math.inf
-    for fam, dev, dtype, shape in knowledge.measured:
-        if fam != family or dev != device or dtype != problem.dtype:
-            continue
-        other = _log_sizes(shape)
+    for other_shape in measured:
+        other = _log_sizes(other_shape)
         if other.keys() != target.keys():
             continue
         best = min(best, math.sqrt(sum((target[d] - other[d]) ** 2 for d in target)))
