@@ -85,7 +85,8 @@ def test_foreign_and_newer_stores_exit_2_untouched(tmp_path: Path, db: Path, cli
     text.write_text("not a database at all\n" * 20)
     _store_with_one_row(db, cli)
     with Store(db) as store:
-        store.con.execute("UPDATE perftune_meta SET value = '7' WHERE name = 'schema_version'")
+        store.con.execute("UPDATE perftune_meta SET value = ? WHERE name = 'schema_version'",
+                          [str(SCHEMA_VERSION + 1)])
     for path, message in ((foreign, "not a perftune store"), (text, "not a DuckDB database"),
                           (db, "newer than this perftune")):
         before = fingerprint(path)

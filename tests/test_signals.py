@@ -20,9 +20,11 @@ from perftune.store.schema import TABLES
 from tests.conftest import ROOT
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-SAMPLE = 60
+PER_PROBLEM = 60
+SAMPLE = 2 * PER_PROBLEM  # two problems: the run outlasts the latest signal point
 COLLECT = [sys.executable, "-m", "perftune", "collect", "--interpret", "--problem", "8x16x16",
-           "--dataflows", "triton", "--sample", str(SAMPLE), "--seed", "5", "--rounds", "1",
+           "--problem", "8x32x16", "--dataflows", "triton", "--sample", str(PER_PROBLEM),
+           "--seed", "5", "--rounds", "1",
            "--chunk-size", "2"]
 # (line awaited, seconds after it, seconds between the two SIGTERMs). The first line comes
 # once the handlers are in place; then the store opens, the worker starts (~2 s here, importing
