@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import platform
+import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -25,3 +29,11 @@ def gemm_measurements(db: Path | None, name: str, *, device: str | None = None
     """The GEMM measurements (with device properties) of ``db``, or of a fresh store."""
     with Store(db or fresh_store(name), read_only=True) as store:
         return load_measurements(store, family="gemm", device=device)
+
+
+def replay_header(module: str) -> dict[str, Any]:
+    """A CPU replay benchmark's device, date and reproducing command."""
+    return {"device": f"cpu ({platform.processor() or platform.machine()}); replay of the "
+                      f"shipped GPU measurements",
+            "date": dt.date.today().isoformat(),
+            "command": " ".join([f"python -m benchmarks.{module}", *sys.argv[1:]])}

@@ -17,9 +17,7 @@ Saves benchmarks/results/families.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._shipped import fresh_store
+from benchmarks._shipped import fresh_store, replay_header
 from perftune.collect.families import BUILTIN, load_family
 from perftune.collect.problems import Problem
 from perftune.model.metrics import PROBLEM, geomean, regret, whole_space_problems
@@ -114,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     out: dict[str, Any] = {
-        "device": f"cpu ({platform.processor() or platform.machine()}); replay of the shipped "
-                  f"GPU measurements",
-        "date": dt.date.today().isoformat(),
-        "command": "python -m benchmarks.families " + " ".join(sys.argv[1:]),
+        **replay_header("families"),
         "budget": args.budget, "families": {}}
     with Store(fresh_store("families"), read_only=True) as store:
         for family in args.families.split(","):

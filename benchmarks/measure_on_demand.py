@@ -26,11 +26,8 @@ Saves benchmarks/results/measure_on_demand.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks._shipped import fresh_store
+from benchmarks._shipped import fresh_store, replay_header
 from perftune.collect.families import load_family
 from perftune.collect.problems import Problem
 from perftune.model.features import family_features
@@ -176,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     out: dict[str, Any] = {
-        "device": f"cpu ({platform.processor() or platform.machine()}); replay of the shipped "
-                  f"GPU measurements",
-        "date": dt.date.today().isoformat(),
-        "command": "python -m benchmarks.measure_on_demand " + " ".join(sys.argv[1:]),
+        **replay_header("measure_on_demand"),
         "family": FAMILY, "job_budget": args.budget, "trees": args.trees}
     with Store(fresh_store("measure-on-demand"), read_only=True) as store:
         model, meta = fit_model(store, family=FAMILY, n_estimators=args.trees, n_jobs=1)

@@ -4,7 +4,6 @@ HTTP, `perftune serve` in its own process, kernels under the Triton interpreter 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import duckdb
 import pytest
 
 from tests.test_autotune_kernels import SCRIPT, _env, _kernels
-from tests.test_service import TOKEN, Server, start_server
+from tests.test_service import TOKEN, Server, serving_copy
 
 pytestmark = pytest.mark.slow
 
@@ -23,15 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(shipped: Path, model_file: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Server]:
-    work = tmp_path_factory.mktemp("autotune-service")
-    db = work / "served.duckdb"
-    shutil.copy(shipped, db)
-    running = start_server(db, model_file, work / "serve.log")
-    try:
-        yield running
-    finally:
-        running.process.terminate()
-        running.process.wait(30)
+    with serving_copy(shipped, model_file, tmp_path_factory.mktemp("autotune-service")) as it:
+        yield it
 
 
 def _tune(kernels: Path, url: str, home: Path, *sizes: str
