@@ -84,13 +84,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from perftune.collect.campaign.engine import resume_run
-    from perftune.collect.campaign.spec import parse_spec
+    from perftune.collect.campaign.engine import resume_run, stored_campaign
     from perftune.store.db import Store
 
-    with Store(args.db, read_only=True) as store:
-        found = store.query("SELECT spec FROM campaign_runs WHERE run_id = ?", [args.run_id])
-    slurm = parse_spec(str(found["spec"].iloc[0])).spec.slurm if not found.empty else {}
+    with Store(args.db, read_only=True) as store:  # the cluster may need the spec's [slurm]
+        campaign, _ = stored_campaign(store, args.run_id)
+    slurm = campaign.spec.slurm
     return _drive(args, lambda store, connection, **kw: resume_run(
         store, args.run_id, connection, **kw), slurm=slurm, what=f"resume {args.run_id}")
 

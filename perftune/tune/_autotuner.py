@@ -105,6 +105,7 @@ class PerftuneAutotuner(Autotuner):
         self.configs_timings: dict[Config, Any] = {}
         self._ranked_by = "all"
         self._features = {}
+        self._energy = {}
         before = self.benchmarks
         result = super().run(*args, **kwargs)
         self._remember(key, args, kwargs, self.benchmarks - before)

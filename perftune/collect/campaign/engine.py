@@ -111,19 +111,25 @@ def resume_run(store: Store, run_id: str, connection: Connection, *,
                notice: Callable[[str], None] | None = None,
                device_timeout_s: float = 300.0) -> RunSummary:
     """Finish a stopped campaign: re-plan its stored spec and measure only what is missing."""
-    runs = store.query("SELECT * FROM campaign_runs WHERE run_id = ?", [run_id])
-    if runs.empty:
-        raise PerftuneInputError(f"no campaign {run_id!r} in {store.path}; see `perftune "
-                                 f"campaign status`")
-    run = runs.iloc[0]
-    if run["status"] == "running":
+    campaign, status = stored_campaign(store, run_id)
+    if status == "running":
         raise PerftuneInputError(f"campaign {run_id} is running (another driver owns it)")
-    campaign = parse_spec(str(run["spec"]))
-    campaign = dataclasses.replace(campaign, path=run["spec_path"])
     store.reopen_run(run_id)
     store.add_event(run_id, "resumed", detail=connection.description)
     return Driver(store, campaign, connection, run_id, stop=stop, progress=progress,
                   notice=notice, device_timeout_s=device_timeout_s).run()
+
+
+def stored_campaign(store: Store, run_id: str) -> tuple[Campaign, str]:
+    """A campaign's spec as its run stored it, and the run's status."""
+    runs = store.query("SELECT spec, spec_path, status FROM campaign_runs WHERE run_id = ?",
+                       [run_id])
+    if runs.empty:
+        raise PerftuneInputError(f"no campaign {run_id!r} in {store.path}; see `perftune "
+                                 f"campaign status`")
+    run = runs.iloc[0]
+    campaign = dataclasses.replace(parse_spec(str(run["spec"])), path=run["spec_path"])
+    return campaign, str(run["status"])
 
 
 class Driver:
@@ -190,12 +196,13 @@ class Driver:
                                          f"{self.device_timeout_s:.0f} s")
             time.sleep(0.5)
         devices: dict[str, dict[str, Any]] = {}
+        workers = self._workers()
         for name, device in reports.items():
             if device is not None:
                 devices.setdefault(device["device_id"], device)
                 self.summary.devices[device["device_id"]] = (
                     self.summary.devices.get(device["device_id"], 0) + 1)
-                self.addresses[name] = self._address_of(name) or ""
+                self.addresses[name] = workers.get(name, ("", {}))[0]
                 self.device_of[name] = device["device_id"]
         return devices
 
@@ -209,11 +216,10 @@ class Driver:
         return {answer[0]: answer[1] for answer in answers.values()
                 if isinstance(answer, tuple)}
 
-    def _address_of(self, name: str) -> str | None:
-        for address, info in self.client.scheduler_info(n_workers=-1)["workers"].items():
-            if str(info.get("name")) == name:
-                return str(address)
-        return None
+    def _workers(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The scheduler's workers by name: (address, info)."""
+        return {str(info.get("name")): (str(address), info) for address, info in
+                self.client.scheduler_info(n_workers=-1)["workers"].items()}
 
     def _plan(self) -> list[Chunk]:
         """The chunks still to measure, per device type, with a campaign row per device and
@@ -354,8 +360,7 @@ class Driver:
         by its nanny) as lost."""
         if self.stop.is_set():  # a signal to the process group takes the workers down too
             return
-        now_seen = {str(info.get("name")): address for address, info in
-                    self.client.scheduler_info(n_workers=-1)["workers"].items()}
+        now_seen = {name: address for name, (address, _) in self._workers().items()}
         for name, address in list(self.addresses.items()):
             if name in self.quarantined:
                 continue
@@ -391,7 +396,7 @@ class Driver:
             self.store.add_event(self.run_id, "quarantined", worker=name, device_id=device_id,
                                  detail=f"{count} failures; last: {why}"[:2000])
             self.notice(f"worker {name} quarantined after {count} failures (last: {why})")
-            address = self.addresses.get(name) or self._address_of(name)
+            address = self.addresses.get(name) or self._workers().get(name, ("", {}))[0]
             if address:
                 try:
                     self.client.retire_workers([address], close_workers=True)
@@ -403,8 +408,8 @@ class Driver:
         if not self.quarantined:
             return False
         offered = set()
-        for info in self.client.scheduler_info(n_workers=-1)["workers"].values():
-            if str(info.get("name")) not in self.quarantined:
+        for name, (_, info) in self._workers().items():
+            if name not in self.quarantined:
                 offered.update(info.get("resources", {}))
         stranded = {c.device_id for c in pending.values()
                     if resource_of(c.device_id) not in offered}

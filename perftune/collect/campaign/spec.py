@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from perftune.collect.families import load_family
+from perftune.collect.families import KernelFamily, load_family
 from perftune.collect.problems import Problem, parse_problem, read_problems_file
 from perftune.collect.sweep import SweepSpec, validate
 from perftune.errors import PerftuneInputError
@@ -147,7 +147,7 @@ def _sweeps(entry: SweepEntry, spec: CampaignSpec, base: Path, where: str) -> li
     measured with energy and those without."""
     try:
         family = load_family(entry.family)
-        problems = _problems(entry, family.dims, base)[:entry.limit]
+        problems = _problems(entry, family, base)[:entry.limit]
         common: dict[str, Any] = {
             "family": entry.family, "dataflows": entry.dataflows,
             "sample": None if entry.sample == "all" else entry.sample, "seed": entry.seed,
@@ -168,14 +168,13 @@ def _sweeps(entry: SweepEntry, spec: CampaignSpec, base: Path, where: str) -> li
     return [Sweep(part, devices) for part in parts]
 
 
-def _problems(entry: SweepEntry, dims: tuple[str, ...], base: Path) -> list[Problem]:
+def _problems(entry: SweepEntry, family: KernelFamily, base: Path) -> list[Problem]:
     if isinstance(entry.problems, list):
-        return [parse_problem(text, dims, entry.dtype) for text in entry.problems]
+        return [parse_problem(text, family.dims, entry.dtype) for text in entry.problems]
     path = Path(entry.problems)
     for candidate in (path, base / path, PROBLEMS_DIR / path):
         if candidate.is_file():
-            found = read_problems_file(candidate, dims, entry.dtype, load_family(
-                entry.family).name)
+            found = read_problems_file(candidate, family.dims, entry.dtype, family.name)
             if not found:
                 raise PerftuneInputError(f"problems file {candidate} lists no "
                                          f"{entry.family} problem")

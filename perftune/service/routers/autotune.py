@@ -54,8 +54,7 @@ def post_records(knowledge: KnowledgeDep, settings: SettingsDep,
     """Store one key's measurements and its choice in one transaction; the answer is the
     stored choice (the first one stored for that key wins)."""
     limit_batch(list(body.measurements), settings, "measurements")
-    identity = AutotuneIdentity.model_validate(body.model_dump(include=set(
-        AutotuneIdentity.model_fields))).model_dump()
+    identity = body.model_dump(include=set(AutotuneIdentity.model_fields))
     try:
         with writing(knowledge) as store:
             stored = write_records(store, identity,
