@@ -3,6 +3,7 @@ of no family (an AXPY and an accumulating kernel), on CPU tensors. Prints a JSON
 last line. Timings are interpreter wall clock, used only to pick among configs.
 
     autotune_kernel.py KERNEL_DIR DB tune N [N ...] [--budget B] [--min-keys K] [--sleep S]
+                       [--timer perftune [--finalists F]]
     (DB "-": no store named: the user's default, or the service PERFTUNE_URL names)
     autotune_kernel.py KERNEL_DIR DB hooks
 """
@@ -29,6 +30,10 @@ parser.add_argument("sizes", nargs="*", type=int)
 parser.add_argument("--budget", type=int, default=3)
 parser.add_argument("--min-keys", type=int, default=4)
 parser.add_argument("--sleep", type=float, default=0.0)
+parser.add_argument("--timer", choices=("test", "perftune"), default="test",
+                    help="test: the wall clock below as do_bench; perftune: perftune's timer, "
+                         "which autotune can shorten to screen configs")
+parser.add_argument("--finalists", type=int, default=3)
 args = parser.parse_args()
 sys.path.insert(0, args.kernel_dir)
 import autotune_kernels  # noqa: E402  (written by the test into KERNEL_DIR)
@@ -53,20 +58,23 @@ def describe(config: Any) -> dict[str, Any]:
 
 
 def tune() -> dict[str, Any]:
+    timing: dict[str, Any] = ({"do_bench": wall_clock} if args.timer == "test" else
+                              {"timer": "perftune", "finalists": args.finalists})
     kernel = autotune(CONFIGS, key=["n"], budget=args.budget, min_keys=args.min_keys,
                       db=None if args.db == "-" else args.db,
-                      do_bench=wall_clock)(autotune_kernels.axpy_kernel)
+                      **timing)(autotune_kernels.axpy_kernel)
     calls = []
     for n in args.sizes:
         x, y = torch.randn(n), torch.randn(n)
         out = torch.full((n,), float("nan"))
-        before = len(benchmarked)
+        before = len(benchmarked) if args.timer == "test" else kernel.benchmarks
 
         def grid(meta: dict[str, int], n: int = n) -> tuple[int]:
             return (triton.cdiv(n, meta["BLOCK"]),)
 
         kernel[grid](x, y, out, 2.0, n)
-        calls.append({"n": n, "benchmarked": len(benchmarked) - before,
+        after = len(benchmarked) if args.timer == "test" else kernel.benchmarks
+        calls.append({"n": n, "benchmarked": after - before,
                       "correct": bool(torch.allclose(out, 2.0 * x + y)),
                       "best": describe(kernel.best_config)})
     return {"calls": calls, "history": kernel.history, "reads": kernel.records.reads,

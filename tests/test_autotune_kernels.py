@@ -149,6 +149,34 @@ def test_the_learned_model_measures_only_the_budget_after_enough_keys(tmp_path: 
     assert [row[3:] for row in _choices(db)][-1] == (3, "learned")
 
 
+def test_a_short_benchmark_screens_the_configs_and_finalists_are_timed_in_full(
+        tmp_path: Path) -> None:
+    db, kernels = tmp_path / "s.duckdb", _kernels(tmp_path / "k")
+    summary = _run(kernels, db, "tune", "64", "200", "--timer", "perftune", "--finalists", "2")
+    for call, history in zip(summary["calls"], summary["history"], strict=True):
+        assert call["correct"]
+        assert history["measured"] == 12 and history["timed_in_full"] == 2
+        assert call["benchmarked"] == 12 + 2  # every config briefly, then the two fastest
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute("SELECT tuning_key, config, runtime_ms, timer FROM "
+                           "autotune_measurements").fetchall()
+        chosen = con.execute("SELECT tuning_key, config, runtime_ms FROM "
+                             "autotune_choices").fetchall()
+    finally:
+        con.close()
+    assert len(rows) == 24 and all(ms is not None and ms > 0 for _, _, ms, _ in rows)
+    assert sum(timer.endswith(":screen") for *_, timer in rows) == 20
+    for key, config, ms in chosen:  # the pick: the faster of its key's two full timings
+        full = {c: t for k, c, t, timer in rows if k == key and not timer.endswith(":screen")}
+        assert len(full) == 2 and config in full and ms == min(full.values())
+
+    every = _run(kernels, tmp_path / "s2.duckdb", "tune", "64", "--timer", "perftune",
+                 "--finalists", "0")  # screening off: every config timed in full, as Triton
+    assert every["calls"][0]["benchmarked"] == 12
+    assert every["history"][0]["timed_in_full"] == 12
+
+
 def test_an_unusable_store_means_local_only_with_one_warning(tmp_path: Path) -> None:
     bad = tmp_path / "not-a-store.duckdb"
     bad.write_text("not a database")
@@ -173,6 +201,10 @@ def test_bad_options_are_refused() -> None:
             autotune([], key=["n"], objective="energy")
     with pytest.raises(PerftuneInputError, match="timer must be"):
         autotune([], key=["n"], timer="cuda")
+    with pytest.raises(PerftuneInputError, match="finalists"):
+        autotune([], key=["n"], finalists=-1)
+    with pytest.raises(PerftuneInputError, match="compile_workers"):
+        autotune([], key=["n"], compile_workers=0)
 
 
 def test_a_family_kernel_is_ranked_by_its_familys_model(shipped: Path, tmp_path: Path) -> None:

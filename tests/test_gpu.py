@@ -119,3 +119,30 @@ def test_autotune_energy_objective_picks_the_least_energy_config(tmp_path):
     assert len(rows) == 4 and all(r[1] > 0 and r[2] > 0 for r in rows)
     least = min(rows, key=lambda r: r[2])
     assert choice == [(least[0], "energy", least[2])]
+
+
+def test_autotune_compiles_at_once_screens_and_times_finalists_in_full(tmp_path):
+    import triton
+    import triton.language as tl
+
+    from perftune.tune.autotune import autotune
+
+    @triton.jit
+    def triple_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(out_ptr + offs, 3.0 * tl.load(x_ptr + offs, mask=mask), mask=mask)
+
+    configs = [triton.Config({"BLOCK": b}, num_warps=w)
+               for b in (128, 256, 512, 1024, 2048) for w in (1, 2, 4, 8)]
+    tuned = autotune(configs, key=["n"], db=tmp_path / "s.duckdb", family=False,
+                     name="triple", compile_workers=4)(triple_kernel)
+    n = 1 << 22
+    x = torch.randn(n, device="cuda")
+    out = torch.empty_like(x)
+    tuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, out, n)
+    torch.cuda.synchronize()
+    assert torch.equal(out, 3 * x)
+    history = tuned.history[-1]
+    assert history["measured"] == 20 and history["timed_in_full"] == 3  # no model yet: all
+    assert len(tuned.configs_timings) == 3 and tuned.best_config in tuned.configs_timings

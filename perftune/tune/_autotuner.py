@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -39,21 +40,35 @@ class PerftuneAutotuner(Autotuner):
     """``triton.runtime.autotuner.Autotuner`` (same key, hooks, benchmarking, per-key cache and
     ``best_config``) that, for a key it has not seen, first looks the choice up in the store,
     else ranks the configs (family model or the kernel's learned model) and times only the
-    ``budget`` best, then stores the measurements and the choice."""
+    ``budget`` best, then stores the measurements and the choice.
+
+    Two things make a new key cheaper than Triton's loop over the configs, which compiles them
+    one after the other and times each with the full benchmark: the configs to be timed are
+    compiled at once on ``compile_workers`` threads (Triton's async compile mode), and, given a
+    ``screen`` benchmark, each is first timed briefly and only the ``finalists`` fastest are
+    timed with the full one (successive halving: a short benchmark tells a slow config from a
+    fast one; only near-ties need the long one)."""
 
     def __init__(self, fn: Any, arg_names: list[str], configs: list[Config], key: list[str], *,
                  budget: int, family_prune: Callable[..., list[Config]] | None,
                  family_name: str | None, db: Any, min_keys: int, timer_name: str,
                  name: str | None, device: str | None, objective: str = "time",
-                 energy_window_s: float = 0.25, **options: Any):
+                 energy_window_s: float = 0.25, screen: Callable[..., Any] | None = None,
+                 finalists: int = 3, compile_workers: int | None = None, **options: Any):
         super().__init__(fn, arg_names, configs, key, **options)
         self.objective = objective
         self.energy_window_s = energy_window_s
         self._energy: dict[int, tuple[float, float]] = {}  # id(config) -> (ms, J per call)
         self._last_energy: tuple[float, float] | None = None
         if objective == "energy":
-            timer: Callable[..., Any] = self.do_bench  # type: ignore[has-type]
-            self.do_bench = self._energy_bench(timer)
+            self._use_bench(self._energy_bench(self.do_bench))
+        self.screen = screen if finalists > 0 else None
+        self.finalists = finalists
+        self.compile_workers = (min(8, os.cpu_count() or 1) if compile_workers is None
+                                else compile_workers)
+        self._tuning = False
+        self._screened: dict[int, tuple[Config, float | None]] = {}  # id(config) -> quick ms
+        self._timed: set[int] = set()  # id(config) of every config timed for this key
         self.budget = budget
         self.family_prune = family_prune
         self.family_name = family_name
@@ -106,9 +121,14 @@ class PerftuneAutotuner(Autotuner):
         self._ranked_by = "all"
         self._features = {}
         self._energy = {}
-        before = self.benchmarks
-        result = super().run(*args, **kwargs)
-        self._remember(key, args, kwargs, self.benchmarks - before)
+        self._screened = {}
+        self._timed = set()
+        self._tuning = True
+        try:
+            result = super().run(*args, **kwargs)
+        finally:
+            self._tuning = False
+        self._remember(key, args, kwargs, len(self._timed))
         return result
 
     def _config_of(self, text: str) -> Config | None:
@@ -119,7 +139,16 @@ class PerftuneAutotuner(Autotuner):
 
     # -- ranking --------------------------------------------------------------------------------
     def prune_configs(self, kwargs: dict[str, Any]) -> list[Config]:
-        """The user's ``prune_configs_by`` (Triton's), then perftune's ranking to ``budget``."""
+        """The configs Triton's loop then times in full: the user's ``prune_configs_by``
+        (Triton's), perftune's ranking to ``budget``, compiled at once, then screened to the
+        ``finalists`` (only while tuning a key: Triton's ``warmup`` prunes too)."""
+        chosen = self._ranked(kwargs)
+        if not self._tuning or len(chosen) <= 1:
+            return chosen
+        self._precompile(chosen, kwargs)
+        return self._screen(chosen, kwargs)
+
+    def _ranked(self, kwargs: dict[str, Any]) -> list[Config]:
         pruned = list(super().prune_configs(kwargs))
         nargs = self.nargs or {}
         self._features = {id(c): self._derived(c, nargs, kwargs) for c in pruned}
@@ -139,6 +168,47 @@ class PerftuneAutotuner(Autotuner):
         order = _autotune_model.rank(measured, candidates, target=self._target)
         self._ranked_by = "learned"
         return [pruned[i] for i in order[:self.budget]]
+
+    def _precompile(self, configs: list[Config], kwargs: dict[str, Any]) -> None:
+        """Compile ``configs`` on ``compile_workers`` threads before any is timed (Triton's
+        async compile mode; its passes and ptxas run outside the GIL). Nothing to compile under
+        the interpreter; a config that fails to compile fails again, as Triton reports it, when
+        it is timed."""
+        if self.compile_workers <= 1 or not _on_gpu():
+            return
+        try:
+            from triton.runtime._async_compile import AsyncCompileMode
+        except ImportError:  # a Triton without async compile: configs compile when timed
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        args = tuple((self.nargs or {}).values())
+        with ThreadPoolExecutor(self.compile_workers) as pool, \
+                AsyncCompileMode(pool, ignore_errors=True):
+            for config in configs:
+                with contextlib.suppress(Exception):
+                    self.fn.run(*args, **{**kwargs, **config.all_kwargs(), "warmup": True})
+
+    def _screen(self, configs: list[Config], kwargs: dict[str, Any]) -> list[Config]:
+        """The ``finalists`` fastest of ``configs`` by the short ``screen`` benchmark."""
+        if self.screen is None or len(configs) <= self.finalists:
+            return configs
+        args = tuple((self.nargs or {}).values())
+        full = self.do_bench
+        self._use_bench(self.screen)
+        try:
+            quick = {id(c): (c, _first(self._bench(*args, config=c, **kwargs))) for c in configs}
+        finally:
+            self._use_bench(full)
+        self._screened = quick
+        order = sorted(configs, key=lambda c: _sort_ms(quick[id(c)][1]))
+        return order[:self.finalists]
+
+    def _use_bench(self, bench: Callable[..., Any]) -> None:
+        """Time with ``bench`` from now on (Triton's ``do_bench`` is a cached property in some
+        versions and a plain property in others: set what both read)."""
+        self._do_bench = bench
+        self.__dict__.pop("do_bench", None)
 
     def _key_values(self, nargs: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
         named = {**nargs, **kwargs}
@@ -164,6 +234,7 @@ class PerftuneAutotuner(Autotuner):
     # -- timing and storing ---------------------------------------------------------------------
     def _bench(self, *args: Any, config: Config, **meta: Any) -> Any:
         self.benchmarks += 1
+        self._timed.add(id(config))
         self._last_energy = None
         timings = super()._bench(*args, config=config, **meta)
         if self._last_energy is not None:
@@ -201,7 +272,11 @@ class PerftuneAutotuner(Autotuner):
         key_values = canonical(self._key_values(nargs, kwargs))
         rows = []
         measured_ms: dict[int, float | None] = {}
-        for config, timing in (getattr(self, "configs_timings", None) or {}).items():
+        timed = {id(c): (c, t, self.timer_name)
+                 for c, t in (getattr(self, "configs_timings", None) or {}).items()}
+        screened = {i: (c, t, f"{self.timer_name}:screen")
+                    for i, (c, t) in self._screened.items() if i not in timed}
+        for config, timing, timer in [*timed.values(), *screened.values()]:
             ms, joules = self._energy.get(id(config), (_first(timing), None))
             measured_ms[id(config)] = ms if ms is not None and math.isfinite(ms) else None
             cfg = canonical(config_dict(config))
@@ -210,7 +285,7 @@ class PerftuneAutotuner(Autotuner):
                          "tuning_key": key_text, "key_values": key_values, "config": cfg,
                          "features": json.dumps(self._features.get(id(config), {})),
                          "runtime_ms": measured_ms[id(config)], "energy_per_call_j": joules,
-                         "timer": self.timer_name})
+                         "timer": timer})
         best = self.cache[key]
         best_ms = measured_ms.get(id(best))
         best_energy = self._energy.get(id(best), (None, None))[1]
@@ -226,12 +301,16 @@ class PerftuneAutotuner(Autotuner):
         self._choices[choice_key] = choice
         self.records.record(rows, choice)
         self.history.append({"key": key_text, "measured": measured,
-                             "ranked_by": self._ranked_by})
+                             "timed_in_full": len(timed), "ranked_by": self._ranked_by})
 
 
 def _first(timing: Any) -> float | None:
     value = timing[0] if isinstance(timing, list | tuple) else timing
     return None if value is None else float(value)
+
+
+def _sort_ms(ms: float | None) -> float:
+    return ms if ms is not None and math.isfinite(ms) else math.inf
 
 
 def _key_text(key: tuple[Any, ...]) -> str:
@@ -288,11 +367,34 @@ def software_key() -> str:
     return key(torch.__version__, triton.__version__, torch.version.cuda, None)
 
 
-def perftune_do_bench() -> tuple[Callable[..., float], str]:
-    """perftune's timer as a ``do_bench``: CUDA events on a GPU, wall clock otherwise."""
+SCREEN_WARMUP_MS, SCREEN_REP_MS = 5, 15  # Triton's do_bench defaults: 25, 100
+SCREEN_TARGET_MS = 3.0  # perftune's timer: 20 ms by default
+
+
+def screen_do_bench(timer: str) -> Callable[..., Any]:
+    """The short benchmark that screens configs: the ``timer``'s benchmark (``"triton"``:
+    Triton's do_bench; ``"perftune"``: perftune's timer) over a fraction of its usual time."""
+    if timer == "perftune":
+        return perftune_do_bench(target_ms=SCREEN_TARGET_MS)[0]
+
+    def do_bench(kernel_call: Callable[[], None], quantiles: Any = None, **_: Any) -> Any:
+        import triton.testing
+
+        return triton.testing.do_bench(kernel_call, warmup=SCREEN_WARMUP_MS, rep=SCREEN_REP_MS,
+                                       quantiles=quantiles)
+
+    return do_bench
+
+
+def perftune_do_bench(target_ms: float | None = None) -> tuple[Callable[..., float], str]:
+    """perftune's timer as a ``do_bench``: CUDA events on a GPU, wall clock otherwise (over
+    ``target_ms`` per round when given)."""
     from perftune.collect.timers import timer_for
 
     timer = timer_for(_on_gpu())
+    if target_ms is not None:
+        timer.target_ms = target_ms
+        timer.min_reps = min(timer.min_reps, 3)
 
     def do_bench(kernel_call: Callable[[], None], quantiles: Any = None, **_: Any) -> float:
         return timer.time(kernel_call).median_ms

@@ -188,7 +188,8 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
              device: str | None = None, dtype: str | None = None,
              model: str | Path | None = None, db: str | Path | None = None,
              timer: str = "triton", min_keys: int = 4, name: str | None = None,
-             objective: str = "time", energy_window_s: float = 0.25) -> Callable[[Any], Any]:
+             objective: str = "time", energy_window_s: float = 0.25, finalists: int = 3,
+             compile_workers: int | None = None) -> Callable[[Any], Any]:
     """``triton.autotune(configs, key, ...)`` (same arguments, same meaning) that times at most
     ``budget`` configs for a new key once a model can rank them, and stores what it measured
     and chose.
@@ -205,7 +206,16 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
     function's). ``objective``: ``"time"``, or ``"energy"``: each timed config's energy per call
     is measured through NVML over ``energy_window_s`` (the GPU kept busy) and the config of
     least energy is picked; the learned model ranks by energy too (a family's model ranks by
-    time). Energy needs an NVIDIA GPU."""
+    time). Energy needs an NVIDIA GPU.
+
+    ``finalists``: a new key's configs (the ``budget`` best, or all while the kernel's model
+    learns) are first timed by a short run of the timer's benchmark (Triton's do_bench over
+    5 + 15 ms instead of 25 + 100 ms; perftune's timer over 3 ms a round), and only the
+    ``finalists`` fastest are timed in full and compared, as ``triton.autotune`` compares all;
+    ``0`` times every config in full. Screening needs a benchmark perftune can shorten: it is
+    off with an explicit ``do_bench``, ``warmup``/``rep``, ``use_cuda_graph`` or
+    ``objective="energy"``. ``compile_workers``: threads that compile a new key's configs at
+    once before any is timed (default: up to 8, one per core; ``1``: one at a time)."""
     if budget < 1:
         raise PerftuneInputError(f"budget must be at least 1 (got {budget})")
     if min_keys < 1:
@@ -216,13 +226,22 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
         raise PerftuneInputError(f"objective must be 'time' or 'energy' (got {objective!r})")
     if objective == "energy":
         _check_energy(energy_window_s)
+    if finalists < 0:
+        raise PerftuneInputError(f"finalists must be 0 (time every config in full) or more "
+                                 f"(got {finalists})")
+    if compile_workers is not None and compile_workers < 1:
+        raise PerftuneInputError(f"compile_workers must be at least 1 (got {compile_workers})")
     options = {"reset_to_zero": reset_to_zero, "restore_value": restore_value,
                "pre_hook": pre_hook, "post_hook": post_hook, "warmup": warmup, "rep": rep,
                "use_cuda_graph": use_cuda_graph, "do_bench": do_bench,
                "cache_results": cache_results, "prune_configs_by": prune_configs_by}
 
     def decorate(fn: Any) -> Any:
-        from perftune.tune._autotuner import PerftuneAutotuner, perftune_do_bench
+        from perftune.tune._autotuner import (
+            PerftuneAutotuner,
+            perftune_do_bench,
+            screen_do_bench,
+        )
 
         chosen = _family_of(family, configs, list(fn.arg_names))
         prune = None
@@ -232,11 +251,16 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
         timer_name = "custom" if do_bench is not None else "triton_do_bench"
         if do_bench is None and timer == "perftune":
             options["do_bench"], timer_name = perftune_do_bench()
+        shortened = (do_bench is None and warmup is None and rep is None and not use_cuda_graph
+                     and objective == "time")
+        screen = screen_do_bench(timer) if shortened and finalists > 0 else None
         tuned = PerftuneAutotuner(fn, list(fn.arg_names), configs, key, budget=budget,
                                   family_prune=prune, family_name=chosen, db=db,
                                   min_keys=min_keys, timer_name=timer_name, name=name,
                                   device=None, objective=objective,
-                                  energy_window_s=energy_window_s, **options)
+                                  energy_window_s=energy_window_s, screen=screen,
+                                  finalists=finalists, compile_workers=compile_workers,
+                                  **options)
         tuned.perftune_prune = prune
         return tuned
 
