@@ -3,7 +3,10 @@ forest fitted on the kernel's own measurements across keys.
 
 Features: the numeric key values, the numeric config parameters (``num_warps``,
 ``num_stages`` and the kwargs) and what the grid gives per config (programs, programs per
-SM), each as log2(1 + value). Target: a config's log runtime (or energy per call) less that of
+SM), each as log2(1 + value); and each config kwarg against each key value (the difference of
+their logs, i.e. their ratio), since a tile's fit to a size (``BLOCK`` over ``n_cols``) is what
+carries over to sizes the kernel has not met, which a forest cannot extrapolate to.
+Target: a config's log runtime (or energy per call) less that of
 the best config measured for its key, so keys of very different sizes teach the same thing: which
 configs are fast relative to the others.
 """
@@ -29,6 +32,11 @@ def feature_row(key_values: Mapping[str, Any], config: Mapping[str, Any],
             if not math.isfinite(value):
                 continue
             row[f"{prefix}:{name}"] = math.copysign(math.log2(1 + abs(value)), value)
+    tiles = [n for n in config if n not in ("num_warps", "num_stages", "num_ctas", "maxnreg")]
+    for tile in tiles:
+        for size in key_values:
+            if f"cfg:{tile}" in row and f"key:{size}" in row:
+                row[f"fit:{tile}/{size}"] = row[f"cfg:{tile}"] - row[f"key:{size}"]
     return row
 
 
