@@ -38,8 +38,8 @@ def open_store(path: str | Path | None = None) -> Store:
     (``$PERFTUNE_HOME/perftune.duckdb``), built from the shipped dataset when missing.
 
     >>> store = open_store()
-    >>> store.query("SELECT count(*) AS n FROM measurements")["n"][0]
-    95339
+    >>> int(store.query("SELECT count(*) AS n FROM measurements")["n"][0])
+    104367
     """
     if path is None:
         ensure_default_store()
