@@ -60,3 +60,28 @@ def test_power_observer_hooks_default_to_nothing() -> None:
         observer.during()
     observer.after_finish()
     assert observer.get_results() == {"samples": 3}
+
+
+def test_nvml_reads_the_gpu_cuda_pins_not_nvml_index_zero() -> None:
+    """NVML numbers every GPU of the machine; CUDA only the visible ones. A worker pinned to
+    the second GPU must read the second GPU's power."""
+    from types import SimpleNamespace
+
+    from perftune.collect.power.nvml import nvml_handle, visible_gpu
+
+    assert visible_gpu(0, None) == 0 and visible_gpu(1, "") == 1
+    assert visible_gpu(0, "1") == 1 and visible_gpu(1, "3, 2") == 2
+    assert visible_gpu(0, "GPU-8f2c") == "GPU-8f2c"
+    with pytest.raises(ValueError, match="not among"):
+        visible_gpu(1, "0")
+    uuids = ["GPU-aaaa-0000", "GPU-8f2c-1111"]
+    nvml = SimpleNamespace(nvmlDeviceGetCount=lambda: 2,
+                           nvmlDeviceGetHandleByIndex=lambda i: f"handle{i}",
+                           nvmlDeviceGetUUID=lambda h: uuids[int(h[-1])].encode())
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CUDA_VISIBLE_DEVICES", "1")
+        assert nvml_handle(nvml, 0) == "handle1"
+        env.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2c")
+        assert nvml_handle(nvml, 0) == "handle1"
+        env.delenv("CUDA_VISIBLE_DEVICES")
+        assert nvml_handle(nvml, 0) == "handle0"

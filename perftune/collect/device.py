@@ -111,8 +111,10 @@ def _nvml_identity() -> dict[str, Any]:
     try:
         import pynvml
 
+        from perftune.collect.power.nvml import nvml_handle
+
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        handle = nvml_handle(pynvml, 0)
         driver = pynvml.nvmlSystemGetDriverVersion()
         return {
             "driver_version": driver.decode() if isinstance(driver, bytes) else driver,

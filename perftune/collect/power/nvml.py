@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections import deque
@@ -13,6 +14,34 @@ from perftune.store.rules import EAGER_METHOD, ENERGY_METHOD
 
 # How energy is measured and which rows are trusted: perftune.store.rules.
 _MAX_GRAPH_CALLS = 1000  # calls captured in one graph (a batch of ~10 ms for a 10 us kernel)
+
+
+def visible_gpu(cuda_index: int, visible: str | None) -> int | str:
+    """The GPU that CUDA numbers ``cuda_index`` under ``CUDA_VISIBLE_DEVICES=visible``: its
+    index among all of the machine's GPUs, or the UUID (prefix) the variable names it by."""
+    if visible is None or not visible.strip():
+        return cuda_index
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    if not 0 <= cuda_index < len(entries):
+        raise ValueError(f"CUDA device {cuda_index} is not among CUDA_VISIBLE_DEVICES="
+                         f"{visible!r}")
+    entry = entries[cuda_index]
+    return int(entry) if entry.isdigit() else entry
+
+
+def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
+    """NVML's handle of CUDA's device ``cuda_index``. NVML numbers all of the machine's GPUs
+    and ignores ``CUDA_VISIBLE_DEVICES``: a process pinned to the second GPU that asked NVML
+    for index 0 would read the first GPU's power and energy."""
+    gpu = visible_gpu(cuda_index, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if isinstance(gpu, int):
+        return pynvml.nvmlDeviceGetHandleByIndex(gpu)
+    for index in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        uuid = pynvml.nvmlDeviceGetUUID(handle)
+        if (uuid.decode() if isinstance(uuid, bytes) else uuid).startswith(gpu):
+            return handle
+    raise ValueError(f"no GPU with UUID {gpu!r} (CUDA_VISIBLE_DEVICES) found by NVML")
 
 
 class NVMLObserver(PowerObserver):
@@ -27,7 +56,7 @@ class NVMLObserver(PowerObserver):
 
         pynvml.nvmlInit()
         self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        self._handle = nvml_handle(pynvml, device_index)
         self._reset()
 
     def _reset(self) -> None:
