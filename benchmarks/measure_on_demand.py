@@ -16,14 +16,21 @@ every GPU that measured them,
   from the recorded ones; ``regret_at_10`` with 10;
 - confidence: the answer the service would give from its model for the problem were it not
   measured (the top of :meth:`Predictor.rank_problem` over the store's configs) and its
-  confidence, from the service's own :func:`model_spread`, :func:`nearest_distance` and
-  :func:`model_confidence`; the distance is taken to the device's problems the model was
-  trained on (the held-out problems count as not measured). Per confidence level: how many
-  answers, and the share of those whose measured time is within 2% of the best (answers whose
-  config was not measured for the problem are counted apart);
-- ``cross_device_mape_after_10``: the runtime MAPE on the H200's held-out GEMM rows of a
-  forest trained on the H100's rows plus those of 10 H200 training problems drawn at random
-  (``--seed``); ``cross_device_mape_after_0`` with none of them, for comparison.
+  confidence, from the service's own :func:`model_spread`, :func:`nearest_distance`,
+  :func:`model_margin` and :func:`model_confidence`; the distance is taken to the device's
+  problems the model was trained on (the held-out problems count as not measured). Per
+  confidence level: how many answers, how many can be judged (at least 20 configs measured,
+  the answer's among them), and the share of those within 2% of the best;
+- ``calibration``: the same answers for the *training* problems by 4-fold cross-validation,
+  and, over a grid of (margin, distance) bounds, the share of those a rule would call high
+  that are within 2%: the rule the service uses is the one calling the most high whose
+  share's 95% lower bound is at least 0.95 (``service_rule_is_chosen`` checks it);
+- ``cross_device_mape_after_10``: the runtime MAPE on the H200's held-out GEMM rows when the
+  H200 is a GPU new to the store with 10 problems measured by its calibration jobs (the
+  problems the service would choose, 40 configs each), the model corrected for it as
+  `perftune fit` does; ``cross_device_mape_after_0`` with no H200 row at all, and in
+  ``cross_device`` the alternatives (10 random problems; the H200 rows training the forest
+  like any GPU's).
 Saves benchmarks/results/measure_on_demand.json (a ``live`` key already there is kept).
 
 Live (``--live``, on a CUDA GPU; refused without one). The product path, end to end:
@@ -80,7 +87,7 @@ import pandas as pd
 from benchmarks._shipped import fresh_store, replay_header
 from perftune.collect.device import GPU, identify, limits_of, select_mode, torch_device
 from perftune.collect.families import KernelFamily, load_family
-from perftune.collect.problems import Problem
+from perftune.collect.problems import Problem, spread_out
 from perftune.collect.sweep import device_record
 from perftune.errors import PerftuneInputError
 from perftune.model.features import family_features
@@ -98,9 +105,10 @@ from perftune.model.runtime import (
 )
 from perftune.service.recommend import (
     HIGH_DISTANCE,
-    HIGH_SPREAD,
+    HIGH_MARGIN,
     WHOLE_SPACE_FRACTION,
     model_confidence,
+    model_margin,
     model_spread,
     nearest_distance,
 )
@@ -135,63 +143,152 @@ def _tuned(store: Store, predictor: Predictor, held: pd.DataFrame, budget: int
     return ratios
 
 
+JUDGED_CONFIGS = 20  # a problem's best is known well enough to judge an answer by
+
+
+def answer_record(predictor: Predictor, catalog: Catalog, group: pd.DataFrame,
+                  known: dict[tuple[str, str], set[str]]) -> dict[str, Any]:
+    """The service's model answer for the problem of ``group`` (its measured rows), with the
+    confidence the service gives it (its own :func:`model_spread`, :func:`nearest_distance`
+    to ``known`` shapes, :func:`model_margin` and :func:`model_confidence`), and how its
+    measured time compares with the best measured (None if the answer was not measured)."""
+    device, shape, dtype = (str(group[c].iloc[0]) for c in PROBLEM)
+    ranked = predictor.rank_problem(catalog, _problem(device, shape, dtype))
+    best = ranked.iloc[0]
+    spread = model_spread(float(best["predicted_ms"]), float(best.get("low_ms", math.nan)),
+                          float(best.get("high_ms", math.nan)))
+    distance = nearest_distance(shape, known.get((device, dtype), ()))
+    margin = model_margin(ranked["predicted_ms"].to_numpy(float))
+    hit = group[(group["dataflow"] == best["dataflow"]) & (group["config"] == best["config"])]
+    ratio = float(group["runtime_ms"].min() / hit["runtime_ms"].min()) if len(hit) else None
+    return {"device": device, "problem": shape, "dtype": dtype,
+            "confidence": model_confidence(bool(best["trained_on_device"]), spread, distance,
+                                           margin),
+            "trained_on_device": bool(best["trained_on_device"]), "spread": round(spread, 4),
+            "distance": round(distance, 4), "margin": round(min(margin, 99.0), 4),
+            "answer": str(best["dataflow"]), "configs_measured": int(group["config"].nunique()),
+            "judged": int(group["config"].nunique()) >= JUDGED_CONFIGS and ratio is not None,
+            "best_over_answer": ratio}
+
+
+def _within(record: dict[str, Any]) -> bool:
+    return bool(record["best_over_answer"] >= 1 / (1 + WITHIN))
+
+
+def _known(rows: pd.DataFrame) -> dict[tuple[str, str], set[str]]:
+    return {(str(d), str(t)): set(g["shape"]) for (d, t), g in rows.groupby(["device_id",
+                                                                              "dtype"])}
+
+
 def confidence_figures(store: Store, predictor: Predictor, held: pd.DataFrame,
                        train: pd.DataFrame) -> dict[str, Any]:
-    """The service's model answer and its confidence for every held-out problem, and how
-    often each confidence level's answer is within :data:`WITHIN` of the best."""
+    """The service's model answer and its confidence for every held-out problem, and, per
+    confidence level, the share of judged answers (a problem with at least
+    :data:`JUDGED_CONFIGS` configs measured, the answer's among them) within :data:`WITHIN` of
+    the best."""
     catalog = Catalog.of(store, FAMILY)
-    known = {key: set(group["shape"]) for key, group in train.groupby(["device_id", "dtype"])}
-    per_problem = []
-    for (device, shape, dtype), group in held.groupby(PROBLEM):
-        ranked = predictor.rank_problem(catalog, _problem(device, shape, dtype))
-        best = ranked.iloc[0]
-        spread = model_spread(float(best["predicted_ms"]), float(best.get("low_ms", math.nan)),
-                              float(best.get("high_ms", math.nan)))
-        distance = nearest_distance(shape, known.get((device, dtype), ()))
-        confidence = model_confidence(bool(best["trained_on_device"]), spread, distance)
-        hit = group[(group["dataflow"] == best["dataflow"])
-                    & (group["config"] == best["config"])]
-        ratio = (float(group["runtime_ms"].min() / hit["runtime_ms"].min())
-                 if not hit.empty else None)
-        per_problem.append({"device": device, "problem": shape, "dtype": dtype,
-                            "confidence": confidence,
-                            "trained_on_device": bool(best["trained_on_device"]),
-                            "spread": round(spread, 4),
-                            "distance": round(distance, 4), "answer": best["dataflow"],
-                            "answer_measured": ratio is not None,
-                            "best_over_answer": ratio})
-    figures: dict[str, Any] = {"counts": {}, "within_2pct": {}, "unmeasured_answers": {}}
+    known = _known(train)
+    per_problem = [answer_record(predictor, catalog, group, known)
+                   for _, group in held.groupby(PROBLEM)]
+    figures: dict[str, Any] = {"counts": {}, "judged": {}, "within_2pct": {}}
     for level in LEVELS:
         rows = [p for p in per_problem if p["confidence"] == level]
-        scored = [p["best_over_answer"] for p in rows if p["answer_measured"]]
+        judged = [p for p in rows if p["judged"]]
         figures["counts"][level] = len(rows)
-        figures["unmeasured_answers"][level] = len(rows) - len(scored)
-        figures["within_2pct"][level] = (float(np.mean([r >= 1 / (1 + WITHIN) for r in scored]))
-                                         if scored else None)
-    figures["spread_for_95pct"] = _spread_for(per_problem, 0.95)
+        figures["judged"][level] = len(judged)
+        figures["within_2pct"][level] = (float(np.mean([_within(p) for p in judged]))
+                                         if judged else None)
     figures["per_problem"] = per_problem
     return figures
 
 
-def _spread_for(per_problem: list[dict[str, Any]], goal: float) -> float | None:
-    """The largest spread bound (distance and the rest of the rule kept) under which the
-    answers that would be "high" are within 2% for at least ``goal`` of them: fitted on the
-    held-out problems themselves, so a calibration on the test set, not a result."""
-    eligible = sorted((p for p in per_problem if p["answer_measured"] and p["trained_on_device"]
-                       and p["distance"] <= HIGH_DISTANCE and not math.isnan(p["spread"])),
-                      key=lambda p: p["spread"])
-    found, good = None, 0
-    for i, p in enumerate(eligible, 1):
-        good += p["best_over_answer"] >= 1 / (1 + WITHIN)
-        if good / i >= goal:
-            found = p["spread"]
-    return found
+MARGINS = (0.03, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2)
+DISTANCES = (0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def calibrate_confidence(train: pd.DataFrame, catalog: Catalog, trees: int, *, folds: int = 4,
+                         seed: int = 0, goal: float = 0.95) -> dict[str, Any]:
+    """Held-in calibration of the high-confidence rule: ``folds``-fold cross-validation over
+    the training problems (a forest fitted on the other folds answers each fold's problems,
+    the distance taken to the other folds' problems); for each (margin, distance) bound of the
+    grid, the judged answers it would call high and the share within 2% of the best. The rule
+    chosen is the one calling the most answers high whose share's 95% (Wilson) lower bound is
+    at least ``goal``."""
+    kernel = load_family(FAMILY)
+    ids = train["device_id"] + "|" + train["shape"] + "|" + train["dtype"]
+    problems = ids.unique()
+    fold_of = dict(zip(problems, np.random.default_rng(seed).integers(0, folds, len(problems)),
+                       strict=True))
+    fold = ids.map(fold_of).to_numpy()
+    records: list[dict[str, Any]] = []
+    for k in range(folds):
+        fit_rows, answer_rows = train[fold != k], train[fold == k]
+        judged = answer_rows.groupby(PROBLEM).filter(
+            lambda g: g["config"].nunique() >= JUDGED_CONFIGS)
+        if judged.empty:
+            continue
+        predictor = Predictor(*_fit(kernel, fit_rows, trees))
+        known = _known(fit_rows)
+        records += [r for _, g in judged.groupby(PROBLEM)
+                    if (r := answer_record(predictor, catalog, g, known))["judged"]]
+    grid: list[dict[str, Any]] = []
+    for margin in MARGINS:
+        for distance in DISTANCES:
+            high = [r for r in records if r["trained_on_device"] and r["margin"] >= margin
+                    and r["distance"] <= distance]
+            good = sum(_within(r) for r in high)
+            grid.append({"margin": margin, "distance": distance, "high": len(high),
+                         "within_2pct": good / len(high) if high else None,
+                         "lower_bound": _wilson_lower(good, len(high))})
+    passing = [g for g in grid if g["lower_bound"] >= goal]
+    # the most answers called high; of rules calling as many, the strictest
+    chosen = max(passing, key=lambda g: (g["high"], g["margin"], -g["distance"]),
+                 default=None)
+    return {"folds": folds, "seed": seed, "judged_answers": len(records),
+            "within_2pct_all": (float(np.mean([_within(r) for r in records]))
+                                if records else None),
+            "chosen": chosen, "service_rule": {"margin": HIGH_MARGIN,
+                                               "distance": HIGH_DISTANCE},
+            "service_rule_is_chosen": bool(chosen and chosen["margin"] == HIGH_MARGIN
+                                           and chosen["distance"] == HIGH_DISTANCE),
+            "grid": grid}
+
+
+def _fit(kernel: Any, rows: pd.DataFrame, trees: int) -> tuple[Any, dict[str, Any]]:
+    """A runtime forest on ``rows`` as :func:`fit_model` fits one, and the metadata a
+    :class:`Predictor` reads."""
+    features = family_features(kernel, rows)
+    library = f"is_{kernel.library_dataflow}"
+    model = RUNTIME_MODELS["forest"](n_estimators=trees, n_jobs=1,
+                                     separate=library if library in features else None)
+    model.fit(features, rows["runtime_ms"], groups=rows["device_id"] + rows["shape"]
+              + rows["dtype"])
+    return model, {"devices": sorted(set(rows["device_id"])), "family": FAMILY}
+
+
+def _wilson_lower(successes: int, n: int, z: float = 1.96) -> float:
+    """The lower end of the Wilson score interval of a share (0 for no trials)."""
+    if n == 0:
+        return 0.0
+    share = successes / n
+    centre = share + z * z / (2 * n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n)
 
 
 def cross_device(store: Store, trees: int, seed: int, draws: tuple[int, ...]
                  ) -> dict[str, Any]:
-    """The H200's held-out runtime MAPE of forests trained on the H100's training rows plus
-    those of ``n`` H200 training problems drawn with ``seed``, for each ``n`` of ``draws``."""
+    """The H200's held-out runtime MAPE after ``n`` H200 problems, as a GPU new to the store:
+
+    - ``mape``: a forest trained on the H100's training rows plus those of ``n`` H200 training
+      problems drawn with ``seed``, for each ``n`` of ``draws`` (the H200 trains the forest
+      like any GPU: ``perftune fit --adapt-below 0``);
+    - ``adapted``: what `perftune fit` does for a GPU with few problems: a forest on the H100
+      alone, corrected for the H200 from its rows (:meth:`RuntimeForest.adapt`), with the 10
+      random problems and with 10 calibration problems as the service chooses them
+      (:func:`spread_out` over the sizes measured; here among the H200 training problems
+      swept over the whole space, so that replay has their rows, with 40 seeded configs each
+      for a calibration job's measurements)."""
     kernel = load_family(FAMILY)
     h100 = training_rows(store, family=FAMILY, devices=[H100])
     h200 = training_rows(store, family=FAMILY, devices=[H200])
@@ -199,25 +296,55 @@ def cross_device(store: Store, trees: int, seed: int, draws: tuple[int, ...]
     problems = sorted(set(zip(h200["shape"], h200["dtype"], strict=True)))
     order = np.random.default_rng(seed).permutation(len(problems))
     truth = target["runtime_ms"].to_numpy(float)
+    target_features = family_features(kernel, target)
     out: dict[str, Any] = {"h200_training_problems": len(problems),
                            "h200_heldout_problems": int(target.groupby(PROBLEM).ngroups),
                            "h200_heldout_rows": len(target), "seed": seed, "mape": {},
                            "drawn": {}}
+
+    def mape(model: Any) -> float:
+        guess = model.predict(target_features, target["device_id"])
+        return float(np.mean(np.abs(guess - truth) / truth))
+
     for n in draws:
-        chosen = {problems[i] for i in order[:n]}
-        extra = h200[[(s, d) in chosen for s, d in zip(h200["shape"], h200["dtype"],
-                                                        strict=True)]]
-        rows = pd.concat([h100, extra], ignore_index=True)
-        features = family_features(kernel, rows)
-        library = f"is_{kernel.library_dataflow}"
-        model = RUNTIME_MODELS["forest"](n_estimators=trees, n_jobs=1,
-                                         separate=library if library in features else None)
-        model.fit(features, rows["runtime_ms"],
-                  groups=rows["device_id"] + rows["shape"] + rows["dtype"])
-        guess = model.predict(family_features(kernel, target))
-        out["mape"][str(n)] = float(np.mean(np.abs(guess - truth) / truth))
-        out["drawn"][str(n)] = sorted(f"{s} {d}" for s, d in chosen)
+        drawn = {problems[i] for i in order[:n]}
+        out["mape"][str(n)] = mape(_fit(kernel, pd.concat([h100, _rows_of(h200, drawn)],
+                                                          ignore_index=True), trees)[0])
+        out["drawn"][str(n)] = sorted(f"{s} {d}" for s, d in drawn)
+    calibration = _calibration_problems(h200, 10)
+    measured = (_rows_of(h200, calibration).sample(frac=1.0, random_state=seed)
+                .groupby(["shape", "dtype"]).head(40))
+    random_10 = _rows_of(h200, {problems[i] for i in order[:10]})
+    out["adapted"] = {
+        "calibration_10": mape(_adapted(kernel, h100, measured, trees)),
+        "random_10": mape(_adapted(kernel, h100, random_10, trees)),
+        "calibration_problems": sorted(f"{s} {d}" for s, d in calibration),
+        "calibration_rows": len(measured)}
     return out
+
+
+def _rows_of(rows: pd.DataFrame, problems: set[tuple[str, str]]) -> pd.DataFrame:
+    keys = zip(rows["shape"], rows["dtype"], strict=True)
+    return rows[[key in problems for key in keys]]
+
+
+def _adapted(kernel: Any, base_rows: pd.DataFrame, new_rows: pd.DataFrame, trees: int) -> Any:
+    """A forest on ``base_rows`` corrected for the GPU of ``new_rows`` from them."""
+    model = _fit(kernel, base_rows, trees)[0]
+    return model.adapt(family_features(kernel, new_rows), new_rows["runtime_ms"],
+                       new_rows["device_id"])
+
+
+def _calibration_problems(rows: pd.DataFrame, n: int, min_configs: int = 300
+                          ) -> set[tuple[str, str]]:
+    """The ``n`` problems :func:`spread_out` picks among those of ``rows`` swept over at least
+    ``min_configs`` configs (a shape measured in both dtypes counts once, in its first)."""
+    counts = rows.groupby(["shape", "dtype"])["config"].nunique()
+    dtype_of: dict[str, str] = {}
+    for (shape, dtype), count in counts.items():
+        if count >= min_configs:
+            dtype_of.setdefault(str(shape), str(dtype))
+    return {(shape, dtype_of[shape]) for shape in spread_out(sorted(dtype_of), n)}
 
 
 # -- live: the service, a worker and a re-timing on this machine's GPU ----------------------
@@ -760,10 +887,12 @@ def replay(args: argparse.Namespace) -> int:
         out["medium_confidence_within_2pct"] = confidence["within_2pct"]["medium"]
         out["low_confidence_within_2pct"] = confidence["within_2pct"]["low"]
         out["confidence_counts"] = confidence["counts"]
-        out["high_spread_rule"] = HIGH_SPREAD
+        out["confidence_judged"] = confidence["judged"]
+        out["high_rule"] = {"margin": HIGH_MARGIN, "distance": HIGH_DISTANCE}
         out["confidence"] = confidence
+        out["calibration"] = calibrate_confidence(train, Catalog.of(store, FAMILY), args.trees)
         transfer = cross_device(store, args.trees, args.seed, (0, 10))
-        out["cross_device_mape_after_10"] = transfer["mape"]["10"]
+        out["cross_device_mape_after_10"] = transfer["adapted"]["calibration_10"]
         out["cross_device_mape_after_0"] = transfer["mape"]["0"]
         out["cross_device"] = transfer
     high = out["high_confidence_within_2pct"]
@@ -774,9 +903,9 @@ def replay(args: argparse.Namespace) -> int:
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     results = args.results or RESULTS / "measure_on_demand.json"
     _write(results, {**out, **{k: v for k, v in _read(results).items() if k == "live"}})
-    shown = {k: v for k, v in out.items() if k not in ("confidence", "cross_device")}
-    shown["spread_for_95pct (calibrated on the test set)"] = confidence["spread_for_95pct"]
-    shown["unmeasured_answers"] = confidence["unmeasured_answers"]
+    shown = {k: v for k, v in out.items()
+             if k not in ("confidence", "cross_device", "calibration")}
+    shown["calibration"] = {k: v for k, v in out["calibration"].items() if k != "grid"}
     print(json.dumps(shown, indent=2, default=str))
     return 0
 

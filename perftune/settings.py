@@ -73,6 +73,12 @@ class Settings(BaseSettings):
                             "unless the request says")
     max_open_jobs: int = Field(default=1000, ge=1, description="most queued and running tune "
                                "jobs; more are refused with 503")
+    calibration_problems: int = Field(default=10, ge=0, le=100, description="a GPU with fewer "
+                                      "measured problems of a family and dtype than this gets "
+                                      "tune jobs for problems spread over the sizes other GPUs "
+                                      "measured, with its first job (0: never)")
+    calibration_budget: int = Field(default=40, ge=1, le=256, description="measurements per "
+                                    "calibration job")
     interpreter_devices: bool = Field(default=False, description="also answer for and queue "
                                       "jobs on Triton-interpreter devices of the store (for "
                                       "development and tests; their times are CPU times)")

@@ -20,6 +20,8 @@ from tests.test_service import TOKEN, Server, start_server
 H100 = "nvidia-h100-80gb-hbm3"
 LEASE_S = 6.0
 TINY = {"m": 16, "n": 32, "k": 64}
+UNMEASURED = [(100, 5000, 3000), (7, 90000, 50), (1000, 1000, 1000), (2048, 8192, 1024),
+              (300, 7000, 2000), (4000, 12000, 6000)]  # on the H100, in fp16
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +87,20 @@ def test_duplicate_requests_queue_one_job(server: Server) -> None:
     again = server.post("/v1/tune", {"family": "gemm", "m": 16, "n": 32, "k": 128,
                                      "dtype": "fp32", "device": H100})
     assert again.status_code == 200 and again.json()["id"] == first["id"]
-    query = {"device": H100, "m": 100, "n": 5000, "k": 3000, "measure": "true"}
+    answers = [server.get("/v1/recommendation", device=H100, m=m, n=n, k=k).json()
+               for m, n, k in UNMEASURED]
+    assert all(a["source"] == "model" and a["margin"] is not None for a in answers)
+    unsure = next(a for a in answers if a["confidence"] != "high")
+    sure = next(a for a in answers if a["confidence"] == "high")
+    query = {"device": H100, **unsure["sizes"], "measure": "true"}
     one = server.get("/v1/recommendation", **query).json()
     two = server.get("/v1/recommendation", **query).json()
-    assert one["source"] == "model" and one["confidence"] in ("medium", "low")
     assert one["spread"] is not None and one["distance"] is not None
     assert one["job"]["id"] == two["job"]["id"]
     assert one["job"]["url"] == f"/v1/jobs/{one['job']['id']}"
+    # a high-confidence answer queues nothing
+    kept = server.get("/v1/recommendation", device=H100, **sure["sizes"], measure="true").json()
+    assert kept["confidence"] == "high" and kept["job"] is None
     # a measured problem queues nothing
     measured = server.get("/v1/recommendation", device=H100, m=16, n=4096, k=4096,
                           measure="true").json()
@@ -136,3 +145,42 @@ def test_bad_input_is_a_422_naming_the_field(server: Server) -> None:
     assert server.get("/v1/jobs/nosuchjob").status_code == 404
     unknown = server.post("/v1/tune", {"device": "no-such-gpu", **TINY})
     assert unknown.status_code == 404
+
+
+def test_a_new_gpu_gets_calibration_jobs_spread_over_the_measured_sizes(
+        shipped: Path, model_file: Path, tmp_path: Path) -> None:
+    """The interpreter device has no fp16 GEMM measured: its first fp16 job brings jobs for 9
+    problems other GPUs measured, spread over their sizes, so that 10 are queued; a second
+    job brings none."""
+    import duckdb
+
+    from perftune.collect.problems import spread_out
+
+    db = tmp_path / "served.duckdb"
+    shutil.copy(shipped, db)
+    device = {k: v for k, v in identify(INTERPRETER).items() if k != "software"}
+    with Store(db) as store:
+        store.insert("devices", [{**device, "first_seen": now()}])
+        measured = sorted({s for (s,) in store.con.execute(
+            "SELECT DISTINCT shape FROM measurements WHERE family = 'gemm' AND dtype = 'fp16' "
+            "AND status = 'ok'").fetchall()})
+    running = start_server(db, model_file, tmp_path / "serve.log", interpreter_devices="1",
+                           calibration_problems="10", calibration_budget="24")
+    try:
+        first = _tune(running, dtype="fp16")
+        second = _tune(running, dtype="fp16", sizes={"m": 16, "n": 64, "k": 64})
+        assert first["status"] == second["status"] == "queued"
+    finally:
+        running.process.terminate()
+        running.process.wait(30)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        jobs = con.execute("SELECT shape, budget FROM tune_jobs WHERE device_id = ? ORDER BY "
+                           "created_at", [INTERPRETER_DEVICE_ID]).fetchall()
+    finally:
+        con.close()
+    asked = {"m=16,n=32,k=64", "m=16,n=64,k=64"}
+    calibration = [(shape, budget) for shape, budget in jobs if shape not in asked]
+    assert len(jobs) == 11 and {budget for _, budget in calibration} == {24}
+    assert [shape for shape, _ in calibration] == spread_out(measured, 9)
+    assert jobs[0][0] == "m=16,n=32,k=64"  # the job asked for comes first

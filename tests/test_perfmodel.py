@@ -387,3 +387,59 @@ def test_a_model_for_another_family(shipped: Path) -> None:
 
         with Store(shipped, read_only=True) as store:
             predictor.predict(Catalog.of(store), heldout)
+
+
+def test_a_gpu_with_few_problems_is_corrected_from_its_own_rows(
+        shipped: Path, rows: pd.DataFrame, tmp_path: Path) -> None:
+    """The H200 as a GPU new to the store: 10 of its problems correct a forest trained on
+    the H100, and its held-out rows are predicted better than by the H100's forest alone; the
+    correction touches the H200's rows only and survives saving."""
+    from perftune.collect.problems import spread_out
+
+    with Store(shipped, read_only=True) as store:
+        h200 = training_rows(store, devices=["nvidia-h200"])
+        held = training_rows(store, devices=["nvidia-h200"], heldout=True)
+    swept = h200.groupby("shape")["config"].nunique()
+    chosen = spread_out(sorted(swept[swept >= 300].index), 10)
+    new = h200[h200["shape"].isin(chosen)].groupby(["shape", "dtype"]).head(40)
+    base = rows
+    forest = RuntimeForest(n_estimators=20, n_jobs=1).fit(
+        gemm_features(base), base["runtime_ms"], groups=base["shape"] + base["dtype"])
+    h100_before = forest.predict(gemm_features(base), base["device_id"])
+    forest.adapt(gemm_features(new), new["runtime_ms"], new["device_id"])
+    truth = held["runtime_ms"].to_numpy()
+
+    def error(guess: np.ndarray) -> float:
+        return float(np.mean(np.abs(guess - truth) / truth))
+
+    alone = error(forest.predict(gemm_features(held)))  # no device ids: no correction
+    adapted = error(forest.predict(gemm_features(held), held["device_id"]))
+    assert adapted < 0.9 * alone, (adapted, alone)
+    assert np.array_equal(forest.predict(gemm_features(base), base["device_id"]), h100_before)
+    saved = save_model(tmp_path / "adapted.skops", forest, {"target": "runtime"})
+    loaded, _ = load_model(saved)
+    assert np.allclose(loaded.predict(gemm_features(held), held["device_id"]),
+                       forest.predict(gemm_features(held), held["device_id"]))
+
+
+def test_fit_leaves_a_new_gpu_out_of_the_forest_and_corrects_it(shipped: Path,
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    import duckdb
+
+    db = tmp_path / "new-gpu.duckdb"
+    shutil.copy(shipped, db)
+    with Store(db, read_only=True) as store:
+        h200 = training_rows(store, devices=["nvidia-h200"])
+    kept = sorted(set(h200.loc[h200["dtype"] == "fp16", "shape"]))[:8]  # training problems
+    con = duckdb.connect(str(db))
+    con.execute("DELETE FROM measurements WHERE device_id = 'nvidia-h200' AND NOT (family = "
+                "'gemm' AND dtype = 'fp16' AND list_contains(?, shape))", [kept])
+    con.close()
+    with Store(db, read_only=True) as store:
+        model, meta = fit_model(store, n_estimators=8, n_jobs=1)
+        _, plain = fit_model(store, n_estimators=8, n_jobs=1, adapt_below=0)
+    assert meta["adapted_devices"] == {"nvidia-h200": 8} and plain["adapted_devices"] == {}
+    assert "nvidia-h200" in meta["devices"] and set(model.device_adapters_) == {"nvidia-h200"}
+    assert meta["rows"] == plain["rows"]  # the same rows, used differently

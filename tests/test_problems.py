@@ -95,3 +95,14 @@ def test_unreadable_json_files(tmp_path: Path, content: str, message: str) -> No
     path.write_text(content)
     with pytest.raises(PerftuneInputError, match=message):
         read_problems_file(path, GEMM, "fp16")
+
+
+def test_spread_out_takes_the_middle_then_the_farthest() -> None:
+    from perftune.collect.problems import spread_out
+
+    shapes = [f"m={m},n={n},k=4096" for m in (1, 16, 256, 4096) for n in (256, 4096, 65536)]
+    chosen = spread_out(shapes, 4)
+    assert len(set(chosen)) == 4 and chosen[0] == "m=16,n=4096,k=4096"  # nearest the middle
+    assert {"m=4096,n=65536,k=4096", "m=1,n=256,k=4096"} & set(chosen[1:3])  # corners next
+    assert spread_out(shapes, 50) == spread_out(shapes, 12) and len(spread_out(shapes, 50)) == 12
+    assert spread_out([], 3) == [] and spread_out(shapes, 0) == []

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from perftune.model.runtime import Predictor
@@ -258,3 +259,21 @@ def test_catalog_health_metrics_and_docs(server: Server) -> None:
         server.get("/metrics").text
     assert server.get("/docs").status_code == 200
     assert "/v1/recommendation" in server.get("/openapi.json").json()["paths"]
+
+
+def test_high_confidence_needs_a_clear_lead_near_measured_problems() -> None:
+    from perftune.service.recommend import (
+        HIGH_DISTANCE,
+        HIGH_MARGIN,
+        model_confidence,
+        model_margin,
+    )
+
+    assert model_margin(np.array([1.0, 1.25, 2.0])) == pytest.approx(0.25)
+    assert model_margin(np.array([1.0])) == float("inf")
+    lead, near = HIGH_MARGIN * 2, HIGH_DISTANCE / 2
+    assert model_confidence(True, 0.5, near, lead) == "high"  # the spread does not veto it
+    assert model_confidence(True, 0.1, near, HIGH_MARGIN / 2) == "medium"  # a close runner-up
+    assert model_confidence(True, 0.1, HIGH_DISTANCE * 2, lead) == "low"  # far from the data
+    assert model_confidence(False, 0.1, near, lead) == "low"  # another device's model
+    assert model_confidence(True, float("nan"), near, lead) == "low"  # no interval

@@ -12,6 +12,7 @@ from perftune.cli._common import (
     family_option,
     family_problem,
     model_option,
+    non_negative_int,
     positive_int,
     print_frame,
     problem_options,
@@ -38,6 +39,10 @@ def register(sub: Any) -> None:
                      "(repeatable; default: every GPU in the store)")
     fit.add_argument("--trees", type=positive_int,
                      help="forest size (default: 60 for runtime, 100 for power and energy)")
+    fit.add_argument("--adapt-below", type=non_negative_int, default=None, metavar="N",
+                     help="runtime forest: a GPU with fewer than N measured problems (default "
+                     "30) is left out of the forest and gets a correction fitted on its own "
+                     "rows; 0: every GPU's rows train the forest alike")
     fit.add_argument("--out", type=Path, default=None,
                      help="model file (default: FAMILY_runtime.skops in $PERFTUNE_HOME/models)")
     db_option(fit)
@@ -84,7 +89,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from perftune.model.runtime import fit_model, model_path, save_model
     from perftune.store.db import Store
 
-    params = {"n_estimators": args.trees} if args.model == "forest" and args.trees else {}
+    params: dict[str, Any] = ({"n_estimators": args.trees}
+                              if args.model == "forest" and args.trees else {})
+    if args.adapt_below is not None:
+        params["adapt_below"] = args.adapt_below
     with Store(args.db, read_only=True) as store:
         model, meta = fit_model(store, kind=args.model, family=args.family,
                                 devices=args.device, target=args.target, **params)
@@ -92,6 +100,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = save_model(args.out or model_path(args.target, family=name), model, meta)
     print(f"trained a {args.target} {args.model} ({name}) on {meta['rows']} measurements "
           f"of {meta['problems']} problems ({', '.join(meta['devices'])}); saved {path}")
+    for device, problems in meta.get("adapted_devices", {}).items():
+        print(f"{device}: {problems} problems, corrected from its own rows (fewer than "
+              f"--adapt-below)")
     return 0
 
 

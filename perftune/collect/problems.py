@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -220,3 +221,27 @@ def _csv_rows(source: Path, text: str) -> list[dict[Any, Any]]:
         return list(reader)
     except csv.Error as exc:
         raise PerftuneInputError(f"problems file {source} is not readable CSV: {exc}") from None
+
+
+def shape_sizes(shape: str) -> dict[str, int]:
+    """The sizes of a canonical shape (``"m=64,n=4096,k=4096"``)."""
+    return {name: int(value) for name, value in (part.split("=", 1)
+                                                 for part in shape.split(",") if "=" in part)}
+
+
+def spread_out(shapes: Sequence[str], n: int) -> list[str]:
+    """``n`` of ``shapes`` (canonical shapes of one family) far apart in log2 size: the one
+    nearest the middle first, then each time the one farthest from those taken (a greedy
+    k-center). A GPU new to the store is measured on these first, so that its few problems
+    span the sizes it will be asked about."""
+    points = [[math.log2(max(v, 1)) for v in shape_sizes(shape).values()] for shape in shapes]
+    if not points or n <= 0:
+        return []
+    middle = [sum(column) / len(points) for column in zip(*points, strict=True)]
+    chosen = [min(range(len(points)), key=lambda i: math.dist(points[i], middle))]
+    gaps = [math.dist(p, points[chosen[0]]) for p in points]
+    while len(chosen) < min(n, len(points)):
+        far = max(range(len(points)), key=gaps.__getitem__)
+        chosen.append(far)
+        gaps = [min(g, math.dist(p, points[far])) for g, p in zip(gaps, points, strict=True)]
+    return [shapes[i] for i in chosen]

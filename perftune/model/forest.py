@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,30 @@ class RuntimeForest(RegressorMixin, BaseEstimator):
             self.forests_[part] = self._forest().fit(x[rows], y[rows])
         return self
 
+    def adapt(self, features: pd.DataFrame, runtime_ms: pd.Series | np.ndarray,
+              devices: pd.Series | np.ndarray) -> RuntimeForest:
+        """Fit, for each device of ``devices`` (one id per row), a correction of this forest's
+        log error on that device's rows: a forest on the same features whose prediction is
+        added to the log runtime of that device's rows when :meth:`predict` is given their
+        devices. A GPU measured on a few problems thereby borrows what the forest learned on
+        the others (which it must not have been trained on) and corrects it by what its own
+        rows show. Replaces a device's earlier correction."""
+        devices = np.asarray(devices).astype(str)
+        error = np.log(np.asarray(runtime_ms, float)) - self._predict(features)[0]
+        x = self._matrix(features)
+        adapters = dict(getattr(self, "device_adapters_", {}))
+        for device in np.unique(devices):
+            rows = devices == device
+            adapters[str(device)] = RandomForestRegressor(
+                n_estimators=100, min_samples_leaf=2, random_state=self.random_state,
+                n_jobs=self.n_jobs).fit(x[rows], error[rows])
+        self.device_adapters_ = adapters
+        return self
+
+    def _matrix(self, features: Features) -> np.ndarray:
+        return np.column_stack([np.asarray(features[name], dtype=float)
+                                for name in self.feature_names_in_])
+
     def _parts(self, features: Features) -> np.ndarray:
         if self.separate is None:
             return np.zeros(len(np.asarray(features[self.feature_names_in_[0]])))
@@ -82,23 +106,33 @@ class RuntimeForest(RegressorMixin, BaseEstimator):
         z = np.abs(y[mask] - mean) / np.maximum(spread, 1e-3)
         return float(np.quantile(z, self.coverage))
 
-    def predict(self, features: Features) -> np.ndarray:
-        """Predicted runtime in ms."""
-        return np.exp(self.predict_log(features)[0])
+    def predict(self, features: Features, devices: Any = None) -> np.ndarray:
+        """Predicted runtime in ms (``devices``: the rows' device ids, for the corrections of
+        :meth:`adapt`)."""
+        return np.exp(self.predict_log(features, devices)[0])
 
-    def predict_log(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+    def predict_log(self, features: Features, devices: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread (std across trees) of the predicted log runtime."""
-        mean, spread, _ = self._predict(features)
+        mean, spread, _ = self._predict(features, devices)
         return mean, spread
 
-    def _predict(self, features: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Log mean, spread and interval scale per row, each row from its part's forest."""
-        x = np.column_stack([np.asarray(features[name], dtype=float)
-                             for name in self.feature_names_in_])
+    def _predict(self, features: Features, devices: Any = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Log mean, spread and interval scale per row, each row from its part's forest and
+        corrected by its device's :meth:`adapt` forest, if any."""
+        x = self._matrix(features)
         mean, spread, scale = np.zeros(len(x)), np.zeros(len(x)), np.zeros(len(x))
         for part, rows in self._rows_by_forest(features):
             mean[rows], spread[rows] = _mean_and_spread(self.forests_[part], x[rows])
             scale[rows] = self.interval_scales_[part]
+        adapters = getattr(self, "device_adapters_", {})
+        if devices is not None and adapters:
+            ids = np.broadcast_to(np.asarray(devices).astype(str), (len(x),))
+            for device, adapter in adapters.items():
+                rows = ids == device
+                if rows.any():
+                    mean[rows] += adapter.predict(x[rows])
         return mean + self._baseline(features), spread, scale
 
     def _rows_by_forest(self, features: Features) -> list[tuple[float, np.ndarray]]:
@@ -111,14 +145,15 @@ class RuntimeForest(RegressorMixin, BaseEstimator):
     def _baseline(self, features: Features) -> np.ndarray | float:
         return np.asarray(features[self.residual_of], dtype=float) if self.residual_of else 0.0
 
-    def predict_interval(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+    def predict_interval(self, features: Features, devices: Any = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper runtime (ms) of the calibrated ``coverage`` interval."""
-        return self.predict_with_interval(features)[1:]
+        return self.predict_with_interval(features, devices)[1:]
 
-    def predict_with_interval(self, features: pd.DataFrame
+    def predict_with_interval(self, features: pd.DataFrame, devices: Any = None
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runtime (ms) and the interval's bounds, from one pass over the trees."""
-        mean, spread, scale = self._predict(features)
+        mean, spread, scale = self._predict(features, devices)
         half = scale * np.maximum(spread, 1e-3)
         return np.exp(mean), np.exp(mean - half), np.exp(mean + half)
 

@@ -54,11 +54,20 @@ def training_rows(store: Store, *, family: str = "gemm", devices: list[str] | No
     return rows[held if heldout else ~held]
 
 
+# A GPU with fewer measured problems of a family than this is new to the runtime forest: it is
+# left out of the forest's training and gets a correction of its own (RuntimeForest.adapt),
+# fitted on its rows (benchmarks/measure_on_demand.py compares both on the H200 with 10).
+ADAPT_BELOW = 30
+
+
 def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
               devices: list[str] | None = None, target: str = "runtime",
-              **params: Any) -> tuple[Any, dict[str, Any]]:
+              adapt_below: int = ADAPT_BELOW, **params: Any) -> tuple[Any, dict[str, Any]]:
     """Train a model of ``target`` (runtime, or the average power / energy per call of the
-    busy-GPU energy rows) on the store, held-out problems left out."""
+    busy-GPU energy rows) on the store, held-out problems left out. A runtime forest leaves
+    out the GPUs with fewer than ``adapt_below`` measured problems (while another GPU has
+    more) and corrects its answers for each of them from its own rows instead
+    (:meth:`RuntimeForest.adapt`); ``0`` trains on every GPU's rows alike."""
     if target not in TARGETS:
         raise PerftuneInputError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if kind not in RUNTIME_MODELS:
@@ -82,21 +91,36 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
         library = f"is_{kernel.library_dataflow}"
         params.setdefault("separate", library if library in features else None)
     model = forest(**params)
+    new = (new_devices(rows, adapt_below)
+           if target == "runtime" and isinstance(model, RuntimeForest) else [])
+    base = ~rows["device_id"].isin(new).to_numpy()
     if isinstance(model, RuntimeForest):
-        model.fit(features, rows[TARGETS[target]], groups=rows["device_id"] + rows["shape"]
-                  + rows["dtype"])
+        model.fit(features[base], rows[TARGETS[target]][base],
+                  groups=(rows["device_id"] + rows["shape"] + rows["dtype"])[base])
+        if new:
+            model.adapt(features[~base], rows["runtime_ms"][~base], rows["device_id"][~base])
     else:
         model.fit(features, rows["runtime_ms"])
     trained_on = sorted(set(rows["device_id"]))
     meta = {"kind": kind, "target": target, "family": family,
             "features": list(kernel.feature_names()),
             "devices": trained_on, "rows": len(rows),
+            "adapted_devices": {d: int(rows[rows["device_id"] == d].groupby(
+                ["shape", "dtype"]).ngroups) for d in new},
             "problems": int(rows.groupby(["shape", "dtype"]).ngroups),
             "snapshot": snapshot(store), "trained_at": dt.datetime.now(dt.timezone.utc)
             .isoformat(timespec="seconds"),
             "accuracy": heldout_accuracy(store, model, target=target, family=family,
                                          devices=trained_on)}
     return model, meta
+
+
+def new_devices(rows: pd.DataFrame, adapt_below: int) -> list[str]:
+    """The GPUs of ``rows`` with fewer than ``adapt_below`` problems, if another has more."""
+    problems = rows.groupby("device_id")[["shape", "dtype"]].apply(
+        lambda g: len(g.drop_duplicates()))
+    few = sorted(str(d) for d, n in problems.items() if n < adapt_below)
+    return few if len(few) < len(problems) else []
 
 
 def heldout_accuracy(store: Store, model: Any, *, target: str = "runtime", family: str = "gemm",
@@ -115,12 +139,14 @@ def heldout_accuracy(store: Store, model: Any, *, target: str = "runtime", famil
     accuracy: dict[str, float] = {"heldout_problems": float(rows.groupby(
         ["device_id", "shape", "dtype"]).ngroups), "heldout_rows": float(len(rows))}
     if target == "runtime":
-        predicted = model.predict(features)
-        accuracy.update(runtime_metrics(rows, predicted, tuned_dataflows(kernel)))
         if isinstance(model, RuntimeForest):
-            _, low, high = model.predict_with_interval(features)
+            predicted, low, high = model.predict_with_interval(features, rows["device_id"])
+            accuracy.update(runtime_metrics(rows, predicted, tuned_dataflows(kernel)))
             accuracy["interval_coverage"] = float(np.mean((truth >= low) & (truth <= high)))
             accuracy["interval_stated"] = model.coverage
+        else:
+            accuracy.update(runtime_metrics(rows, model.predict(features),
+                                            tuned_dataflows(kernel)))
         return accuracy
     error = np.abs(model.predict(features) - truth) / truth
     name = "power_median_error" if target == "power" else "energy_mape"
@@ -271,7 +297,7 @@ class Predictor:
         columns: dict[str, np.ndarray] = {}
         if isinstance(self.model, RuntimeForest):
             columns["predicted_ms"], columns["low_ms"], columns["high_ms"] = \
-                self.model.predict_with_interval(features)
+                self.model.predict_with_interval(features, np.asarray(frame["device_id"]))
         else:
             columns["predicted_ms"] = self.model.predict(features)
         if "smem_bytes" in features:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from perftune.collect.problems import Problem
+from perftune.collect.problems import Problem, shape_sizes, spread_out
 from perftune.errors import StoreError
 from perftune.service.ingest import RETRY_AFTER_S, StoreBusy
 from perftune.service.recommend import Knowledge, UnknownDevice
@@ -85,7 +85,33 @@ def queue(knowledge: Knowledge, settings: Settings, *, family: str, problem: Pro
             store.con.execute("DELETE FROM tune_jobs WHERE job_id = ?", [job["job_id"]])
             raise TooManyJobs(f"{settings.max_open_jobs} tune jobs are open (queued or "
                               f"running); retry when workers have run some")
+        if new:
+            queue_calibration(store, knowledge, settings, family=family, dtype=problem.dtype,
+                              device=device)
     return job, new
+
+
+def queue_calibration(store: Store, knowledge: Knowledge, settings: Settings, *, family: str,
+                      dtype: str, device: str) -> int:
+    """Tune jobs that calibrate a GPU new to the store: while it has fewer than
+    ``calibration_problems`` problems of ``family`` and ``dtype`` measured or queued, jobs of
+    ``calibration_budget`` measurements for problems other GPUs measured, spread over their
+    sizes (:func:`spread_out`), so that `perftune fit` can correct the model for it from
+    them (:meth:`RuntimeForest.adapt`). The number of jobs queued."""
+    mine = {shape for fam, dev, dt, shape in knowledge.measured
+            if (fam, dev, dt) == (family, device, dtype)}
+    mine |= jobs.shapes(store, family=family, dtype=dtype, device_id=device)
+    missing = settings.calibration_problems - len(mine)
+    room = settings.max_open_jobs - jobs.open_jobs(store)
+    if missing <= 0 or room <= 0:
+        return 0
+    others = sorted({shape for fam, dev, dt, shape in knowledge.measured
+                     if fam == family and dt == dtype and dev != device} - mine)
+    chosen = spread_out(others, min(missing, room))
+    for shape in chosen:
+        jobs.enqueue(store, family=family, shape=shape, sizes=shape_sizes(shape), dtype=dtype,
+                     device_id=device, budget=settings.calibration_budget)
+    return len(chosen)
 
 
 def link(job: dict[str, Any]) -> JobLink:

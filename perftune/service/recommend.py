@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from perftune.collect.families import DeviceLimits, KernelFamily
-from perftune.collect.problems import Problem
+from perftune.collect.problems import Problem, shape_sizes
 from perftune.errors import PerftuneInputError
 from perftune.model.runtime import Catalog, Predictor, tuned_dataflows
 from perftune.service.families import DEFAULT_FAMILY, FAMILIES, kernel
@@ -298,8 +298,8 @@ def _library_ms(family: KernelFamily, rows: pd.DataFrame, column: str = "runtime
 
 def _answer(query: ProblemFields, device: str, ranked: pd.DataFrame, source: str,
             confidence: str, library_ms: float | None, bound: str | None = None,
-            spread: float | None = None, distance: float | None = None
-            ) -> RecommendationPublic:
+            spread: float | None = None, distance: float | None = None,
+            margin: float | None = None) -> RecommendationPublic:
     best = ranked.iloc[0]
     speedup = library_ms / float(best["runtime_ms"]) if library_ms else None
     problem = query.problem
@@ -313,7 +313,7 @@ def _answer(query: ProblemFields, device: str, ranked: pd.DataFrame, source: str
         speedup_over_library=speedup,
         # the GEMM-only service's name for it, kept for its clients
         speedup_over_cublas=speedup if query.family == DEFAULT_FAMILY else None,
-        bound=bound, spread=spread, distance=distance, job=None)
+        bound=bound, spread=spread, distance=distance, margin=margin, job=None)
 
 
 def _from_measured(knowledge: Knowledge, query: ProblemFields, device: str, rows: pd.DataFrame
@@ -379,19 +379,26 @@ def _from_model(knowledge: Knowledge, query: ProblemFields, device: str,
     spread = model_spread(best["runtime_ms"], best.get("low_ms", math.nan),
                           best.get("high_ms", math.nan))
     distance = measured_distance(knowledge, query.family, device, query.problem)
-    confidence = model_confidence(bool(best["trained_on_device"]), float(spread), distance)
+    ranked_by = "predicted_energy_j" if query.objective == "energy" else "predicted_ms"
+    margin = model_margin(ranked[ranked_by].to_numpy(float))
+    confidence = model_confidence(bool(best["trained_on_device"]), float(spread), distance,
+                                  margin)
     return _answer(query, device, shown, "model", confidence,
                    _library_ms(kernel(query.family), ranked, "predicted_ms"),
                    str(best["bound"]),
                    spread=None if math.isnan(spread) else round(float(spread), 4),
-                   distance=None if math.isinf(distance) else round(distance, 4))
+                   distance=None if math.isinf(distance) else round(distance, 4),
+                   margin=None if math.isinf(margin) else round(margin, 4))
 
 
-# A model answer's confidence (docs/service.md): the forest's spread (the 90% interval of its
-# trees' predictions over the prediction) and the problem's distance from the nearest problem
-# measured on the device (same family and dtype; the root of the summed squares of log2 size
-# ratios: 1 is one size twice or half as large).
-HIGH_SPREAD, HIGH_DISTANCE = 0.15, 0.5
+# A model answer's confidence (docs/service.md). High: the model predicts the answer at least
+# HIGH_MARGIN faster than any other config, and a problem within HIGH_DISTANCE (the root of the
+# summed squares of log2 size ratios: 1 is one size twice or half as large) was measured on the
+# device. Calibrated on held-in problems by benchmarks/measure_on_demand.py: the widest rule of
+# its grid whose answers' share within 2% of the best has a 95% lower bound of at least 0.95
+# over 4-fold cross-validation. The trees' spread did not tell right answers from wrong ones
+# there; it only separates medium from low.
+HIGH_MARGIN, HIGH_DISTANCE = 0.08, 2.0
 MEDIUM_SPREAD, MEDIUM_DISTANCE = 0.35, 2.0
 
 
@@ -401,13 +408,23 @@ def model_spread(predicted_ms: float, low_ms: float, high_ms: float) -> float:
     return (high_ms - low_ms) / predicted_ms
 
 
-def model_confidence(trained_on_device: bool, spread: float, distance: float) -> str:
-    """high: the model was trained on the device, its trees agree within
-    :data:`HIGH_SPREAD` and a measured problem lies within :data:`HIGH_DISTANCE`; medium: the
-    same within the MEDIUM bounds; else low (also without an interval)."""
+def model_margin(predicted: np.ndarray) -> float:
+    """How much slower (or costlier) the model predicts the runner-up than the best, as a
+    fraction, from predictions sorted best first; infinite with a single candidate."""
+    if len(predicted) < 2 or not predicted[0] > 0:
+        return math.inf
+    return float(predicted[1] / predicted[0] - 1)
+
+
+def model_confidence(trained_on_device: bool, spread: float, distance: float,
+                     margin: float) -> str:
+    """high: the model was trained on the device, predicts its answer at least
+    :data:`HIGH_MARGIN` ahead of every other config, and a measured problem lies within
+    :data:`HIGH_DISTANCE`; medium: the trees agree within :data:`MEDIUM_SPREAD` and a measured
+    problem lies within :data:`MEDIUM_DISTANCE`; else low (also without an interval)."""
     if not trained_on_device or math.isnan(spread):
         return "low"
-    if spread <= HIGH_SPREAD and distance <= HIGH_DISTANCE:
+    if margin >= HIGH_MARGIN and distance <= HIGH_DISTANCE:
         return "high"
     if spread <= MEDIUM_SPREAD and distance <= MEDIUM_DISTANCE:
         return "medium"
@@ -416,8 +433,7 @@ def model_confidence(trained_on_device: bool, spread: float, distance: float) ->
 
 @functools.lru_cache(maxsize=65536)
 def _log_sizes(shape: str) -> dict[str, float]:
-    return {name: math.log2(float(value)) for name, value
-            in (part.split("=", 1) for part in shape.split(",") if "=" in part)}
+    return {name: math.log2(float(value)) for name, value in shape_sizes(shape).items()}
 
 
 def measured_distance(knowledge: Knowledge, family: str, device: str, problem: Problem

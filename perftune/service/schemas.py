@@ -194,6 +194,9 @@ class RecommendationPublic(BaseModel):
     distance: float | None = Field(None, description="model answers: distance from the "
                                    "nearest problem measured on the device (root of summed "
                                    "squared log2 size ratios); none when none is measured")
+    margin: float | None = Field(None, description="model answers: how much slower the model "
+                                 "predicts the next config (any dataflow) than the best, as a "
+                                 "fraction; none when the best is the only one")
     job: JobLink | None = Field(None, description="with measure=true: the tune job queued to "
                                 "measure this problem on the device")
 

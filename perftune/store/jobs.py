@@ -75,6 +75,13 @@ def open_jobs(store: Store) -> int:
                                  "('queued', 'running')").fetchone()[0])  # type: ignore[index]
 
 
+def shapes(store: Store, *, family: str, dtype: str, device_id: str) -> set[str]:
+    """Shapes of the jobs ever queued for ``family`` and ``dtype`` on ``device_id``."""
+    rows = store.con.execute("SELECT DISTINCT shape FROM tune_jobs WHERE family = ? AND "
+                             "dtype = ? AND device_id = ?", [family, dtype, device_id])
+    return {str(shape) for (shape,) in rows.fetchall()}
+
+
 def enqueue(store: Store, *, family: str, shape: str, sizes: Mapping[str, int], dtype: str,
             device_id: str, budget: int) -> tuple[dict[str, Any], bool]:
     """Queue a job for the problem, or find the open one: (the job, whether it is new)."""
