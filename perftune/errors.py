@@ -9,3 +9,7 @@ class PerftuneInputError(ValueError):
 
 class StoreError(PerftuneInputError):
     """The database file is missing, is not a perftune store, or has an unsupported schema."""
+
+
+class StoreNeedsMigrating(StoreError):
+    """A store of an older schema opened read-only: opening it for writing migrates it."""

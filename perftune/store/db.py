@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from perftune.errors import StoreError
+from perftune.errors import StoreError, StoreNeedsMigrating
 from perftune.settings import default_db_path
 from perftune.store.schema import (
     CAMPAIGN_STATUSES,
@@ -109,7 +109,7 @@ class Store:
                 f"understands ({SCHEMA_VERSION}); upgrade perftune to read it")
         if version < SCHEMA_VERSION:
             if self.read_only:
-                raise StoreError(
+                raise StoreNeedsMigrating(
                     f"{self.path} has schema version {version} and needs migrating to "
                     f"{SCHEMA_VERSION}; run `perftune db migrate --db {self.path}` once")
             self._migrate(version)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from perftune.errors import StoreNeedsMigrating
 from perftune.store.autotune_records import read_records, write_records
 
 LOCK_WAIT_S = 30.0  # the longest one access waits for the store
@@ -109,17 +110,21 @@ class AutotuneRecords:
         if self.local_only:
             return empty
         try:
-            path = self._path()
-            if not path.exists():
+            if not self._path().exists():
                 return empty
-            write = _needs_migrating(path)
-            with self._store(write=write) as store:
-                self.reads += 1
-                choices, measured = read_records(store, self.identity.fields)
+            try:
+                choices, measured = self._read(write=False)
+            except StoreNeedsMigrating:  # an older store: opening it writable migrates it
+                choices, measured = self._read(write=True)
         except Exception as exc:  # any failure means local-only, said once
             self._fail(exc)
             return empty
         return {row["key"]: row for row in choices.to_dict("records")}, measured
+
+    def _read(self, *, write: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+        with self._store(write=write) as store:
+            self.reads += 1
+            return read_records(store, self.identity.fields)
 
     # -- writing --------------------------------------------------------------------------------
     def record(self, measurements: Sequence[Mapping[str, Any]], choice: Mapping[str, Any]
@@ -137,26 +142,6 @@ class AutotuneRecords:
             self._fail(exc)
             return None
         return stored
-
-
-def _needs_migrating(path: Path) -> bool:
-    """Whether the store at ``path`` is older than this code (opening it writable migrates)."""
-    import duckdb
-
-    from perftune.store.schema import SCHEMA_VERSION
-
-    try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error:
-        return False  # busy or unreadable: the opening proper says which
-    try:
-        rows = con.execute("SELECT value FROM perftune_meta WHERE name = 'schema_version'"
-                           ).fetchall()
-    except duckdb.Error:
-        return True
-    finally:
-        con.close()
-    return not rows or int(rows[0][0]) < SCHEMA_VERSION
 
 
 @contextlib.contextmanager
