@@ -36,31 +36,17 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchmarks._timing import Timer, side_by_side_timer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAMILY = "decode_attention"
 
 
-def _timer(gpu: bool) -> Callable[[Callable[[], None]], float]:
-    if gpu:
-        import triton.testing
-
-        return lambda fn: float(triton.testing.do_bench(fn, warmup=25, rep=200,
-                                                        return_mode="median"))
-
-    def wall(fn: Callable[[], None]) -> float:
-        fn()
-        samples = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(samples)
-
-    return wall
+def _timer(gpu: bool) -> Timer:
+    return side_by_side_timer(gpu, rep_ms=200)
 
 
 def _tune(problem: Any, budget: int, method: str, predictor: Any, device_row: Any,

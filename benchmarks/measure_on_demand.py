@@ -85,6 +85,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._shipped import fresh_store, replay_header
+from benchmarks._timing import Timer, side_by_side_timer
 from perftune.collect.device import GPU, identify, limits_of, select_mode, torch_device
 from perftune.collect.families import KernelFamily, load_family
 from perftune.collect.problems import Problem, spread_out
@@ -353,7 +354,6 @@ LIVE_BUDGET, INTERPRET_BUDGET = 10, 3  # a job's measurements (about 15 s live o
 MEASURE_TIMEOUT_S = 60  # the worker's limit on one measurement
 TINY = ("m=16,n=32,k=64", "m=16,n=64,k=32")  # the interpreter's problems (fp32)
 NAMES = ("zero_shot", "after_job", "best")
-Timer = Callable[[Callable[[], None]], float]
 
 
 def say(text: str) -> None:
@@ -602,24 +602,7 @@ def wait_done(service: Service, job_id: str, limit_s: float = 30.0) -> dict[str,
 
 
 def _timer(gpu: bool) -> Timer:
-    """triton.testing.do_bench's median (L2 flushed) on a GPU; the median of three wall-clock
-    calls after one warm-up under the interpreter."""
-    if gpu:
-        import triton.testing
-
-        return lambda fn: float(triton.testing.do_bench(fn, warmup=25, rep=100,
-                                                        return_mode="median"))
-
-    def wall(fn: Callable[[], None]) -> float:
-        fn()
-        samples = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(samples)
-
-    return wall
+    return side_by_side_timer(gpu, rep_ms=100)
 
 
 ConfigKey = tuple[str, str]  # dataflow, config JSON
