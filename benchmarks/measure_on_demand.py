@@ -320,8 +320,34 @@ def cross_device(store: Store, trees: int, seed: int, draws: tuple[int, ...]
         "calibration_10": mape(_adapted(kernel, h100, measured, trees)),
         "random_10": mape(_adapted(kernel, h100, random_10, trees)),
         "calibration_problems": sorted(f"{s} {d}" for s, d in calibration),
-        "calibration_rows": len(measured)}
+        "calibration_rows": len(measured),
+        "settings_on_training_problems": _adapter_settings(
+            kernel, _fit(kernel, h100, trees)[0], measured,
+            h200[[key not in calibration for key in zip(h200["shape"], h200["dtype"],
+                                                        strict=True)]])}
     return out
+
+
+def _adapter_settings(kernel: Any, base: Any, measured: pd.DataFrame, others: pd.DataFrame
+                      ) -> dict[str, float]:
+    """The MAPE on the H200's other *training* problems of corrections fitted on ``measured``
+    with each setting (leaf size, share of features per split): how
+    :meth:`RuntimeForest.adapt`'s settings were chosen, without the held-out problems."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    x, x_other = family_features(kernel, measured), family_features(kernel, others)
+    error = np.log(measured["runtime_ms"].to_numpy(float)) - np.log(base.predict(x))
+    truth, guess = others["runtime_ms"].to_numpy(float), base.predict(x_other)
+    scores = {"none": float(np.mean(np.abs(guess - truth) / truth))}
+    for leaf in (1, 2, 5, 10):
+        for share in (1.0, 0.5):
+            forest = RandomForestRegressor(n_estimators=100, min_samples_leaf=leaf,
+                                           max_features=share, random_state=0, n_jobs=1)
+            fixed = guess * np.exp(forest.fit(x.to_numpy(float), error)
+                                   .predict(x_other.to_numpy(float)))
+            scores[f"leaf {leaf}, features {share}"] = float(
+                np.mean(np.abs(fixed - truth) / truth))
+    return scores
 
 
 def _rows_of(rows: pd.DataFrame, problems: set[tuple[str, str]]) -> pd.DataFrame:
