@@ -181,8 +181,10 @@ def test_predictor_refuses_unknowns(shipped: Path, tmp_path: Path) -> None:
         ranked = predictor.rank(store, m=128, n=4096, k=4096, dtype="fp16",
                                 device="nvidia-h100-80gb-hbm3")
         assert len(ranked) > 500 and ranked["predicted_ms"].is_monotonic_increasing
-        with pytest.raises(PerftuneInputError, match="unknown device"):
+        with pytest.raises(PerftuneInputError, match=r"unknown device.*perftune device --cal"):
             predictor.rank(store, m=1, n=2, k=3, dtype="fp16", device="nvidia-b200")
+        with pytest.raises(PerftuneInputError, match=r"for GPUs only.*its own measurements"):
+            predictor.rank(store, m=1, n=2, k=3, dtype="fp16", device="cpu-triton-interpreter")
         bad = pd.DataFrame([{"m": 1, "n": 8, "k": 8, "dtype": "fp16", "dataflow": "magic",
                              "device_id": "nvidia-h200", "config": "{}"}])
         with pytest.raises(PerftuneInputError, match="unknown GEMM dataflow"):

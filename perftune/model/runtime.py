@@ -197,10 +197,14 @@ class Catalog:
     def device_rows(self, device_ids: Any) -> pd.DataFrame:
         unknown = sorted(set(device_ids) - set(self.devices["device_id"]))
         if unknown:
+            from perftune.collect.device import INTERPRETER_DEVICE_ID
+
+            hint = ("the model answers for GPUs only; a Triton-interpreter device is answered "
+                    "from its own measurements" if INTERPRETER_DEVICE_ID in unknown else
+                    "add one with `perftune device --calibrate` on it")
             raise PerftuneInputError(
                 f"unknown device(s) {unknown}; known GPUs in the store: "
-                f"{', '.join(sorted(self.devices['device_id']))} (add one with `perftune "
-                f"device --calibrate` on it)")
+                f"{', '.join(sorted(self.devices['device_id']))} ({hint})")
         return self.devices
 
     def on_device(self, device: str) -> pd.DataFrame:
