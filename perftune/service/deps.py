@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,6 +18,24 @@ from perftune.service.schemas import ProblemFields
 from perftune.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
+
+# What every write route may answer besides its own (OpenAPI ``responses``).
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong token"},
+    403: {"description": "writes are disabled (no token configured)"},
+    503: {"description": "another process is writing the store; retry after the Retry-After "
+                         "header's seconds"}}
+
+
+class RetryLater(Protocol):
+    retry_after_s: int
+
+
+def retry_later(exc: RetryLater) -> HTTPException:
+    """503 with Retry-After, for work the service cannot take now (a busy store, full
+    queues)."""
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc),
+                         headers={"Retry-After": str(exc.retry_after_s)})
 
 
 async def get_settings(request: Request) -> Settings:

@@ -7,14 +7,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, Query, status
 
 from perftune.service.deps import (
+    WRITE_RESPONSES,
     KnowledgeDep,
     SettingsDep,
     limit_batch,
     require_read_token,
     require_write_token,
+    retry_later,
 )
 from perftune.service.ingest import StoreBusy
 from perftune.service.jobs import writing
@@ -44,11 +46,8 @@ def get_records(knowledge: KnowledgeDep,
 
 @router.post("/autotune/records", response_model=AutotuneStoredPublic,
              status_code=status.HTTP_201_CREATED, dependencies=[Depends(require_write_token)],
-             responses={401: {"description": "missing or wrong token"},
-                        403: {"description": "writes are disabled (no token configured)"},
-                        413: {"description": "too many measurements in one request"},
-                        503: {"description": "another process is writing the store; retry "
-                                             "after the Retry-After header's seconds"}})
+             responses={**WRITE_RESPONSES,
+                        413: {"description": "too many measurements in one request"}})
 def post_records(knowledge: KnowledgeDep, settings: SettingsDep,
                  body: AutotuneRecordsCreate) -> AutotuneStoredPublic:
     """Store one key's measurements and its choice in one transaction; the answer is the
@@ -61,8 +60,7 @@ def post_records(knowledge: KnowledgeDep, settings: SettingsDep,
                                    [m.model_dump() for m in body.measurements],
                                    body.choice.model_dump(), now())
     except StoreBusy as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc),
-                            headers={"Retry-After": str(exc.retry_after_s)}) from exc
+        raise retry_later(exc) from exc
     return AutotuneStoredPublic(choice=_records_of([stored])[0] if stored else None)
 
 

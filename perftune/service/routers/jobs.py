@@ -10,10 +10,12 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, 
 
 from perftune.service import jobs
 from perftune.service.deps import (
+    WRITE_RESPONSES,
     KnowledgeDep,
     SettingsDep,
     require_read_token,
     require_write_token,
+    retry_later,
 )
 from perftune.service.ingest import StoreBusy
 from perftune.service.recommend import UnknownDevice
@@ -32,8 +34,7 @@ JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-
 T = TypeVar("T")
 
 _WRITE: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or wrong token"},
-    403: {"description": "writes are disabled (no token configured)"},
+    **WRITE_RESPONSES,
     503: {"description": "the store is busy, or too many jobs are open; retry after the "
                          "Retry-After header's seconds"}}
 _JOB: dict[int | str, dict[str, Any]] = {
@@ -54,12 +55,8 @@ def guarded(call: Callable[[], T], job_id: str | None = None) -> T:
     """``call()``, its errors as HTTP answers."""
     try:
         return call()
-    except StoreBusy as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc),
-                            headers={"Retry-After": str(exc.retry_after_s)}) from exc
-    except jobs.TooManyJobs as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc),
-                            headers={"Retry-After": str(exc.retry_after_s)}) from exc
+    except (StoreBusy, jobs.TooManyJobs) as exc:
+        raise retry_later(exc) from exc
     except UnknownDevice as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             {"message": str(exc), "known_devices": exc.known}) from exc

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, status
 
-from perftune.service.deps import KnowledgeDep, SettingsDep, limit_batch, require_write_token
+from perftune.service.deps import (
+    WRITE_RESPONSES,
+    KnowledgeDep,
+    SettingsDep,
+    limit_batch,
+    require_write_token,
+    retry_later,
+)
 from perftune.service.ingest import StoreBusy, ingest
 from perftune.service.recommend import NoAnswer
 from perftune.service.schemas import IngestPublic, MeasurementsCreate
@@ -14,12 +21,9 @@ router = APIRouter(prefix="/v1", tags=["measurements"])
 
 @router.post("/measurements", response_model=IngestPublic, status_code=status.HTTP_201_CREATED,
              dependencies=[Depends(require_write_token)],
-             responses={401: {"description": "missing or wrong token"},
-                        403: {"description": "writes are disabled (no token configured)"},
+             responses={**WRITE_RESPONSES,
                         413: {"description": "too many measurements in one request"},
-                        422: {"description": "invalid or physically implausible figures"},
-                        503: {"description": "another process is writing the store; retry "
-                                             "after the Retry-After header's seconds"}})
+                        422: {"description": "invalid or physically implausible figures"}})
 def post_measurements(knowledge: KnowledgeDep, settings: SettingsDep,
                       body: MeasurementsCreate) -> IngestPublic:
     """Store measurements once each (by natural key); acknowledged means committed. Figures
@@ -30,6 +34,5 @@ def post_measurements(knowledge: KnowledgeDep, settings: SettingsDep,
     except NoAnswer as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
     except StoreBusy as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc),
-                            headers={"Retry-After": str(exc.retry_after_s)}) from exc
+        raise retry_later(exc) from exc
     return IngestPublic(received=len(body.measurements), stored=stored)
