@@ -94,12 +94,12 @@ from perftune.errors import PerftuneInputError
 from perftune.model.features import family_features
 from perftune.model.metrics import PROBLEM, geomean, regret
 from perftune.model.persist import save_model
-from perftune.model.registry import RUNTIME_MODELS
 from perftune.model.runtime import (
     ENERGY_TARGETS,
     Catalog,
     Predictor,
     fit_model,
+    fit_rows,
     model_path,
     training_rows,
     tuned_dataflows,
@@ -223,13 +223,13 @@ def calibrate_confidence(train: pd.DataFrame, catalog: Catalog, trees: int, *, f
     fold = ids.map(fold_of).to_numpy()
     records: list[dict[str, Any]] = []
     for k in range(folds):
-        fit_rows, answer_rows = train[fold != k], train[fold == k]
+        trained, answer_rows = train[fold != k], train[fold == k]
         judged = answer_rows.groupby(PROBLEM).filter(
             lambda g: g["config"].nunique() >= JUDGED_CONFIGS)
         if judged.empty:
             continue
-        predictor = Predictor(*_fit(kernel, fit_rows, trees))
-        known = _known(fit_rows)
+        predictor = Predictor(*_fit(kernel, trained, trees))
+        known = _known(trained)
         records += [r for _, g in judged.groupby(PROBLEM)
                     if (r := answer_record(predictor, catalog, g, known))["judged"]]
     grid: list[dict[str, Any]] = []
@@ -256,14 +256,9 @@ def calibrate_confidence(train: pd.DataFrame, catalog: Catalog, trees: int, *, f
 
 
 def _fit(kernel: Any, rows: pd.DataFrame, trees: int) -> tuple[Any, dict[str, Any]]:
-    """A runtime forest on ``rows`` as :func:`fit_model` fits one, and the metadata a
-    :class:`Predictor` reads."""
-    features = family_features(kernel, rows)
-    library = f"is_{kernel.library_dataflow}"
-    model = RUNTIME_MODELS["forest"](n_estimators=trees, n_jobs=1,
-                                     separate=library if library in features else None)
-    model.fit(features, rows["runtime_ms"], groups=rows["device_id"] + rows["shape"]
-              + rows["dtype"])
+    """A runtime forest on ``rows`` as `perftune fit --adapt-below 0` fits one, and the
+    metadata a :class:`Predictor` reads."""
+    model, _ = fit_rows(kernel, rows, adapt_below=0, n_estimators=trees, n_jobs=1)
     return model, {"devices": sorted(set(rows["device_id"])), "family": FAMILY}
 
 
@@ -315,14 +310,19 @@ def cross_device(store: Store, trees: int, seed: int, draws: tuple[int, ...]
     calibration = _calibration_problems(h200, 10)
     measured = (_rows_of(h200, calibration).sample(frac=1.0, random_state=seed)
                 .groupby(["shape", "dtype"]).head(40))
-    random_10 = _rows_of(h200, {problems[i] for i in order[:10]})
+    base = _fit(kernel, h100, trees)[0]
+
+    def corrected(rows: pd.DataFrame) -> float:  # each correction replaces the last
+        return mape(base.adapt(family_features(kernel, rows), rows["runtime_ms"],
+                               rows["device_id"]))
+
     out["adapted"] = {
-        "calibration_10": mape(_adapted(kernel, h100, measured, trees)),
-        "random_10": mape(_adapted(kernel, h100, random_10, trees)),
+        "calibration_10": corrected(measured),
+        "random_10": corrected(_rows_of(h200, {problems[i] for i in order[:10]})),
         "calibration_problems": sorted(f"{s} {d}" for s, d in calibration),
         "calibration_rows": len(measured),
         "settings_on_training_problems": _adapter_settings(
-            kernel, _fit(kernel, h100, trees)[0], measured,
+            kernel, base, measured,
             h200[[key not in calibration for key in zip(h200["shape"], h200["dtype"],
                                                         strict=True)]])}
     return out
@@ -353,13 +353,6 @@ def _adapter_settings(kernel: Any, base: Any, measured: pd.DataFrame, others: pd
 def _rows_of(rows: pd.DataFrame, problems: set[tuple[str, str]]) -> pd.DataFrame:
     keys = zip(rows["shape"], rows["dtype"], strict=True)
     return rows[[key in problems for key in keys]]
-
-
-def _adapted(kernel: Any, base_rows: pd.DataFrame, new_rows: pd.DataFrame, trees: int) -> Any:
-    """A forest on ``base_rows`` corrected for the GPU of ``new_rows`` from them."""
-    model = _fit(kernel, base_rows, trees)[0]
-    return model.adapt(family_features(kernel, new_rows), new_rows["runtime_ms"],
-                       new_rows["device_id"])
 
 
 def _calibration_problems(rows: pd.DataFrame, n: int, min_configs: int = 300

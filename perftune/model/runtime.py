@@ -84,6 +84,27 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
         raise PerftuneInputError(f"no ok {family} measurements{what} to train on in "
                                  f"{store.path}")
     kernel = load_family(family)
+    model, new = fit_rows(kernel, rows, kind=kind, target=target, adapt_below=adapt_below,
+                          **params)
+    trained_on = sorted(set(rows["device_id"]))
+    meta = {"kind": kind, "target": target, "family": family,
+            "features": list(kernel.feature_names()),
+            "devices": trained_on, "rows": len(rows),
+            "adapted_devices": {d: int(rows[rows["device_id"] == d].groupby(
+                ["shape", "dtype"]).ngroups) for d in new},
+            "problems": int(rows.groupby(["shape", "dtype"]).ngroups),
+            "snapshot": snapshot(store), "trained_at": dt.datetime.now(dt.timezone.utc)
+            .isoformat(timespec="seconds"),
+            "accuracy": heldout_accuracy(store, model, target=target, family=family,
+                                         devices=trained_on)}
+    return model, meta
+
+
+def fit_rows(kernel: KernelFamily, rows: pd.DataFrame, *, kind: str = "forest",
+             target: str = "runtime", adapt_below: int = ADAPT_BELOW, **params: Any
+             ) -> tuple[Any, list[str]]:
+    """:func:`fit_model`'s model fitted on ``rows`` (measurements of ``kernel``), and the GPUs
+    it corrects (:meth:`RuntimeForest.adapt`) rather than trains on."""
     features = family_features(kernel, rows)
     forest = RUNTIME_MODELS[kind] if target == "runtime" else TARGET_MODELS[target]
     if issubclass(forest, RuntimeForest) and forest().separate is not None:
@@ -101,18 +122,7 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
             model.adapt(features[~base], rows["runtime_ms"][~base], rows["device_id"][~base])
     else:
         model.fit(features, rows["runtime_ms"])
-    trained_on = sorted(set(rows["device_id"]))
-    meta = {"kind": kind, "target": target, "family": family,
-            "features": list(kernel.feature_names()),
-            "devices": trained_on, "rows": len(rows),
-            "adapted_devices": {d: int(rows[rows["device_id"] == d].groupby(
-                ["shape", "dtype"]).ngroups) for d in new},
-            "problems": int(rows.groupby(["shape", "dtype"]).ngroups),
-            "snapshot": snapshot(store), "trained_at": dt.datetime.now(dt.timezone.utc)
-            .isoformat(timespec="seconds"),
-            "accuracy": heldout_accuracy(store, model, target=target, family=family,
-                                         devices=trained_on)}
-    return model, meta
+    return model, new
 
 
 def new_devices(rows: pd.DataFrame, adapt_below: int) -> list[str]:
