@@ -102,16 +102,15 @@ from perftune.model.runtime import (
     fit_rows,
     model_path,
     training_rows,
-    tuned_dataflows,
 )
 from perftune.service.recommend import (
     HIGH_DISTANCE,
     HIGH_MARGIN,
-    WHOLE_SPACE_FRACTION,
     model_confidence,
     model_margin,
     model_spread,
     nearest_distance,
+    swept_whole,
 )
 from perftune.settings import HELDOUT_FILE, RUNTIME_MODEL_NAME, Settings
 from perftune.store.dataset import listed_problems
@@ -395,14 +394,10 @@ def _best_of(rows: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def _swept_whole(rows: pd.DataFrame, problem: Problem, device: dict[str, Any]) -> bool:
-    """Whether ``rows`` cover the problem's whole space, as the service tells it: ok rows for
-    at least :data:`WHOLE_SPACE_FRACTION` of the tuned dataflows' configs that can run it."""
-    family = load_family(FAMILY)
+    """Whether ``rows`` cover the problem's whole space, as the service tells it."""
     limits = limits_of({k: v for k, v in device.items() if not pd.isna(v)})
-    valid = sum(len(family.configs(problem, d, limits)) for d in tuned_dataflows(family))
-    tuned = rows[rows["dataflow"].isin(tuned_dataflows(family))]
-    measured = len(tuned.drop_duplicates(["dataflow", "config"]))
-    return valid > 0 and measured >= WHOLE_SPACE_FRACTION * valid
+    return swept_whole(FAMILY, problem, limits, rows["dataflow"].to_numpy(),
+                       rows["config"].to_numpy())
 
 
 def live_problems(store: Store, device: str, count: int, interpret: bool

@@ -19,7 +19,7 @@ import math
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,20 +337,27 @@ def _from_measured(knowledge: Knowledge, query: ProblemFields, device: str, rows
 
 def _whole_space(knowledge: Knowledge, query: ProblemFields, device: str,
                  dataflows: np.ndarray, configs: np.ndarray) -> bool:
-    """Whether perftune measured the problem over (nearly) its whole space: verified rows
-    (their ``dataflows`` and ``configs``) for at least :data:`WHOLE_SPACE_FRACTION` of the
-    configs of the family's tuned dataflows (those asked for) that can run it on the device.
-    A few configs of a whole sweep fail (compile errors, wrong results): no ok rows."""
-    family = kernel(query.family)
-    tuned = [d for d in tuned_dataflows(family)
-             if not query.dataflows or d in query.dataflows]
-    swept = np.isin(dataflows, tuned)
-    if not swept.any():
-        return False
+    """:func:`swept_whole` for the query's problem on ``device`` (of its dataflows, if it
+    names some)."""
     shared = knowledge.devices.at[device, "shared_memory_per_block"]
     limits = (DeviceLimits(shared_memory_per_block=int(shared)) if pd.notna(shared) and shared
               else DeviceLimits())
-    valid = sum(_valid_configs(query.family, d, query.problem, limits) for d in tuned)
+    return swept_whole(query.family, query.problem, limits, dataflows, configs,
+                       asked=query.dataflows or ())
+
+
+def swept_whole(family: str, problem: Problem, limits: DeviceLimits, dataflows: np.ndarray,
+                configs: np.ndarray, *, asked: Sequence[str] = ()) -> bool:
+    """Whether perftune measured ``problem`` over (nearly) its whole space: verified rows
+    (their ``dataflows`` and ``configs``) for at least :data:`WHOLE_SPACE_FRACTION` of the
+    configs of the family's tuned dataflows (those ``asked`` for, if any) that can run it
+    within ``limits``. A few configs of a whole sweep fail (compile errors, wrong results): no
+    ok rows."""
+    tuned = [d for d in tuned_dataflows(kernel(family)) if not asked or d in asked]
+    swept = np.isin(dataflows, tuned)
+    if not swept.any():
+        return False
+    valid = sum(_valid_configs(family, d, problem, limits) for d in tuned)
     measured = len(set(zip(dataflows[swept], configs[swept], strict=True)))
     return valid > 0 and measured >= WHOLE_SPACE_FRACTION * valid
 
