@@ -12,7 +12,9 @@ shares the last one's):
    first launch in a process (``triton_first_launch_s``: finding the compiled kernel in its
    cache, hashing its own installation for the cache key, loading the module);
 3. perftune's ``autotune`` on the same store and key: a lookup (``perftune_first_call_s``),
-   profiled: ``perftune_store_read_s`` is the time spent reading its records.
+   profiled: ``perftune_store_read_s`` is the time spent reading its records, and
+   ``perftune_profile_top`` the calls that took longest (cumulative seconds). perftune's own
+   cache (the remembered Triton installation hash) is the one the first process filled.
 
 ``perftune_overhead_s`` = ``perftune_first_call_s`` - ``triton_first_launch_s``. Writes
 benchmarks/results/autotune_first_call.json (or ``--out``). GPU only.
@@ -72,14 +74,19 @@ def _first_call(kernel: str, db: str, mode: str) -> dict[str, Any]:
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     read = max((v[3] for (path, _, name), v in stats.items()
                 if name == "load" and path.endswith("_autotune_store.py")), default=0.0)
-    return {"wall_s": wall, "measured": tuned.history[-1]["measured"], "store_read_s": read}
+    slowest = sorted(stats.items(), key=lambda item: -item[1][3])[:25]
+    return {"wall_s": wall, "measured": tuned.history[-1]["measured"], "store_read_s": read,
+            "profile_top": [[f"{Path(path).name}:{line}({name})", round(v[3], 4)]
+                            for (path, line, name), v in slowest]}
 
 
 def _spawn(kernel: str, db: str, cache: str, mode: str) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
         subprocess.run([sys.executable, "-m", "benchmarks.autotune_first_call", "--worker",
                         mode, "--kernel", kernel, "--db", db, "--result", result.name],
-                       env={**os.environ, "TRITON_CACHE_DIR": cache}, check=True)
+                       env={**os.environ, "TRITON_CACHE_DIR": cache,
+                            "PERFTUNE_CACHE_DIR": str(Path(cache).parent / "perftune-cache")},
+                       check=True)
         return dict(json.loads(Path(result.name).read_text()))
 
 
@@ -113,7 +120,8 @@ def main() -> None:
         "tune_measured": tuned["measured"], "lookup_measured": lookup["measured"],
         "triton_first_launch_s": plain["wall_s"], "perftune_first_call_s": lookup["wall_s"],
         "perftune_store_read_s": lookup["store_read_s"],
-        "perftune_overhead_s": lookup["wall_s"] - plain["wall_s"]}
+        "perftune_overhead_s": lookup["wall_s"] - plain["wall_s"],
+        "perftune_profile_top": lookup["profile_top"]}
     out = args.out or RESULTS / "autotune_first_call.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -23,8 +23,9 @@ Reports per kernel and as geomeans: ``first_call_ratio`` (perftune's first-call 
 triton.autotune's, summed over the keys), ``speed_ratio`` (runtime of triton.autotune's pick /
 runtime of perftune's: 1.0 = as fast), ``second_process_s`` and ``curve`` (configs measured per
 new key; ``timed_in_full``: how many of them the full benchmark timed, the rest only screened
-by its short run). perftune's decorator runs with its defaults (``finalists=3``, compile
-threads up to 8). Writes
+by its short run). perftune's decorator runs with its defaults (``finalists=3``,
+``tie_margin=0.05``, one compile process per core), with its own cache (the remembered Triton
+installation hash) empty for each kernel's first process. Writes
 benchmarks/results/autotune_vs_triton.json (or ``--out``), after each kernel. GPU only.
 """
 
@@ -219,8 +220,11 @@ def _spawn(mode: str, kernel: str, args: argparse.Namespace, cache: str | None =
         command = [sys.executable, "-m", "benchmarks.autotune_vs_triton", "--worker", mode,
                    "--kernel", kernel, "--keys", str(args.keys), "--budget", str(args.budget),
                    "--result", result.name, *(x for k, v in extra.items()
+                                              if k != "perftune_cache"
                                               for x in (f"--{k}", v))]
         env = {**os.environ, "TRITON_CACHE_DIR": cache}
+        if "perftune_cache" in extra:
+            env["PERFTUNE_CACHE_DIR"] = extra["perftune_cache"]
         subprocess.run(command, env=env, check=True)
         return dict(json.loads(Path(result.name).read_text()))
 
@@ -278,8 +282,10 @@ def main() -> None:
                 "device": torch.cuda.get_device_name(),
                 "command": "python -m benchmarks.autotune_vs_triton " + " ".join(_argv_sans_out()),
                 "software": {"torch": torch.__version__, "triton": _triton_version()},
+                "cpu_cores": len(os.sched_getaffinity(0)),
                 "budget": args.budget,
                 "finalists": 3,
+                "tie_margin": 0.05,
                 "kernels_requested": kernels,
                 "kernels": report,
                 "failed": failed,
@@ -335,11 +341,14 @@ def _prepare(db: Path, model: Path) -> None:
 
 def _one_kernel(name: str, args: argparse.Namespace, db: Path, model: Path) -> dict[str, Any]:
     triton_run = _spawn("triton", name, args)
-    with tempfile.TemporaryDirectory(prefix="triton-cache-") as cache:
-        ours = _spawn("perftune", name, args, cache=cache, db=str(db), model=str(model))
+    with tempfile.TemporaryDirectory(prefix="triton-cache-") as cache, \
+            tempfile.TemporaryDirectory(prefix="perftune-cache-") as ours_cache:
+        # perftune's own cache (the remembered Triton hash) starts empty, as a new user's
+        mine = {"db": str(db), "model": str(model), "perftune_cache": ours_cache}
+        ours = _spawn("perftune", name, args, cache=cache, **mine)
         # a user's next process: the same store and the same on-disk Triton cache
-        second = _spawn("perftune", name, args, cache=cache, db=str(db), model=str(model))
-        cold = _spawn("perftune", name, args, db=str(db), model=str(model))
+        second = _spawn("perftune", name, args, cache=cache, **mine)
+        cold = _spawn("perftune", name, args, **mine)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as picks:
         json.dump({"triton": triton_run["calls"], "perftune": ours["calls"]}, picks)
     try:

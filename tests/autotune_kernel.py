@@ -3,7 +3,7 @@ of no family (an AXPY and an accumulating kernel), on CPU tensors. Prints a JSON
 last line. Timings are interpreter wall clock, used only to pick among configs.
 
     autotune_kernel.py KERNEL_DIR DB tune N [N ...] [--budget B] [--min-keys K] [--sleep S]
-                       [--timer perftune [--finalists F]]
+                       [--timer perftune [--finalists F] [--tie-margin T]]
     (DB "-": no store named: the user's default, or the service PERFTUNE_URL names)
     autotune_kernel.py KERNEL_DIR DB hooks
 """
@@ -34,6 +34,7 @@ parser.add_argument("--timer", choices=("test", "perftune"), default="test",
                     help="test: the wall clock below as do_bench; perftune: perftune's timer, "
                          "which autotune can shorten to screen configs")
 parser.add_argument("--finalists", type=int, default=3)
+parser.add_argument("--tie-margin", type=float, default=0.05)
 args = parser.parse_args()
 sys.path.insert(0, args.kernel_dir)
 import autotune_kernels  # noqa: E402  (written by the test into KERNEL_DIR)
@@ -59,7 +60,8 @@ def describe(config: Any) -> dict[str, Any]:
 
 def tune() -> dict[str, Any]:
     timing: dict[str, Any] = ({"do_bench": wall_clock} if args.timer == "test" else
-                              {"timer": "perftune", "finalists": args.finalists})
+                              {"timer": "perftune", "finalists": args.finalists,
+                               "tie_margin": args.tie_margin})
     kernel = autotune(CONFIGS, key=["n"], budget=args.budget, min_keys=args.min_keys,
                       db=None if args.db == "-" else args.db,
                       **timing)(autotune_kernels.axpy_kernel)

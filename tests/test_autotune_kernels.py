@@ -152,7 +152,8 @@ def test_the_learned_model_measures_only_the_budget_after_enough_keys(tmp_path: 
 def test_a_short_benchmark_screens_the_configs_and_finalists_are_timed_in_full(
         tmp_path: Path) -> None:
     db, kernels = tmp_path / "s.duckdb", _kernels(tmp_path / "k")
-    summary = _run(kernels, db, "tune", "64", "200", "--timer", "perftune", "--finalists", "2")
+    summary = _run(kernels, db, "tune", "64", "200", "--timer", "perftune", "--finalists", "2",
+                   "--tie-margin", "0.99")  # any runner-up within 99%: both timed in full
     for call, history in zip(summary["calls"], summary["history"], strict=True):
         assert call["correct"]
         assert history["measured"] == 12 and history["timed_in_full"] == 2
@@ -175,6 +176,20 @@ def test_a_short_benchmark_screens_the_configs_and_finalists_are_timed_in_full(
                  "--finalists", "0")  # screening off: every config timed in full, as Triton
     assert every["calls"][0]["benchmarked"] == 12
     assert every["history"][0]["timed_in_full"] == 12
+
+    alone = _run(kernels, tmp_path / "s3.duckdb", "tune", "64", "--timer", "perftune",
+                 "--finalists", "3", "--tie-margin", "0")  # no runner-up ties the fastest
+    timed = alone["history"][0]["timed_in_full"]  # Triton times a lone config or not, by version
+    assert alone["calls"][0]["correct"] and timed <= 1
+    assert alone["calls"][0]["benchmarked"] == 12 + timed
+    con = duckdb.connect(str(tmp_path / "s3.duckdb"), read_only=True)
+    try:
+        fastest = con.execute("SELECT config FROM autotune_measurements WHERE timer LIKE "
+                              "'%:screen' ORDER BY runtime_ms LIMIT 1").fetchone()
+        chosen = con.execute("SELECT config FROM autotune_choices").fetchall()
+    finally:
+        con.close()
+    assert chosen == [fastest]
 
 
 def test_an_unusable_store_means_local_only_with_one_warning(tmp_path: Path) -> None:
@@ -205,6 +220,8 @@ def test_bad_options_are_refused() -> None:
         autotune([], key=["n"], finalists=-1)
     with pytest.raises(PerftuneInputError, match="compile_workers"):
         autotune([], key=["n"], compile_workers=0)
+    with pytest.raises(PerftuneInputError, match="tie_margin"):
+        autotune([], key=["n"], tie_margin=1.5)
 
 
 def test_a_family_kernel_is_ranked_by_its_familys_model(shipped: Path, tmp_path: Path) -> None:

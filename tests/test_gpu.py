@@ -144,5 +144,8 @@ def test_autotune_compiles_at_once_screens_and_times_finalists_in_full(tmp_path)
     torch.cuda.synchronize()
     assert torch.equal(out, 2 * x)
     history = tuned.history[-1]
-    assert history["measured"] == 20 and history["timed_in_full"] == 3  # no model yet: all
-    assert len(tuned.configs_timings) == 3 and tuned.best_config in tuned.configs_timings
+    assert history["measured"] == 20  # no model yet: every config screened
+    screened = sorted(ms for _, ms in tuned._screened.values())
+    ties = [ms for ms in screened[:3] if ms <= screened[0] * 1.05]  # the default tie_margin
+    assert history["timed_in_full"] == len(ties) == len(tuned.configs_timings)
+    assert tuned.best_config in tuned.configs_timings

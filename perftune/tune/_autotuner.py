@@ -44,17 +44,18 @@ class PerftuneAutotuner(Autotuner):
 
     Two things make a new key cheaper than Triton's loop over the configs, which compiles them
     one after the other and times each with the full benchmark: the configs to be timed are
-    compiled at once on ``compile_workers`` threads (Triton's async compile mode), and, given a
-    ``screen`` benchmark, each is first timed briefly and only the ``finalists`` fastest are
-    timed with the full one (successive halving: a short benchmark tells a slow config from a
-    fast one; only near-ties need the long one)."""
+    compiled at once in ``compile_workers`` forked processes (Triton's async compile mode), and,
+    given a ``screen`` benchmark, each is first timed briefly and only the fastest, with those
+    of the next ``finalists - 1`` within ``tie_margin`` of it, are timed with the full one (a
+    short benchmark tells a slow config from a fast one; only near-ties need the long one)."""
 
     def __init__(self, fn: Any, arg_names: list[str], configs: list[Config], key: list[str], *,
                  budget: int, family_prune: Callable[..., list[Config]] | None,
                  family_name: str | None, db: Any, min_keys: int, timer_name: str,
                  name: str | None, device: str | None, objective: str = "time",
                  energy_window_s: float = 0.25, screen: Callable[..., Any] | None = None,
-                 finalists: int = 3, compile_workers: int | None = None, **options: Any):
+                 finalists: int = 3, tie_margin: float = 0.05,
+                 compile_workers: int | None = None, **options: Any):
         super().__init__(fn, arg_names, configs, key, **options)
         self.objective = objective
         self.energy_window_s = energy_window_s
@@ -64,8 +65,8 @@ class PerftuneAutotuner(Autotuner):
             self._use_bench(self._energy_bench(self.do_bench))
         self.screen = screen if finalists > 0 else None
         self.finalists = finalists
-        self.compile_workers = (min(8, os.cpu_count() or 1) if compile_workers is None
-                                else compile_workers)
+        self.tie_margin = tie_margin
+        self.compile_workers = (_cores() if compile_workers is None else compile_workers)
         self._tuning = False
         self._screened: dict[int, tuple[Config, float | None]] = {}  # id(config) -> quick ms
         self._timed: set[int] = set()  # id(config) of every config timed for this key
@@ -109,6 +110,10 @@ class PerftuneAutotuner(Autotuner):
         if key in self.cache:
             return super().run(*args, **kwargs)
         if not self._loaded:
+            if _on_gpu():
+                from perftune.tune._compile import remember_triton_key
+
+                remember_triton_key()
             self._choices, self._measured = self.records.load()
             self._loaded = True
         stored = self._choices.get(self._choice_key(key))
@@ -170,27 +175,24 @@ class PerftuneAutotuner(Autotuner):
         return [pruned[i] for i in order[:self.budget]]
 
     def _precompile(self, configs: list[Config], kwargs: dict[str, Any]) -> None:
-        """Compile ``configs`` on ``compile_workers`` threads before any is timed (Triton's
-        async compile mode; its passes and ptxas run outside the GIL). Nothing to compile under
-        the interpreter; a config that fails to compile fails again, as Triton reports it, when
-        it is timed."""
+        """Compile ``configs`` on ``compile_workers`` forked processes (threads where fork is
+        unavailable) before any is timed. Nothing to compile under the interpreter; a config
+        that fails to compile fails again, as Triton reports it, when it is timed."""
         if self.compile_workers <= 1 or not _on_gpu():
             return
         try:
-            from triton.runtime._async_compile import AsyncCompileMode
+            from triton.runtime._async_compile import AsyncCompileMode  # noqa: F401
         except ImportError:  # a Triton without async compile: configs compile when timed
             return
-        from concurrent.futures import ThreadPoolExecutor
+        from perftune.tune._compile import compile_at_once
 
-        args = tuple((self.nargs or {}).values())
-        with ThreadPoolExecutor(self.compile_workers) as pool, \
-                AsyncCompileMode(pool, ignore_errors=True):
-            for config in configs:
-                with contextlib.suppress(Exception):
-                    self.fn.run(*args, **{**kwargs, **config.all_kwargs(), "warmup": True})
+        compile_at_once(self.fn, tuple((self.nargs or {}).values()),
+                        [{**kwargs, **config.all_kwargs()} for config in configs],
+                        self.compile_workers)
 
     def _screen(self, configs: list[Config], kwargs: dict[str, Any]) -> list[Config]:
-        """The ``finalists`` fastest of ``configs`` by the short ``screen`` benchmark."""
+        """The fastest of ``configs`` by the short ``screen`` benchmark, with those of the next
+        ``finalists - 1`` it could not tell from it (within ``tie_margin``)."""
         if self.screen is None or len(configs) <= self.finalists:
             return configs
         args = tuple((self.nargs or {}).values())
@@ -202,7 +204,10 @@ class PerftuneAutotuner(Autotuner):
             self._use_bench(full)
         self._screened = quick
         order = sorted(configs, key=lambda c: _sort_ms(quick[id(c)][1]))
-        return order[:self.finalists]
+        fastest = _sort_ms(quick[id(order[0])][1])
+        close = [c for c in order[:self.finalists]
+                 if _sort_ms(quick[id(c)][1]) <= fastest * (1 + self.tie_margin)]
+        return close or order[:1]
 
     def _use_bench(self, bench: Callable[..., Any]) -> None:
         """Time with ``bench`` from now on (Triton's ``do_bench`` is a cached property in some
@@ -330,6 +335,13 @@ def source_hash(fn: Any) -> str:
     with contextlib.suppress(Exception):  # the interpreter's functions have no cache key
         parts.append(str(jitted.cache_key))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
 
 
 def _on_gpu() -> bool:

@@ -189,7 +189,8 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
              model: str | Path | None = None, db: str | Path | None = None,
              timer: str = "triton", min_keys: int = 4, name: str | None = None,
              objective: str = "time", energy_window_s: float = 0.25, finalists: int = 3,
-             compile_workers: int | None = None) -> Callable[[Any], Any]:
+             tie_margin: float = 0.05, compile_workers: int | None = None
+             ) -> Callable[[Any], Any]:
     """``triton.autotune(configs, key, ...)`` (same arguments, same meaning) that times at most
     ``budget`` configs for a new key once a model can rank them, and stores what it measured
     and chose.
@@ -210,12 +211,14 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
 
     ``finalists``: a new key's configs (the ``budget`` best, or all while the kernel's model
     learns) are first timed by a short run of the timer's benchmark (Triton's do_bench over
-    5 + 15 ms instead of 25 + 100 ms; perftune's timer over 3 ms a round), and only the
-    ``finalists`` fastest are timed in full and compared, as ``triton.autotune`` compares all;
-    ``0`` times every config in full. Screening needs a benchmark perftune can shorten: it is
-    off with an explicit ``do_bench``, ``warmup``/``rep``, ``use_cuda_graph`` or
-    ``objective="energy"``. ``compile_workers``: threads that compile a new key's configs at
-    once before any is timed (default: up to 8, one per core; ``1``: one at a time)."""
+    5 + 15 ms instead of 25 + 100 ms; perftune's timer over 3 ms a round). The fastest, and
+    those of the next ``finalists - 1`` that screened within ``tie_margin`` (a fraction) of it,
+    are timed in full and compared, as ``triton.autotune`` compares all; ``finalists=0`` times
+    every config in full. Screening needs a benchmark perftune can shorten: it is off with an
+    explicit ``do_bench``, ``warmup``/``rep``, ``use_cuda_graph`` or ``objective="energy"``.
+    ``compile_workers``: processes (forked; threads where fork is unavailable) that compile a
+    new key's configs at once before any is timed (default: one per core; ``1``: one at a
+    time, as Triton does)."""
     if budget < 1:
         raise PerftuneInputError(f"budget must be at least 1 (got {budget})")
     if min_keys < 1:
@@ -229,6 +232,10 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
     if finalists < 0:
         raise PerftuneInputError(f"finalists must be 0 (time every config in full) or more "
                                  f"(got {finalists})")
+    if not 0 <= tie_margin < 1:
+        raise PerftuneInputError(f"tie_margin must be a fraction in [0, 1): how much slower than "
+                                 f"the fastest a screened config may be and still be timed in "
+                                 f"full (got {tie_margin})")
     if compile_workers is not None and compile_workers < 1:
         raise PerftuneInputError(f"compile_workers must be at least 1 (got {compile_workers})")
     options = {"reset_to_zero": reset_to_zero, "restore_value": restore_value,
@@ -259,7 +266,8 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
                                   min_keys=min_keys, timer_name=timer_name, name=name,
                                   device=None, objective=objective,
                                   energy_window_s=energy_window_s, screen=screen,
-                                  finalists=finalists, compile_workers=compile_workers,
+                                  finalists=finalists, tie_margin=tie_margin,
+                                  compile_workers=compile_workers,
                                   **options)
         tuned.perftune_prune = prune
         return tuned
