@@ -3,13 +3,17 @@ asks for, every one stored once when a worker or the driver is killed, specs che
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,16 @@ import pytest
 from perftune.collect.campaign.cluster import connect, slurm_cluster
 from perftune.collect.campaign.engine import progress_of, start_run
 from perftune.collect.campaign.spec import load_spec, parse_spec
+from perftune.collect.campaign.tasks import (
+    CHUNKS_IN_FLIGHT,
+    PLUGIN_NAME,
+    DeviceProbe,
+    _bench_key,
+    measure_chunk,
+    resource_of,
+)
+from perftune.collect.families import load_family
+from perftune.collect.sweep import SweepSpec, chunks, plan
 from perftune.errors import PerftuneInputError
 from perftune.store.db import Store
 
@@ -152,6 +166,94 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, db: P
     assert counts["n"] == counts["keys"] == counts["configs"] == PLANNED == summary.planned
 
 
+def test_a_worker_times_one_chunk_while_it_holds_the_next(tmp_path: Path, db: Path) -> None:
+    campaign = load_spec(_write(tmp_path))
+    connection = connect("local", workers=1, interpret=True)
+    client = connection.client
+    try:
+        with Store(db) as store:
+            summary = start_run(store, campaign, connection)
+        assert not summary.interrupted and summary.devices == {"cpu-triton-interpreter": 1}
+        counts = _counts(db)
+        assert counts["n"] == counts["keys"] == counts["ok"] == PLANNED
+
+        def probe_state(dask_worker: Any) -> tuple[Any, ...]:
+            probe = dask_worker.plugins[PLUGIN_NAME]
+            (key, bench), = probe.benches.items()
+            return probe.warm[0], key, probe.device, bench.device is probe.device
+
+        (warm, key, device, same), = client.run(probe_state).values()
+        # the bench that warmed the worker up is the one its chunks used: no other was made
+        assert key == _bench_key(warm) and same
+        # the same chunks again, sent at once: the worker holds two, times one at a time
+        spec = dataclasses.replace(warm, problems=campaign.sweeps[0].spec.problems)
+        items = plan(load_family("gemm"), spec, device)
+        futures = [client.submit(measure_chunk, warm, chunk, "trace", pure=False,
+                                 resources={resource_of(device["device_id"]): 1})
+                   for chunk in chunks(items, 2)]
+        results = sorted(client.gather(futures), key=lambda r: r["timed"][0])
+    finally:
+        connection.close()
+    assert sorted(row["key"] for r in results for row in r["rows"]) == sorted(
+        p.key for p in items)
+    assert len(results) == PLANNED // 2
+    for first, then in pairwise(results):
+        assert first["timed"][1] <= then["timed"][0]  # never timed at once
+    # a chunk arrived while the one before it was timed
+    assert any(then["arrived"] < first["timed"][1]
+               for first, then in pairwise(results))
+
+
+class _Worker:
+    """What a worker plugin's setup uses of its worker."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, float] = {}
+
+    async def set_resources(self, **resources: float) -> None:
+        self.resources.update(resources)
+
+
+def _warm(probe: DeviceProbe, worker: _Worker) -> None:
+    """A plugin's setup, and the warm-up it starts in the background, done."""
+    async def setup() -> None:
+        await probe.setup(worker)
+        assert probe.warming is not None
+        await probe.warming
+
+    asyncio.run(setup())
+
+
+def test_a_worker_warms_up_with_the_campaign_spec_and_reports_its_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # undone after: the bench sets it here
+    spec = SweepSpec("gemm", [], dataflows=["triton"], compile_workers=1)
+    # as the scheduler sends it to a worker: settings only
+    probe = pickle.loads(pickle.dumps(DeviceProbe(warm=[spec])))
+    worker = _Worker()
+    _warm(probe, worker)
+    try:
+        assert worker.resources == {resource_of("cpu-triton-interpreter"): CHUNKS_IN_FLIGHT}
+        (key, warm), = probe.benches.items()
+        assert key == _bench_key(spec) and warm.worker.running
+        assert probe.device is warm.device  # learned by the warm bench: no probe process
+        with probe.bench(dataclasses.replace(spec)) as bench:  # a chunk's copy of the spec
+            assert bench is warm and probe.in_use[key] == 1
+        assert probe.in_use[key] == 0
+    finally:
+        probe.teardown(worker)
+    assert not warm.worker.running and not probe.benches
+    # without a warm spec, or with one whose bench fails: the device is learned in a
+    # short-lived process, nothing is kept
+    broken = dataclasses.replace(spec, family="tests.helpers:NoSuchFamily")
+    for plain in (DeviceProbe(interpret=True), DeviceProbe(interpret=True, warm=[broken])):
+        worker = _Worker()
+        _warm(plain, worker)
+        assert plain.device is not None and plain.failure is None
+        assert plain.device["device_id"] == "cpu-triton-interpreter" and not plain.benches
+        assert worker.resources == {resource_of("cpu-triton-interpreter"): CHUNKS_IN_FLIGHT}
+
+
 def test_killed_driver_is_resumed_from_the_store(tmp_path: Path, db: Path,
                                                  cli: Callable[..., tuple[int, str, str]]
                                                  ) -> None:
@@ -217,7 +319,7 @@ jobs = 4
     assert "#SBATCH -p gpu" in script and "#SBATCH -A perf" in script
     assert "#SBATCH --gres=gpu:h200:1" in script and "#SBATCH -t 02:00:00" in script
     assert "export DASK_DISTRIBUTED__WORKER__DAEMON=False" in script
-    assert "--nthreads 1" in script
+    assert f"--nthreads {CHUNKS_IN_FLIGHT}" in script
     with pytest.raises(PerftuneInputError, match=r"\[slurm\] settings"):
         slurm_cluster({"no_such_option": 1})
 

@@ -39,6 +39,10 @@ def _compile(problem: Problem, dataflow: str, config: Config) -> str | None:
     return None
 
 
+def _ready() -> None:
+    """Nothing: done once a pool process has started and loaded the family."""
+
+
 def default_workers() -> int:
     return max(1, min(16, (os.cpu_count() or 2) - 2))
 
@@ -48,10 +52,17 @@ class Precompiler:
 
     def __init__(self, family: KernelFamily, family_ref: str, workers: int | None = None):
         self.family = family
-        self._pool = ProcessPoolExecutor(max_workers=workers or default_workers(),
+        self.workers = workers or default_workers()
+        self._pool = ProcessPoolExecutor(max_workers=self.workers,
                                          mp_context=mp.get_context("spawn"),
                                          initializer=_init, initargs=(family_ref,))
         self._futures: dict[Hashable, Future[str | None]] = {}
+
+    def start(self) -> list[Future[None]]:
+        """Start the pool's processes now, not at the first configs (a pool starts one per
+        task submitted while none is idle), to load the family while the caller goes on; the
+        futures are done once the processes are."""
+        return [self._pool.submit(_ready) for _ in range(self.workers)]
 
     def _key(self, problem: Problem, dataflow: str, config: Config) -> Hashable:
         return (dataflow, tuple(sorted(config.items())), problem.dtype,

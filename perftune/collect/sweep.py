@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -236,12 +237,21 @@ class Bench:
 
     def precompile(self, items: Sequence[Planned]) -> None:
         """Compile the items' kernels in a process pool ahead of the worker (GPU only); the
-        pool is started once and stays for later items."""
+        pool is started once and stays for later items. It needs no device: it may be called
+        before :meth:`start`, to compile while the worker starts."""
         if self.mode == GPU and items:
-            if self.precompiler is None:
-                self.precompiler = Precompiler(self.family, self.spec.family,
-                                               self.spec.compile_workers)
-            self.precompiler.submit(compile_targets(self.family, (p.task for p in items)))
+            self._compiler().submit(compile_targets(self.family, (p.task for p in items)))
+
+    def start_compiling(self) -> list[Future[None]]:
+        """Start the compile pool's processes (GPU only) without waiting for them, e.g. before
+        :meth:`start`, so that both warm up at once; the futures are done once they are."""
+        return self._compiler().start() if self.mode == GPU else []
+
+    def _compiler(self) -> Precompiler:
+        if self.precompiler is None:
+            self.precompiler = Precompiler(self.family, self.spec.family,
+                                           self.spec.compile_workers)
+        return self.precompiler
 
     # -- measuring ----------------------------------------------------------------------------
     def request(self, task: Task) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from perftune.collect.campaign.tasks import CHUNKS_IN_FLIGHT
 from perftune.errors import PerftuneInputError
 
 # A worker's isolated launch process and compile pool are child processes: the default
@@ -55,13 +56,15 @@ def visible_gpus() -> list[str]:
 def worker_specs(*, interpret: bool | None, workers: int | None, gpus: list[str],
                  env: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """One Nanny per GPU pinned with CUDA_VISIBLE_DEVICES; without GPUs (or with
-    ``interpret``), ``workers`` CPU workers under the Triton interpreter."""
+    ``interpret``), ``workers`` CPU workers under the Triton interpreter. A worker has a
+    thread per chunk it holds (one timed, the next compiling)."""
     from distributed import Nanny
 
     extra = dict(env or {})
 
     def spec(env: Mapping[str, str]) -> dict[str, Any]:
-        return {"cls": Nanny, "options": {"nthreads": 1, "env": {**WORKER_ENV, **extra, **env},
+        return {"cls": Nanny, "options": {"nthreads": CHUNKS_IN_FLIGHT,
+                                          "env": {**WORKER_ENV, **extra, **env},
                                           "death_timeout": _DEATH_TIMEOUT_S,
                                           # a worker's memory is its measuring state, not
                                           # data: no share of the host to be restarted at
@@ -126,7 +129,7 @@ def _closer(client: Any, cluster: Any) -> Callable[[], None]:
 SLURM_DEFAULTS: dict[str, Any] = {
     "cores": 8, "processes": 1, "memory": "64GB", "walltime": "04:00:00",
     "job_extra_directives": ["--gres=gpu:1"],
-    "worker_extra_args": ["--nthreads", "1"],
+    "worker_extra_args": ["--nthreads", str(CHUNKS_IN_FLIGHT)],
 }
 
 

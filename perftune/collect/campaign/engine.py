@@ -37,7 +37,14 @@ from perftune.collect.campaign.tasks import (
     resource_of,
 )
 from perftune.collect.families import load_family
-from perftune.collect.sweep import Planned, StopRequest, chunks, device_record, plan
+from perftune.collect.sweep import (
+    Planned,
+    StopRequest,
+    SweepSpec,
+    chunks,
+    device_record,
+    plan,
+)
 from perftune.errors import PerftuneInputError
 from perftune.store.db import Store
 
@@ -51,7 +58,7 @@ class Chunk:
     """One task: configs of one problem for one device type."""
 
     index: int
-    spec: Any  # SweepSpec without its problem list (the items carry their problem)
+    spec: SweepSpec  # without its problem list (the items carry their problem)
     items: Sequence[Planned]
     campaign_id: str
     device_id: str
@@ -154,6 +161,7 @@ class Driver:
         self.quarantined: set[str] = set()
         self.devices: dict[str, dict[str, Any]] = {}
         self.device_of: dict[str, str] = {}  # worker name -> device id
+        self.bare: list[SweepSpec] = []  # each sweep's spec as its chunks carry it
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -161,7 +169,9 @@ class Driver:
         measuring = 0.0
         finished = False
         try:
-            self.client.register_plugin(DeviceProbe(), name=PLUGIN_NAME)
+            # workers warm up (start a bench and its compile pool) before they report
+            self.bare = self._bare_specs()
+            self.client.register_plugin(DeviceProbe(warm=self.bare), name=PLUGIN_NAME)
             self.devices = self._wait_for_devices()
             work = self._plan()
             self.progress(self.summary)
@@ -180,24 +190,31 @@ class Driver:
         return self.summary
 
     def _wait_for_devices(self) -> dict[str, dict[str, Any]]:
-        """Device id -> identity of the workers' devices, once every worker has reported
-        (or, after ``device_timeout_s``, those that have)."""
+        """Device id -> identity of the workers' devices, once every worker has warmed up and
+        reported (or, after ``device_timeout_s``, those that have). A worker that could not
+        learn its device is left out, and named."""
         deadline = time.monotonic() + self.device_timeout_s
         while True:
             reports = self._reports()
-            if reports and all(r is not None for r in reports.values()):
+            if reports and all(r != (None, None) for r in reports.values()):
                 break
             if self.stop.is_set():
                 raise PerftuneInputError("stopped while the workers were starting")
             if time.monotonic() > deadline:
-                if any(reports.values()):
-                    break
-                raise PerftuneInputError(f"no worker reported its device within "
-                                         f"{self.device_timeout_s:.0f} s")
+                break
             time.sleep(0.5)
+        failed = {name: failure for name, (_, failure) in reports.items() if failure}
+        for name, failure in failed.items():
+            self.notice(f"worker {name} could not learn its device: {failure}")
+        if not any(device for device, _ in reports.values()):
+            if failed:
+                raise PerftuneInputError("no worker could learn its device: " + "; ".join(
+                    f"{name}: {failure}" for name, failure in failed.items()))
+            raise PerftuneInputError(f"no worker reported its device within "
+                                     f"{self.device_timeout_s:.0f} s")
         devices: dict[str, dict[str, Any]] = {}
         workers = self._workers()
-        for name, device in reports.items():
+        for name, (device, _) in reports.items():
             if device is not None:
                 devices.setdefault(device["device_id"], device)
                 self.summary.devices[device["device_id"]] = (
@@ -206,14 +223,16 @@ class Driver:
                 self.device_of[name] = device["device_id"]
         return devices
 
-    def _reports(self) -> dict[str, dict[str, Any] | None]:
-        """Each worker's device as its probe learned it (None while it is still probing)."""
+    def _reports(self) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+        """Each worker's device as its probe learned it, and why it could not: (None, None)
+        while it is still warming up."""
         def device_of(dask_worker: Any) -> Any:
             probe = dask_worker.plugins.get(PLUGIN_NAME)
-            return (str(dask_worker.name), getattr(probe, "device", None))
+            return (str(dask_worker.name), getattr(probe, "device", None),
+                    getattr(probe, "failure", None))
 
         answers = self.client.run(device_of, on_error="return")
-        return {answer[0]: answer[1] for answer in answers.values()
+        return {answer[0]: (answer[1], answer[2]) for answer in answers.values()
                 if isinstance(answer, tuple)}
 
     def _workers(self) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -227,7 +246,7 @@ class Driver:
         work: list[Chunk] = []
         campaigns: dict[str, int] = Counter()
         seen: set[str] = set()
-        for sweep in self.campaign.sweeps:
+        for sweep, bare in zip(self.campaign.sweeps, self.bare, strict=True):
             for device_id, device in self.devices.items():
                 if sweep.devices is not None and device_id not in sweep.devices:
                     continue
@@ -239,8 +258,6 @@ class Driver:
                 self.summary.already_stored += len(stored)
                 campaign_id = f"{self.run_id}:{device_id}:{load_family(sweep.spec.family).name}"
                 campaigns[campaign_id] += len(pending)
-                bare = dataclasses.replace(sweep.spec, problems=[],
-                                           compile_workers=self._compile_workers(sweep))
                 for chunk in chunks(pending, sweep.spec.chunk_size):
                     work.append(Chunk(len(work), bare, chunk, campaign_id, device_id))
         for campaign_id, count in campaigns.items():
@@ -248,13 +265,13 @@ class Driver:
         self.summary.chunks = len(work)
         return work
 
-    def _compile_workers(self, sweep: Sweep) -> int | None:
-        """The spec's compile processes per worker, else this machine's cores shared among
-        the workers (a local cluster's; a guess for remote ones)."""
-        if sweep.spec.compile_workers is not None:
-            return sweep.spec.compile_workers
-        workers = max(1, sum(self.summary.devices.values()))
-        return max(1, (os.cpu_count() or 2) // workers - 1)
+    def _bare_specs(self) -> list[SweepSpec]:
+        """Each sweep's spec without its problems (the items carry their problem), as its
+        chunks carry it and the workers warm up with it: one setting, one bench."""
+        workers = max(1, len(self._workers()))
+        return [dataclasses.replace(sweep.spec, problems=[],
+                                    compile_workers=_compile_workers(sweep, workers))
+                for sweep in self.campaign.sweeps]
 
     def _planned(self, sweep: Sweep, device: dict[str, Any]) -> list[Planned]:
         family = load_family(sweep.spec.family)
@@ -308,6 +325,7 @@ class Driver:
                     break
             if self._flush_due():
                 self._flush()
+        self._watch_workers()  # once more: a worker lost while results kept arriving counts too
         return complete
 
     def _submit(self, chunk: Chunk, pending: dict[str, Chunk]) -> Any:
@@ -431,6 +449,15 @@ class Driver:
             self.summary.written += self.store.insert("measurements", rows)
             self.progress(self.summary)
         self.flushed_at = time.monotonic()
+
+
+def _compile_workers(sweep: Sweep, workers: int) -> int | None:
+    """The spec's compile processes per worker, else this machine's cores shared among the
+    workers the scheduler has when the run starts (a local cluster's; a guess for remote
+    ones)."""
+    if sweep.spec.compile_workers is not None:
+        return sweep.spec.compile_workers
+    return max(1, (os.cpu_count() or 2) // workers - 1)
 
 
 def _fits(family: Any, problem: Any, memory_bytes: Any) -> bool:

@@ -1,20 +1,29 @@
 """What runs on a campaign's Dask workers: the device probe and the chunk measurement.
 
-Each worker learns its device once (:class:`DeviceProbe`, in a short-lived process, so that
-the worker itself never holds a CUDA context) and offers it as a Dask resource named after
-the device, so that work planned for a device type reaches only workers of that type. A chunk
-(configs of one problem) is measured by the single-GPU collector's :class:`Bench`: the same
-reference check, isolated launches, timing rounds and NVML energy, with compilation shared
-inside the worker. The rows go back to the driver; a worker never opens the store.
+Each worker warms up before it takes work (:class:`DeviceProbe`): it starts the bench of the
+campaign's first sweep, whose isolated process learns the device, and its compile pool, both
+at once; then it offers the device as a Dask resource named after the device, so that work
+planned for a device type reaches only workers of that type. A chunk (configs of one problem)
+is measured by the single-GPU collector's :class:`Bench`: the same reference check, isolated
+launches, timing rounds and NVML energy, with compilation shared inside the worker. A worker
+holds :data:`CHUNKS_IN_FLIGHT` chunks at once and times one at a time: while one chunk is
+timed, the next one's configs compile. The rows go back to the driver; a worker never opens
+the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import logging
 import multiprocessing as mp
 import socket
-from collections.abc import Sequence
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
@@ -22,11 +31,16 @@ from distributed import WorkerPlugin, get_worker
 from perftune.collect.sweep import Bench, Planned, SweepSpec
 
 PLUGIN_NAME = "perftune-device"
+CHUNKS_IN_FLIGHT = 2  # chunks a worker holds at once (its threads): one timed, one compiling
 _BENCHES_KEPT = 2  # benches (isolated device processes) a worker keeps for sweeps in flight
+_POOL_START_S = 300.0  # how long warming up waits for the compile pool's processes
+
+logger = logging.getLogger(__name__)
 
 
 def resource_of(device_id: str) -> str:
-    """The Dask resource a worker of this device offers (one unit: one chunk at a time)."""
+    """The Dask resource a worker of this device offers (:data:`CHUNKS_IN_FLIGHT` units; a
+    chunk takes one)."""
     return f"device:{device_id}"
 
 
@@ -48,40 +62,122 @@ def _bench_key(spec: SweepSpec) -> str:
 
 
 class DeviceProbe(WorkerPlugin):
-    """Learns the worker's device when the worker starts (a restarted worker too) and keeps
-    the worker's benches, one per sweep setting, the oldest closed beyond a few."""
+    """Warms the worker up when it starts (a restarted worker too) and keeps the worker's
+    benches, one per sweep setting, the oldest idle one closed beyond a few.
+
+    With ``warm`` (the campaign's sweep specs, without problems), the bench of the first one
+    is started, its compile pool (GPU) beside it, and its device is the worker's; without, or
+    if that bench fails to start, the device is learned in a short-lived process. This runs
+    in the background (``warming``): a worker restarted by its nanny must finish starting
+    within the nanny's timeout, while warming up may take longer. The worker sets ``device``
+    and offers it only once warm, so it takes no chunk before; ``failure`` says why it could
+    not learn its device.
+
+    ``lock`` guards the benches (two chunks ask for them at once); ``device_lock`` is held
+    while a bench talks to its isolated process, so that one chunk is timed at a time."""
 
     name = PLUGIN_NAME
 
-    def __init__(self, interpret: bool | None = None):
+    def __init__(self, interpret: bool | None = None, warm: Sequence[SweepSpec] = ()):
         self.interpret = interpret
+        self.warm = list(warm)
         self.device: dict[str, Any] | None = None
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.failure: str | None = None
+        self.warming: asyncio.Task[None] | None = None
+        self.closed = False
         self.benches: dict[str, Bench] = {}
+        self.in_use: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.device_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to the workers: settings, no state
+        return {"interpret": self.interpret, "warm": self.warm, "device": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fresh()
 
     async def setup(self, worker: Any) -> None:
+        self.warming = asyncio.create_task(self._warm_then_offer(worker))
+
+    async def _warm_then_offer(self, worker: Any) -> None:
         loop = asyncio.get_running_loop()
-        self.device = await loop.run_in_executor(None, probe_device, self.interpret)
-        await worker.set_resources(**{resource_of(self.device["device_id"]): 1})
+        try:
+            device = await loop.run_in_executor(None, self._warm_up)
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            logger.error("the worker could not learn its device: %s", self.failure)
+            return
+        self.device = device
+        await worker.set_resources(**{resource_of(device["device_id"]): CHUNKS_IN_FLIGHT})
+
+    def _warm_up(self) -> dict[str, Any]:
+        """The worker's device, from the first warm spec's bench (kept for its chunks)."""
+        if self.warm:
+            spec, bench = self.warm[0], None
+            try:
+                bench = Bench(spec)
+                pool = bench.start_compiling()  # its processes import while the bench starts
+                bench.start()
+                concurrent.futures.wait(pool, timeout=_POOL_START_S)
+            except Exception as exc:  # its chunks will fail and say why; learn the device
+                logger.warning("warming up: %s: %s", type(exc).__name__, exc)
+                if bench is not None:
+                    bench.close()
+            else:
+                with self.lock:
+                    if self.closed:  # torn down meanwhile
+                        bench.close()
+                    else:
+                        self.benches[_bench_key(spec)] = bench
+                return bench.device
+        return probe_device(self.interpret)
 
     def teardown(self, worker: Any) -> None:
-        for bench in self.benches.values():
-            bench.close()
-        self.benches.clear()
-
-    def bench(self, spec: SweepSpec) -> Bench:
-        key = _bench_key(spec)
-        bench = self.benches.pop(key, None)
-        if bench is None:
-            while len(self.benches) >= _BENCHES_KEPT:
-                self.benches.pop(next(iter(self.benches))).close()
-            bench = Bench(spec)
-            try:
-                bench.start()
-            except BaseException:
+        with self.lock:
+            self.closed = True
+            for bench in self.benches.values():
                 bench.close()
-                raise
-        self.benches[key] = bench  # most recently used last
-        return bench
+            self.benches.clear()
+
+    @contextmanager
+    def bench(self, spec: SweepSpec, items: Sequence[Planned] = ()) -> Iterator[Bench]:
+        """The bench for ``spec`` (started if new) with ``items`` sent to its compile pool;
+        it is not closed while in use."""
+        key = _bench_key(spec)
+        with self.lock:
+            bench = self.benches.pop(key, None)
+            if bench is None:
+                self._close_idle(_BENCHES_KEPT - 1)
+                bench = Bench(spec)
+                try:
+                    bench.precompile(items)  # the pool compiles while the worker starts
+                    with self.device_lock:  # a new device process: not while one is timed
+                        bench.start()
+                except BaseException:
+                    bench.close()
+                    raise
+            else:
+                bench.precompile(items)
+            self.benches[key] = bench  # most recently used last
+            self.in_use[key] += 1
+        try:
+            yield bench
+        finally:
+            with self.lock:
+                self.in_use[key] -= 1
+                self._close_idle(_BENCHES_KEPT)
+
+    def _close_idle(self, kept: int) -> None:
+        """Close the least recently used idle benches beyond ``kept`` (call under lock)."""
+        for key in list(self.benches):
+            if len(self.benches) <= kept:
+                break
+            if not self.in_use[key]:
+                self.benches.pop(key).close()
 
 
 class ChunkFailed(RuntimeError):
@@ -90,22 +186,27 @@ class ChunkFailed(RuntimeError):
 
 
 def measure_chunk(spec: SweepSpec, items: Sequence[Planned], campaign_id: str) -> dict[str, Any]:
-    """Measure one chunk on this worker: its rows, and who measured them."""
+    """Measure one chunk on this worker: its rows, who measured them, and when (``arrived``,
+    and ``timed``: from and to, ``time.monotonic`` of the worker's host)."""
+    arrived = time.monotonic()
     worker = get_worker()
     where = f"{socket.gethostname()}/{worker.name}"
     probe = worker.plugins.get(PLUGIN_NAME)
     if not isinstance(probe, DeviceProbe) or probe.device is None:
         raise ChunkFailed(f"{where}: the worker has not learned its device")
     try:
-        bench = probe.bench(spec)
-        if bench.device["device_id"] != probe.device["device_id"]:
-            raise ChunkFailed(f"{where}: measures on {bench.device['device_id']}, "
-                              f"not {probe.device['device_id']}")
-        bench.precompile(items)
-        rows = bench.measure_chunk(items, campaign_id)
+        with probe.bench(spec, items) as bench:
+            if bench.device["device_id"] != probe.device["device_id"]:
+                raise ChunkFailed(f"{where}: measures on {bench.device['device_id']}, "
+                                  f"not {probe.device['device_id']}")
+            with probe.device_lock:
+                started = time.monotonic()
+                rows = bench.measure_chunk(items, campaign_id)
+                timed = (started, time.monotonic())
+                restarts = bench.worker.restarts
     except ChunkFailed:
         raise
     except Exception as exc:
         raise ChunkFailed(f"{where}: {type(exc).__name__}: {exc}") from None
     return {"rows": rows, "worker": where, "device_id": bench.device["device_id"],
-            "restarts": bench.worker.restarts}
+            "restarts": restarts, "arrived": arrived, "timed": timed}
