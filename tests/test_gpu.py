@@ -144,6 +144,7 @@ def test_autotune_compiles_at_once_screens_and_times_finalists_in_full(tmp_path)
     torch.cuda.synchronize()
     assert torch.equal(out, 2 * x)
     history = tuned.history[-1]
+    assert tuned.compile_report == {"compiled": 20, "children_failed": 0, "child_error": None}
     assert history["measured"] == 20  # no model yet: every config screened
     screened = sorted(ms for _, ms in tuned._screened.values())
     ties = [ms for ms in screened[:3] if ms <= screened[0] * 1.05]  # the default tie_margin

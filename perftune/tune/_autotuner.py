@@ -68,6 +68,7 @@ class PerftuneAutotuner(Autotuner):
         self.tie_margin = tie_margin
         self.compile_workers = (_cores() if compile_workers is None else compile_workers)
         self._tuning = False
+        self.compile_report: dict[str, Any] = {}  # the last new key's compiling at once
         self._screened: dict[int, tuple[Config, float | None]] = {}  # id(config) -> quick ms
         self._timed: set[int] = set()  # id(config) of every config timed for this key
         self.budget = budget
@@ -186,9 +187,9 @@ class PerftuneAutotuner(Autotuner):
             return
         from perftune.tune._compile import compile_at_once
 
-        compile_at_once(self.fn, tuple((self.nargs or {}).values()),
-                        [{**kwargs, **config.all_kwargs()} for config in configs],
-                        self.compile_workers)
+        self.compile_report = compile_at_once(
+            self.fn, tuple((self.nargs or {}).values()),
+            [{**kwargs, **config.all_kwargs()} for config in configs], self.compile_workers)
 
     def _screen(self, configs: list[Config], kwargs: dict[str, Any]) -> list[Config]:
         """The fastest of ``configs`` by the short ``screen`` benchmark, with those of the next

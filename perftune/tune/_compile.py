@@ -43,14 +43,17 @@ class ForkedCompiles(Executor):
         if workers < 1:
             raise ValueError(f"workers must be at least 1 (got {workers})")
         self.workers = workers
-        self._running: list[int] = []
+        self._running: list[tuple[int, int]] = []  # (pid, read end of its error pipe)
         self._calls: list[tuple[Future[Any], Callable[[], Any]]] = []
+        self.submitted = 0
         self.children_failed = 0
+        self.child_errors: list[str] = []
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         while len(self._running) >= self.workers:
-            self._wait(self._running.pop(0))
+            self._wait(*self._running.pop(0))
         self._running.append(_fork_running(lambda: fn(*args, **kwargs)))
+        self.submitted += 1
         future: Future[Any] = Future()
         self._calls.append((future, lambda: fn(*args, **kwargs)))
         return future
@@ -58,7 +61,7 @@ class ForkedCompiles(Executor):
     def wait_children(self) -> None:
         """Wait until every child has exited."""
         while self._running:
-            self._wait(self._running.pop(0))
+            self._wait(*self._running.pop(0))
 
     def finish(self) -> None:
         """Wait for the children, then complete each future by running its call here."""
@@ -79,51 +82,64 @@ class ForkedCompiles(Executor):
             self._calls = []
         self.finish()
 
-    def _wait(self, pid: int) -> None:
+    def _wait(self, pid: int, errors: int) -> None:
+        with os.fdopen(errors, "rb") as pipe:
+            error = pipe.read().decode(errors="replace")
         _, status = os.waitpid(pid, 0)
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
             self.children_failed += 1
+            self.child_errors.append(error or f"exit status {status}")
 
 
-def _fork_running(call: Callable[[], Any]) -> int:
-    """The pid of a child that runs ``call`` and exits (status 0 if it returned)."""
+def _fork_running(call: Callable[[], Any]) -> tuple[int, int]:
+    """A child that runs ``call`` and exits (status 0 if it returned, else 1 with the error
+    written to a pipe): its pid and the pipe's read end."""
+    read, write = os.pipe()
     with warnings.catch_warnings():  # "use of fork() may lead to deadlocks": the child only
         warnings.simplefilter("ignore", DeprecationWarning)  # compiles, then _exits
         pid = os.fork()
     if pid:
-        return pid
+        os.close(write)
+        return pid, read
     code = 1
     try:
+        os.close(read)
         with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet), \
                 contextlib.redirect_stdout(quiet):
             call()
         code = 0
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            os.write(write, f"{type(exc).__name__}: {exc}"[:4000].encode())
     finally:
         os._exit(code)
 
 
 def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str, Any]],
-                    workers: int) -> None:
+                    workers: int) -> dict[str, Any]:
     """Compile ``kernel`` (a ``@triton.jit`` function) for each keyword set of ``launches``
     (``warmup=True`` launches: nothing runs) on ``workers`` forked children, or threads where
     fork is unavailable. A launch that fails to compile is left for its real launch to report.
-    """
+    Returns how many compiles were handed out, how many children failed, and the first
+    child's error (a child that fails only costs the parent compiling by itself)."""
     from triton.runtime._async_compile import AsyncCompileMode
 
     if fork_available():
         forked = ForkedCompiles(workers)
         with AsyncCompileMode(forked, ignore_errors=True):
-            for launch in launches:
+            for launch in launches:  # a launch's own warmup=False gives way to warmup=True
                 with contextlib.suppress(Exception):
-                    kernel.run(*args, **launch, warmup=True)
+                    kernel.run(*args, **{**launch, "warmup": True})
             forked.finish()
-        return
+        return {"compiled": forked.submitted, "children_failed": forked.children_failed,
+                "child_error": forked.child_errors[0] if forked.child_errors else None}
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(workers) as pool, AsyncCompileMode(pool, ignore_errors=True):
         for launch in launches:
             with contextlib.suppress(Exception):
-                kernel.run(*args, **launch, warmup=True)
+                kernel.run(*args, **{**launch, "warmup": True})
+    return {"compiled": len(launches), "children_failed": 0, "child_error": None}
 
 
 _KEY_FILE = "triton_key.json"
