@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 
 from perftune.tune._compile import (  # noqa: E402
     ForkedCompiles,
@@ -25,19 +26,21 @@ from perftune.tune._compile import (  # noqa: E402
 pytestmark = pytest.mark.skipif(not fork_available(), reason="needs os.fork")
 
 
+def add(x, y, out, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    tl.store(out + offsets, tl.load(x + offsets, mask=mask) + tl.load(y + offsets, mask=mask),
+             mask=mask)
+
+
 def _source(block: int) -> object:
-    import triton.language as tl
     from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
 
-    @triton.jit
-    def add(x, y, out, n, BLOCK: tl.constexpr):
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offsets < n
-        tl.store(out + offsets, tl.load(x + offsets, mask=mask) + tl.load(y + offsets, mask=mask),
-                 mask=mask)
-
-    return ASTSource(add, {"x": "*fp32", "y": "*fp32", "out": "*fp32", "n": "i32",
-                           "BLOCK": "constexpr"}, {"BLOCK": block})
+    # a JITFunction, not triton.jit: other tests run under TRITON_INTERPRET=1, where triton.jit
+    # gives the interpreter's function, which has nothing to compile
+    return ASTSource(JITFunction(add), {"x": "*fp32", "y": "*fp32", "out": "*fp32", "n": "i32",
+                                        "BLOCK": "constexpr"}, {"BLOCK": block})
 
 
 def test_children_compile_into_the_cache_and_the_parent_loads_from_it(
@@ -49,16 +52,20 @@ def test_children_compile_into_the_cache_and_the_parent_loads_from_it(
     monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))
     target = GPUTarget("cuda", 90, 32)
     blocks = [64, 128, 256, 3]  # 3: not a power of two, which tl.arange refuses
+    sources = {b: _source(b) for b in blocks}
     forked = ForkedCompiles(workers=2)
     with AsyncCompileMode(forked, ignore_errors=True) as mode:
-        kernels = {b: mode.submit(("add", b), partial(triton.compile, _source(b), target=target),
-                                  lambda kernel: None, lambda future: None) for b in blocks}
-        forked.wait_children()
-        written = sorted(cache.rglob("*.cubin"))  # by the children: nothing ran here yet
-        assert len(written) == 3
-        assert forked.children_failed == 1 and forked.submitted == 4
-        assert "CompilationError" in forked.child_errors[0]
-        forked.finish()
+        try:
+            kernels = {b: mode.submit(("add", b), partial(triton.compile, sources[b],
+                                                          target=target),
+                                      lambda kernel: None, lambda future: None) for b in blocks}
+            forked.wait_children()
+            written = sorted(cache.rglob("*.cubin"))  # by the children: nothing ran here yet
+        finally:
+            forked.finish()  # the mode waits for every future as it closes
+    assert len(written) == 3
+    assert forked.children_failed == 1 and forked.submitted == 4
+    assert "CompilationError" in forked.child_errors[0]
     for block in (64, 128, 256):
         kernel = kernels[block].result()
         assert kernel.asm["cubin"] and kernel.metadata.name == "add"
@@ -118,3 +125,15 @@ def test_the_installation_signature_follows_every_file(tmp_path: Path) -> None:
     assert installation_signature(tmp_path) == before
     library.write_bytes(b"y" * 11)
     assert installation_signature(tmp_path) != before
+
+
+def test_an_interrupted_batch_leaves_no_future_waiting(tmp_path: Path) -> None:
+    from triton.runtime._async_compile import AsyncCompileMode
+
+    forked = ForkedCompiles(workers=2)
+    with AsyncCompileMode(forked, ignore_errors=True) as mode:
+        pending = [mode.submit(i, partial(os.getpid), lambda kernel: None, lambda future: None)
+                   for i in range(3)]
+        forked.shutdown(cancel_futures=True)  # what compile_at_once does on an interrupt
+    assert all(p.result(ignore_errors=True) is None for p in pending)  # cancelled, not hung
+    assert forked.children_failed == 0

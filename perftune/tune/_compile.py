@@ -76,9 +76,12 @@ class ForkedCompiles(Executor):
                 future.set_exception(exc)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Finish; with ``cancel_futures``, wait for the children but run nothing here: every
+        future not yet done is cancelled."""
         if cancel_futures:
             for future, _ in self._calls:
-                future.cancel()
+                if future.cancel():  # and notified, so that as_completed counts it done
+                    future.set_running_or_notify_cancel()
             self._calls = []
         self.finish()
 
@@ -127,9 +130,13 @@ def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str,
     if fork_available():
         forked = ForkedCompiles(workers)
         with AsyncCompileMode(forked, ignore_errors=True):
-            for launch in launches:  # a launch's own warmup=False gives way to warmup=True
-                with contextlib.suppress(Exception):
-                    kernel.run(*args, **{**launch, "warmup": True})
+            try:
+                for launch in launches:  # a launch's own warmup=False gives way to warmup=True
+                    with contextlib.suppress(Exception):
+                        kernel.run(*args, **{**launch, "warmup": True})
+            except BaseException:  # an interrupt: every future must end, or the mode waits
+                forked.shutdown(cancel_futures=True)
+                raise
             forked.finish()
         return {"compiled": forked.submitted, "children_failed": forked.children_failed,
                 "child_error": forked.child_errors[0] if forked.child_errors else None}
