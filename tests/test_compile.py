@@ -14,37 +14,37 @@ from pathlib import Path
 
 import pytest
 
-triton = pytest.importorskip("triton")
-tl = pytest.importorskip("triton.language")
-
-from perftune.tune._compile import (  # noqa: E402
+from perftune.tune._compile import (
     ForkedCompiles,
     fork_available,
     installation_signature,
 )
 
+# Triton is imported inside the tests, never at collection: the interpreter's tests need it
+# first imported with TRITON_INTERPRET=1 (perftune.collect.device.select_mode sets it).
 pytestmark = pytest.mark.skipif(not fork_available(), reason="needs os.fork")
 
 
-def add(x, y, out, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
-    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n
-    tl.store(out + offsets, tl.load(x + offsets, mask=mask) + tl.load(y + offsets, mask=mask),
-             mask=mask)
-
-
 def _source(block: int) -> object:
+    import triton.language as tl
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    # a JITFunction, not triton.jit: other tests run under TRITON_INTERPRET=1, where triton.jit
-    # gives the interpreter's function, which has nothing to compile
+    def add(x, y, out, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        tl.store(out + offsets, tl.load(x + offsets, mask=mask) + tl.load(y + offsets, mask=mask),
+                 mask=mask)
+
+    # a JITFunction, not triton.jit, which gives the interpreter's function (nothing to
+    # compile) once TRITON_INTERPRET=1
     return ASTSource(JITFunction(add), {"x": "*fp32", "y": "*fp32", "out": "*fp32", "n": "i32",
                                         "BLOCK": "constexpr"}, {"BLOCK": block})
 
 
 def test_children_compile_into_the_cache_and_the_parent_loads_from_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.runtime._async_compile import AsyncCompileMode
 
@@ -103,6 +103,7 @@ def _key_in_new_process(cache_dir: Path, **env: str) -> str:
 
 
 def test_a_new_process_uses_the_remembered_installation_hash(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
     from triton.runtime.cache import triton_key
 
     real = triton_key()
@@ -128,6 +129,7 @@ def test_the_installation_signature_follows_every_file(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_batch_leaves_no_future_waiting(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
     from triton.runtime._async_compile import AsyncCompileMode
 
     forked = ForkedCompiles(workers=2)
