@@ -101,6 +101,17 @@ def _doubling_kernel():
     return scale_kernel
 
 
+def _doubles(tuned, n):
+    """Call the tuned doubling kernel on ``n`` elements and check its output."""
+    import triton
+
+    x = torch.randn(n, device="cuda")
+    out = torch.empty_like(x)
+    tuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, out, n)
+    torch.cuda.synchronize()
+    assert torch.equal(out, 2 * x)
+
+
 def test_autotune_energy_objective_picks_the_least_energy_config(tmp_path):
     import duckdb
     import triton
@@ -111,12 +122,7 @@ def test_autotune_energy_objective_picks_the_least_energy_config(tmp_path):
     db = tmp_path / "energy.duckdb"
     tuned = autotune(configs, key=["n"], objective="energy", energy_window_s=0.2, db=db,
                      family=False, name="scale_energy")(_doubling_kernel())
-    n = 1 << 24
-    x = torch.randn(n, device="cuda")
-    out = torch.empty_like(x)
-    tuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, out, n)
-    torch.cuda.synchronize()
-    assert torch.equal(out, 2 * x)
+    _doubles(tuned, 1 << 24)
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT config, runtime_ms, energy_per_call_j FROM "
                        "autotune_measurements").fetchall()
@@ -137,12 +143,7 @@ def test_autotune_compiles_at_once_screens_and_times_finalists_in_full(tmp_path)
                for b in (128, 256, 512, 1024, 2048) for w in (1, 2, 4, 8)]
     tuned = autotune(configs, key=["n"], db=tmp_path / "s.duckdb", family=False,
                      name="doubling", compile_workers=4)(_doubling_kernel())
-    n = 1 << 22
-    x = torch.randn(n, device="cuda")
-    out = torch.empty_like(x)
-    tuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, out, n)
-    torch.cuda.synchronize()
-    assert torch.equal(out, 2 * x)
+    _doubles(tuned, 1 << 22)
     history = tuned.history[-1]
     assert tuned.compile_report == {"compiled": 20, "children_failed": 0, "child_error": None}
     assert history["measured"] == 20  # no model yet: every config screened

@@ -181,10 +181,6 @@ class PerftuneAutotuner(Autotuner):
         that fails to compile fails again, as Triton reports it, when it is timed."""
         if self.compile_workers <= 1 or not _on_gpu():
             return
-        try:
-            from triton.runtime._async_compile import AsyncCompileMode  # noqa: F401
-        except ImportError:  # a Triton without async compile: configs compile when timed
-            return
         from perftune.tune._compile import compile_at_once
 
         self.compile_report = compile_at_once(
