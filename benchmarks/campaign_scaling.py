@@ -16,9 +16,17 @@ is warm, i.e. has started its bench's isolated process and its compile pool), ``
 ``scaling_elapsed`` (the same ratio on the whole run: cluster start and warm-up included),
 ``warmup_s`` (per run: elapsed less measuring), ``duplicates`` (stored rows sharing a key)
 and ``rows_received_twice`` (rows a re-run chunk sent again, which the store skipped), ``lost``
-(planned rows not stored) and ``worker_killed``. Writes benchmarks/results/campaign_scaling.json
-on GPUs. Without two GPUs it runs on CPU workers under the Triton interpreter (a smoke test:
-``--spec campaigns/example-cpu.toml``; nothing is written unless ``--out`` is given).
+(planned rows not stored) and ``worker_killed``. Each run also says where its time went:
+``per_worker`` (chunks each worker sent back, and ``busy_fraction``: the seconds it spent timing
+them over the seconds of measuring; and its warm-up, from the worker's last start: seconds to
+start the bench and for the compile pool's processes to be ready, the pool's start method, and
+when it offered its device, in seconds from the start of measuring), and in the two-GPU run
+``restart`` (seconds from the kill until the new worker process was set up, offered its device,
+received its first chunk and started timing it: ``downtime_s``). Times on workers are
+``time.monotonic`` of the host, the driver's clock on a local cluster. Writes
+benchmarks/results/campaign_scaling.json on GPUs. Without two GPUs it runs on CPU workers under
+the Triton interpreter (a smoke test: ``--spec campaigns/example-cpu.toml``; nothing is written
+unless ``--out`` is given).
 """
 
 from __future__ import annotations
@@ -65,8 +73,10 @@ def one_run(spec_path: Path, workers: int, work: Path, kill_at: float | None,
             counts = store.query("SELECT count(*) AS rows, count(DISTINCT key) AS keys, "
                                  "count(*) FILTER (WHERE status = 'ok') AS ok "
                                  "FROM measurements").iloc[0]
+        warmups = _warmups(connection.client)
     finally:
         connection.close()
+    per_worker = _per_worker(summary, warmups)
     return {"workers": workers, "devices": summary.devices, "planned": summary.planned,
             "stored": int(counts["rows"]), "ok": int(counts["ok"]),
             "duplicates": int(counts["rows"] - counts["keys"]),
@@ -79,7 +89,64 @@ def one_run(spec_path: Path, workers: int, work: Path, kill_at: float | None,
             "per_minute": summary.per_minute, "per_gpu_minute": summary.per_minute / workers,
             "per_minute_elapsed": (summary.written / summary.elapsed_s * 60
                                    if summary.elapsed_s else 0.0),
-            "killed": killed or None, "interrupted": summary.interrupted}
+            "killed": killed or None, "interrupted": summary.interrupted,
+            "per_worker": per_worker, "restart": _restart(summary, warmups, killed)}
+
+
+def _warmups(client: Any) -> dict[str, dict[str, Any]]:
+    """Each live worker's warm-up as its device probe noted it (a restarted worker's is that
+    of its new process)."""
+    from perftune.collect.campaign.tasks import PLUGIN_NAME
+
+    def warmup_of(dask_worker: Any) -> tuple[str, dict[str, Any]]:
+        probe = dask_worker.plugins.get(PLUGIN_NAME)
+        return str(dask_worker.name), dict(getattr(probe, "warmup", None) or {})
+
+    answers = client.run(warmup_of, on_error="return")
+    return dict(answer for answer in answers.values() if isinstance(answer, tuple))
+
+
+def _per_worker(summary: Any, warmups: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per worker: chunks it sent back, the share of measuring it spent timing them, and its
+    warm-up (see the module docstring)."""
+    start = summary.measuring_from
+    out: dict[str, Any] = {}
+    names = {where.rsplit("/", 1)[-1] for where, *_ in summary.chunk_times} | set(warmups)
+    for name in sorted(names):
+        times = [t for t in summary.chunk_times if t[0].rsplit("/", 1)[-1] == name]
+        busy = sum(end - begin for _, _, begin, end in times)
+        warmup = warmups.get(name, {})
+        out[name] = {
+            "chunks": len(times), "busy_s": busy,
+            "busy_fraction": busy / summary.measuring_s if summary.measuring_s else None,
+            "bench_start_s": warmup.get("bench_s"), "pool_start_s": warmup.get("pool_s"),
+            "pool_start_method": warmup.get("pool_start_method"),
+            "offered_at_s": (warmup["offered"] - start
+                             if start is not None and "offered" in warmup else None),
+        }
+    return out
+
+
+def _restart(summary: Any, warmups: dict[str, dict[str, Any]],
+             killed: dict[str, Any]) -> dict[str, Any] | None:
+    """Seconds from the kill until the killed worker's new process was set up, offered its
+    device, received its first chunk and started timing it (``downtime_s``)."""
+    if not killed:
+        return None
+    at, name = killed["at_monotonic"], killed["worker"]
+    warmup = warmups.get(name, {})
+    after = sorted((arrived, begin) for where, arrived, begin, _ in summary.chunk_times
+                   if where.rsplit("/", 1)[-1] == name and begin > at)
+
+    def since(when: float | None) -> float | None:
+        return when - at if when is not None and when > at else None
+
+    return {"worker_set_up_s": since(warmup.get("setup")),
+            "bench_start_s": warmup.get("bench_s"), "pool_start_s": warmup.get("pool_s"),
+            "offered_s": since(warmup.get("offered")),
+            "first_chunk_arrived_s": since(after[0][0]) if after else None,
+            "downtime_s": since(min(begin for _, begin in after)) if after else None,
+            "chunks_after": len(after)}
 
 
 def _kill_one(client: Any) -> dict[str, Any]:
@@ -88,7 +155,8 @@ def _kill_one(client: Any) -> dict[str, Any]:
     address, info = max(workers.items(), key=lambda item: str(item[1].get("name")))
     pid = client.run(os.getpid, workers=[address])[address]
     os.kill(pid, signal.SIGKILL)
-    return {"worker": str(info.get("name")), "pid": pid, "at": time.time()}
+    return {"worker": str(info.get("name")), "pid": pid, "at": time.time(),
+            "at_monotonic": time.monotonic()}
 
 
 def _without_out(argv: list[str]) -> list[str]:
@@ -161,6 +229,11 @@ def main() -> None:
           f"{result['scaling_elapsed']}), duplicates "
           f"{result['duplicates']}, lost {result['lost']}, worker killed {result['worker_killed']}"
           + (f"; wrote {out}" if out else ""))
+    for run in (one, two):
+        busy = ", ".join(f"{name} {info['busy_fraction']:.2f}" for name, info in
+                         run["per_worker"].items() if info["busy_fraction"] is not None)
+        print(f"{run['workers']} worker(s): busy {busy}"
+              + (f"; restart {run['restart']}" if run["restart"] else ""))
 
 
 if __name__ == "__main__":

@@ -254,6 +254,78 @@ def test_a_worker_warms_up_with_the_campaign_spec_and_reports_its_device(
         assert worker.resources == {resource_of("cpu-triton-interpreter"): CHUNKS_IN_FLIGHT}
 
 
+_POOL_CHECK = """
+import concurrent.futures, json, os, sys
+from perftune.collect import compile as c
+from perftune.collect.families import load_family
+
+family = load_family("gemm")
+pool = c.Precompiler(family, "gemm", 2)
+ready = pool.start()
+concurrent.futures.wait(ready, timeout=120)
+parents = {pool._pool.submit(os.getppid).result(timeout=60) for _ in range(4)}
+kernels = pool._pool.submit(
+    eval, f"{family.compile_modules[0]!r} in __import__('sys').modules").result()
+with open(f"/proc/{c._server_pid()}/maps") as maps:  # torch's library: imported in the server
+    torch_in_server = "libtorch" in maps.read()
+pool.close()
+os.environ["PERFTUNE_POOL_TEST"] = "changed"  # a forked process would not see it
+again = c.Precompiler(family, "gemm", 1)
+again.close()
+print(json.dumps({"method": pool.start_method, "ready": [f.exception() is None for f in ready],
+                  "parents": sorted(parents), "server": c._server_pid(),
+                  "kernels": kernels, "torch": torch_in_server,
+                  "then": again.start_method}))
+"""
+
+
+def test_compile_pool_processes_are_forked_from_a_server_that_imported_the_family() -> None:
+    done = subprocess.run([sys.executable, "-c", _POOL_CHECK], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["method"] == "forkserver" and seen["ready"] == [True, True]
+    assert seen["parents"] == [seen["server"]] and seen["kernels"] and seen["torch"]
+    assert seen["then"] == "spawn"  # the environment changed since the server started
+
+
+_POOL_OWNER = """
+import concurrent.futures, os, time
+from perftune.collect.compile import Precompiler
+from perftune.collect.families import load_family
+
+pool = Precompiler(load_family("gemm"), "gemm", 2)
+concurrent.futures.wait(pool.start(), timeout=120)
+print(*{pool._pool.submit(os.getpid).result() for _ in range(4)}, flush=True)
+time.sleep(300)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "\tZ" not in next(line for line in status if line.startswith("State:"))
+    except (FileNotFoundError, StopIteration):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_compile_pool_processes_exit_when_their_owner_is_killed() -> None:
+    owner = subprocess.Popen([sys.executable, "-c", _POOL_OWNER], stdout=subprocess.PIPE,
+                             text=True, cwd=ROOT)
+    try:
+        assert owner.stdout is not None
+        children = [int(pid) for pid in owner.stdout.readline().split()]
+        assert children and all(_running(pid) for pid in children)
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 20
+    while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in children)
+
+
 def test_killed_driver_is_resumed_from_the_store(tmp_path: Path, db: Path,
                                                  cli: Callable[..., tuple[int, str, str]]
                                                  ) -> None:

@@ -1,14 +1,28 @@
 """Compile configs in parallel ahead of timing: compilation is most of a naive sweep's cost.
 
 Pool processes fill Triton's on-disk cache; the timing worker then loads the binaries.
+
+The pool's processes are forked from a fork server (``forkserver``) that imported torch, Triton
+and the family's modules once, instead of each importing them anew (``spawn``): a worker's
+dozen processes start in a fraction of a second and do not compete for the CPUs with their
+imports. The server never touches CUDA (importing torch does not initialise it), so its children
+may. A process started with ``spawn`` also inherits its parent's environment as it is at that
+moment, a forked one the server's as it was when the server started: a pool takes the server
+only while the environment is still the same (else it spawns, as before).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import multiprocessing as mp
 import os
-from collections.abc import Hashable, Iterable
+import threading
+import time
+from collections.abc import Hashable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing.context import BaseContext
 from typing import Any
 
 from perftune.collect.families._base import Config, KernelFamily
@@ -17,7 +31,7 @@ from perftune.collect.problems import Problem
 _family: KernelFamily | None = None
 
 
-def _init(family_ref: str) -> None:
+def _init(family_ref: str, owner: int | None = None) -> None:
     global _family
     import signal
 
@@ -27,7 +41,26 @@ def _init(family_ref: str) -> None:
     # the pool down): a compiling process must neither print a traceback nor die mid-write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if owner is not None:
+        threading.Thread(target=_exit_without, args=(owner,), name="owner-watch",
+                         daemon=True).start()
     _family = load_family(family_ref)
+    for module in _family.compile_modules:  # imported here, not at the first config
+        with contextlib.suppress(Exception):  # else the configs' compiling says why
+            importlib.import_module(module)
+
+
+def _exit_without(owner: int) -> None:
+    """Exit once the process that owns the pool is gone (killed: a pool process waits for work
+    forever otherwise, holding its memory and, on a GPU, its CUDA context)."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except OSError:  # exists, not ours to signal
+            pass
 
 
 def _compile(problem: Problem, dataflow: str, config: Config) -> str | None:
@@ -43,8 +76,56 @@ def _ready() -> None:
     """Nothing: done once a pool process has started and loaded the family."""
 
 
+def _pass_on(to: Future[None], done: Future[None]) -> None:
+    if to.done():
+        return
+    if done.cancelled():
+        to.cancel()
+    elif done.exception() is not None:
+        to.set_exception(done.exception())
+    else:
+        to.set_result(None)
+
+
 def default_workers() -> int:
     return max(1, min(16, (os.cpu_count() or 2) - 2))
+
+
+_PRELOADED = ("torch", "triton")  # what every family's compiling imports
+_server_lock = threading.Lock()
+_server: tuple[int | None, dict[str, str], str] | None = None  # ours: pid, environment, cwd
+
+
+def _server_pid() -> int | None:
+    from multiprocessing import forkserver
+
+    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+
+
+def pool_context(preload: Sequence[str] = ()) -> BaseContext:
+    """How a compile pool starts its processes: forked from the fork server, which imports
+    :data:`_PRELOADED` and ``preload`` when this process first asks for it; ``spawn`` where
+    there is no fork server, where the environment or working directory changed since it
+    started, or where it is not the one this module started (its imports and environment are
+    unknown)."""
+    global _server
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    here = (dict(os.environ), os.getcwd())
+    with _server_lock:
+        if _server is None:
+            if _server_pid() is not None:  # someone else's
+                return mp.get_context("spawn")
+            ctx.set_forkserver_preload(list(dict.fromkeys([*_PRELOADED, *preload])))
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()  # it imports in the background
+            _server = (_server_pid(), *here)
+        pid, env, cwd = _server
+        if (env, cwd) != here or _server_pid() != pid:
+            return mp.get_context("spawn")
+    return ctx
 
 
 class Precompiler:
@@ -53,16 +134,33 @@ class Precompiler:
     def __init__(self, family: KernelFamily, family_ref: str, workers: int | None = None):
         self.family = family
         self.workers = workers or default_workers()
-        self._pool = ProcessPoolExecutor(max_workers=self.workers,
-                                         mp_context=mp.get_context("spawn"),
-                                         initializer=_init, initargs=(family_ref,))
+        context = pool_context([type(family).__module__, *family.compile_modules])
+        self.start_method = context.get_start_method()
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
+                                         initializer=_init,
+                                         initargs=(family_ref, os.getpid()))
         self._futures: dict[Hashable, Future[str | None]] = {}
 
     def start(self) -> list[Future[None]]:
         """Start the pool's processes now, not at the first configs (a pool starts one per
-        task submitted while none is idle), to load the family while the caller goes on; the
-        futures are done once the processes are."""
-        return [self._pool.submit(_ready) for _ in range(self.workers)]
+        task submitted while none is idle), to load the family and its compiling modules while
+        the caller goes on; the futures are done once the processes are (a forked process may
+        be ready before the next is asked for, and take two: the pool starts the rest as
+        configs arrive, quickly). It does not wait: creating a forked process waits for the
+        fork server's imports, so a thread does it."""
+        ready: list[Future[None]] = [Future() for _ in range(self.workers)]
+
+        def submit() -> None:
+            for future in ready:
+                try:
+                    started = self._pool.submit(_ready)
+                except BaseException as exc:  # shut down meanwhile, or broken
+                    future.set_exception(exc)
+                else:
+                    started.add_done_callback(functools.partial(_pass_on, future))
+
+        threading.Thread(target=submit, name="compile-pool-start", daemon=True).start()
+        return ready
 
     def _key(self, problem: Problem, dataflow: str, config: Config) -> Hashable:
         return (dataflow, tuple(sorted(config.items())), problem.dtype,

@@ -84,6 +84,11 @@ class RunSummary:
     devices: dict[str, int] = field(default_factory=dict)  # device id -> workers
     elapsed_s: float = 0.0
     measuring_s: float = 0.0  # from the first chunk sent to the last stored
+    measuring_from: float | None = None  # time.monotonic() when the first chunk was sent
+    # per chunk that came back: worker, and time.monotonic() on the worker's host when it
+    # arrived there and when its timing started and ended (the same clock as the driver's
+    # when they share a host)
+    chunk_times: list[tuple[str, float, float, float]] = field(default_factory=list)
     interrupted: bool = False
 
     @property
@@ -176,6 +181,7 @@ class Driver:
             work = self._plan()
             self.progress(self.summary)
             measuring = time.perf_counter()
+            self.summary.measuring_from = time.monotonic()
             finished = self._measure(work) and not self.stop.is_set()
         finally:
             self._flush()
@@ -347,6 +353,8 @@ class Driver:
             self.summary.received += len(result["rows"])
             self.summary.statuses.update(row["status"] for row in result["rows"])
             self.summary.chunks_done += 1
+            self.summary.chunk_times.append((result["worker"], result["arrived"],
+                                             *result["timed"]))
             if self.failures:
                 self._quarantine_failing()
             self.progress(self.summary)

@@ -2,8 +2,9 @@
 
 Each worker warms up before it takes work (:class:`DeviceProbe`): it starts the bench of the
 campaign's first sweep, whose isolated process learns the device, and its compile pool, both
-at once; then it offers the device as a Dask resource named after the device, so that work
-planned for a device type reaches only workers of that type. A chunk (configs of one problem)
+at once; once the bench is up it offers the device as a Dask resource named after the device,
+so that work planned for a device type reaches only workers of that type (the pool may still
+be starting: a chunk's configs wait in its queue). A chunk (configs of one problem)
 is measured by the single-GPU collector's :class:`Bench`: the same reference check, isolated
 launches, timing rounds and NVML energy, with compilation shared inside the worker. A worker
 holds :data:`CHUNKS_IN_FLIGHT` chunks at once and times one at a time: while one chunk is
@@ -33,7 +34,6 @@ from perftune.collect.sweep import Bench, Planned, SweepSpec
 PLUGIN_NAME = "perftune-device"
 CHUNKS_IN_FLIGHT = 2  # chunks a worker holds at once (its threads): one timed, one compiling
 _BENCHES_KEPT = 2  # benches (isolated device processes) a worker keeps for sweeps in flight
-_POOL_START_S = 300.0  # how long warming up waits for the compile pool's processes
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,11 @@ class DeviceProbe(WorkerPlugin):
     if that bench fails to start, the device is learned in a short-lived process. This runs
     in the background (``warming``): a worker restarted by its nanny must finish starting
     within the nanny's timeout, while warming up may take longer. The worker sets ``device``
-    and offers it only once warm, so it takes no chunk before; ``failure`` says why it could
-    not learn its device.
+    and offers it only once its bench is up, so it takes no chunk before; ``failure`` says why
+    it could not learn its device. ``warmup`` says when (``time.monotonic`` of the host) the
+    plugin was set up and the device offered, how long the bench took to start and the
+    compile pool's processes to be ready (None until they are, or without a pool), and how
+    the pool starts its processes.
 
     ``lock`` guards the benches (two chunks ask for them at once); ``device_lock`` is held
     while a bench talks to its isolated process, so that one chunk is timed at a time."""
@@ -86,6 +89,7 @@ class DeviceProbe(WorkerPlugin):
 
     def _fresh(self) -> None:
         self.failure: str | None = None
+        self.warmup: dict[str, Any] = {}
         self.warming: asyncio.Task[None] | None = None
         self.closed = False
         self.benches: dict[str, Bench] = {}
@@ -101,6 +105,7 @@ class DeviceProbe(WorkerPlugin):
         self._fresh()
 
     async def setup(self, worker: Any) -> None:
+        self.warmup["setup"] = time.monotonic()
         self.warming = asyncio.create_task(self._warm_then_offer(worker))
 
     async def _warm_then_offer(self, worker: Any) -> None:
@@ -113,16 +118,23 @@ class DeviceProbe(WorkerPlugin):
             return
         self.device = device
         await worker.set_resources(**{resource_of(device["device_id"]): CHUNKS_IN_FLIGHT})
+        self.warmup["offered"] = time.monotonic()
 
     def _warm_up(self) -> dict[str, Any]:
-        """The worker's device, from the first warm spec's bench (kept for its chunks)."""
+        """The worker's device, from the first warm spec's bench (kept for its chunks). The
+        compile pool's processes start beside the bench and may still be starting when it
+        returns: a chunk's configs then wait for them in the pool's queue."""
         if self.warm:
             spec, bench = self.warm[0], None
             try:
+                started = time.monotonic()
                 bench = Bench(spec)
-                pool = bench.start_compiling()  # its processes import while the bench starts
+                pool = bench.start_compiling()  # its processes start while the bench starts
+                self._time_pool(pool, started)
+                self.warmup["pool_start_method"] = (bench.precompiler.start_method
+                                                    if bench.precompiler else None)
                 bench.start()
-                concurrent.futures.wait(pool, timeout=_POOL_START_S)
+                self.warmup["bench_s"] = time.monotonic() - started
             except Exception as exc:  # its chunks will fail and say why; learn the device
                 logger.warning("warming up: %s: %s", type(exc).__name__, exc)
                 if bench is not None:
@@ -135,6 +147,24 @@ class DeviceProbe(WorkerPlugin):
                         self.benches[_bench_key(spec)] = bench
                 return bench.device
         return probe_device(self.interpret)
+
+    def _time_pool(self, pool: Sequence[concurrent.futures.Future[None]],
+                   started: float) -> None:
+        """Note in ``warmup`` how long the pool's processes took to be ready, once they are."""
+        self.warmup["pool_s"] = None
+        if not pool:
+            return
+        left = [len(pool)]
+        lock = threading.Lock()
+
+        def one_ready(_: concurrent.futures.Future[None]) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    self.warmup["pool_s"] = time.monotonic() - started
+
+        for future in pool:
+            future.add_done_callback(one_ready)
 
     def teardown(self, worker: Any) -> None:
         with self.lock:

@@ -56,6 +56,9 @@ class KernelFamily(abc.ABC):
     # interpreter on CPU (tiny problems: the interpreter runs a kernel in Python).
     gpu_defaults: ClassVar[tuple[str, ...]] = ()
     cpu_defaults: ClassVar[tuple[str, ...]] = ()
+    # Modules that compile() imports (its kernels): the compile pool imports them once, in the
+    # process its processes are forked from, instead of at each process's first config.
+    compile_modules: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def space(self, dataflow: str) -> dict[str, tuple[int, ...]]:

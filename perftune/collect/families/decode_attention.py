@@ -52,6 +52,7 @@ class DecodeAttentionFamily(KernelFamily):
     name = "decode_attention"
     dims = ("batch", "heads", "kv_heads", "context", "head_dim")
     dataflows: ClassVar[tuple[str, ...]] = ("sdpa", "triton_splitkv")
+    compile_modules = ("perftune.collect.families._decode_attention_kernels",)
     dtypes: ClassVar[tuple[str, ...]] = ("fp16", "bf16")
     library_dataflow: ClassVar[str | None] = "sdpa"  # the baseline a tuned config must beat
     # Llama-3-8B-like heads: one long sequence, a batch of medium ones; tiny ones on CPU.

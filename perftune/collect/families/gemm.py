@@ -52,6 +52,7 @@ class GemmFamily(KernelFamily):
     name = "gemm"
     dims = ("m", "n", "k")
     dataflows: ClassVar[tuple[str, ...]] = ("cublas", "triton", "triton_splitk")
+    compile_modules = ("perftune.collect.families._gemm_kernels",)
     library_dataflow = "cublas"
     # A few LLM linear layers, decode to prefill; odd sizes under the interpreter.
     gpu_defaults = ("1x4096x4096", "16x14336x4096", "128x4096x14336", "512x1024x4096",

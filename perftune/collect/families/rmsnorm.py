@@ -38,6 +38,7 @@ class RMSNormFamily(KernelFamily):
     name = "rmsnorm"
     dims = ("m", "n")
     dataflows = ("torch", "triton")
+    compile_modules = ("perftune.collect.families._rmsnorm_kernels",)
     library_dataflow = "torch"
     gpu_defaults = ("1x4096", "512x8192", "4096x4096", "16384x8192")
     cpu_defaults = ("4x300", "7x1000")
