@@ -22,7 +22,8 @@ them over the seconds of measuring; and its warm-up, from the worker's last star
 start the bench and for the compile pool's processes to be ready, the pool's start method, and
 when it offered its device, in seconds from the start of measuring), and in the two-GPU run
 ``restart`` (seconds from the kill until the new worker process was set up, offered its device,
-received its first chunk and started timing it: ``downtime_s``). Times on workers are
+received its first chunk and started timing it: ``downtime_s``; then the seconds of measuring
+left once it offered its device, and the share of them it spent timing chunks). Times on workers are
 ``time.monotonic`` of the host, the driver's clock on a local cluster. Writes
 benchmarks/results/campaign_scaling.json on GPUs. Without two GPUs it runs on CPU workers under
 the Triton interpreter (a smoke test: ``--spec campaigns/example-cpu.toml``; nothing is written
@@ -141,12 +142,19 @@ def _restart(summary: Any, warmups: dict[str, dict[str, Any]],
     def since(when: float | None) -> float | None:
         return when - at if when is not None and when > at else None
 
+    offered = warmup.get("offered")
+    end = (summary.measuring_from + summary.measuring_s
+           if summary.measuring_from is not None else None)
+    left = end - offered if end is not None and offered is not None and offered > at else None
+    busy = sum(stop - begin for where, _, begin, stop in summary.chunk_times
+               if where.rsplit("/", 1)[-1] == name and begin > at)
     return {"worker_set_up_s": since(warmup.get("setup")),
             "bench_start_s": warmup.get("bench_s"), "pool_start_s": warmup.get("pool_s"),
-            "offered_s": since(warmup.get("offered")),
+            "offered_s": since(offered),
             "first_chunk_arrived_s": since(after[0][0]) if after else None,
             "downtime_s": since(min(begin for _, begin in after)) if after else None,
-            "chunks_after": len(after)}
+            "chunks_after": len(after), "measuring_left_s": left,
+            "busy_fraction_after": busy / left if left else None}
 
 
 def _kill_one(client: Any) -> dict[str, Any]:
