@@ -23,8 +23,9 @@ Reports per kernel and as geomeans: ``first_call_ratio`` (perftune's first-call 
 triton.autotune's, summed over the keys), ``speed_ratio`` (runtime of triton.autotune's pick /
 runtime of perftune's: 1.0 = as fast), ``second_process_s`` and ``curve`` (configs measured per
 new key; ``timed_in_full``: how many of them the full benchmark timed, the rest only screened
-by its short run). perftune's decorator runs with its defaults (``finalists=3``,
-``tie_margin=0.05``, one compile process per core), with its own cache (the remembered Triton
+by its short run; ``left_out``: configs a key left out while their compile still ran). perftune's
+decorator runs with its defaults (``finalists=3``, ``tie_margin=0.05``, one compile process per
+core, ``compile_patience=3``), with its own cache (the remembered Triton
 installation hash) empty for each kernel's first process. Writes
 benchmarks/results/autotune_vs_triton.json (or ``--out``), after each kernel. GPU only.
 """
@@ -184,7 +185,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                       "config": {"kwargs": best.kwargs, "num_warps": best.num_warps,
                                  "num_stages": best.num_stages},
                       "measured": history.get("measured", timings),
-                      "timed_in_full": history.get("timed_in_full", timings)})
+                      "timed_in_full": history.get("timed_in_full", timings),
+                      "left_out": history.get("left_out", 0)})
     return {"calls": calls}
 
 
@@ -286,6 +288,7 @@ def main() -> None:
                 "budget": args.budget,
                 "finalists": 3,
                 "tie_margin": 0.05,
+                "compile_patience": 3.0,
                 "kernels_requested": kernels,
                 "kernels": report,
                 "failed": failed,
@@ -367,12 +370,14 @@ def _one_kernel(name: str, args: argparse.Namespace, db: Path, model: Path) -> d
         "triton_first_calls_s": theirs_s, "perftune_first_calls_s": ours_s,
         "curve": [c["measured"] for c in ours["calls"]],
         "timed_in_full": [c["timed_in_full"] for c in ours["calls"]],
+        "left_out": [c["left_out"] for c in ours["calls"]],
         "configs": len(kernel_spec(name)["configs"]),
         "max_rel_error": max(c["rel_error"] for c in ours["calls"] + triton_run["calls"]),
         "per_key": [{"size": t["size"], "triton_ms": r["triton"], "perftune_ms": r["perftune"],
                      "triton_first_call_s": t["first_call_s"],
                      "perftune_first_call_s": o["first_call_s"], "measured": o["measured"],
-                     "timed_in_full": o["timed_in_full"]}
+                     "timed_in_full": o["timed_in_full"], "left_out": o["left_out"],
+                     "triton_config": t["config"], "perftune_config": o["config"]}
                     for t, o, r in zip(triton_run["calls"], ours["calls"], timed, strict=True)],
     }
 

@@ -157,7 +157,9 @@ def test_a_short_benchmark_screens_the_configs_and_finalists_are_timed_in_full(
     for call, history in zip(summary["calls"], summary["history"], strict=True):
         assert call["correct"]
         assert history["measured"] == 12 and history["timed_in_full"] == 2
-        assert call["benchmarked"] == 12 + 2  # every config briefly, then the two fastest
+        # every config quickly, the four fastest (2 x finalists > budget) briefly, then the
+        # two fastest in full
+        assert call["benchmarked"] == 12 + 4 + 2
     con = duckdb.connect(str(db), read_only=True)
     try:
         rows = con.execute("SELECT tuning_key, config, runtime_ms, timer FROM "
@@ -167,9 +169,11 @@ def test_a_short_benchmark_screens_the_configs_and_finalists_are_timed_in_full(
     finally:
         con.close()
     assert len(rows) == 24 and all(ms is not None and ms > 0 for _, _, ms, _ in rows)
-    assert sum(timer.endswith(":screen") for *_, timer in rows) == 20
+    assert sum(timer.endswith(":quick") for *_, timer in rows) == 2 * 8
+    assert sum(timer.endswith(":screen") for *_, timer in rows) == 2 * 2
     for key, config, ms in chosen:  # the pick: the faster of its key's two full timings
-        full = {c: t for k, c, t, timer in rows if k == key and not timer.endswith(":screen")}
+        full = {c: t for k, c, t, timer in rows
+                if k == key and not timer.endswith((":screen", ":quick"))}
         assert len(full) == 2 and config in full and ms == min(full.values())
 
     every = _run(kernels, tmp_path / "s2.duckdb", "tune", "64", "--timer", "perftune",
@@ -181,7 +185,7 @@ def test_a_short_benchmark_screens_the_configs_and_finalists_are_timed_in_full(
                  "--finalists", "3", "--tie-margin", "0")  # no runner-up ties the fastest
     timed = alone["history"][0]["timed_in_full"]  # Triton times a lone config or not, by version
     assert alone["calls"][0]["correct"] and timed <= 1
-    assert alone["calls"][0]["benchmarked"] == 12 + timed
+    assert alone["calls"][0]["benchmarked"] == 12 + 6 + timed
     con = duckdb.connect(str(tmp_path / "s3.duckdb"), read_only=True)
     try:
         fastest = con.execute("SELECT config FROM autotune_measurements WHERE timer LIKE "

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 
 from perftune.tune._compile import (
     ForkedCompiles,
+    Patience,
+    compile_at_once,
     fork_available,
     installation_signature,
 )
@@ -139,3 +142,83 @@ def test_an_interrupted_batch_leaves_no_future_waiting(tmp_path: Path) -> None:
         forked.shutdown(cancel_futures=True)  # what compile_at_once does on an interrupt
     assert all(p.result(ignore_errors=True) is None for p in pending)  # cancelled, not hung
     assert forked.children_failed == 0
+
+
+def test_patience_waits_for_a_quorum_then_a_multiple_of_its_time() -> None:
+    patience = Patience(factor=3.0, quorum=0.5, min_batch=4, min_wait_s=1.0)
+    assert patience.deadline(8, [0.1, 0.2, 0.3]) is None  # 3 of 8: no quorum yet
+    assert patience.deadline(8, [0.1, 0.2, 0.3, 0.6]) == pytest.approx(1.8)
+    assert patience.deadline(8, [0.1, 0.1, 0.1, 0.2]) == 1.0  # never before min_wait_s
+    assert patience.deadline(3, [0.1, 0.2]) is None  # a small batch waits for all
+
+
+class _Kernel:
+    """Launches as a ``@triton.jit`` kernel does in Triton's async compile mode: each new
+    config's compile goes to the mode, which hands it to the executor."""
+
+    def __init__(self, seconds: dict[int, float | None], marks: Path):
+        self.seconds, self.marks = seconds, marks
+
+    def compile(self, block: int) -> str:
+        time.sleep(self.seconds[block] or 0.0)
+        (self.marks / f"{block}-{os.getpid()}").touch()
+        return f"binary {block}"
+
+    def run(self, *args: object, BLOCK: int, warmup: bool, **kwargs: object) -> object:
+        from triton.runtime._async_compile import active_mode
+
+        mode = active_mode.get()
+        assert mode is not None and warmup
+        if self.seconds[BLOCK] is None:  # compiled before: nothing to hand out
+            return "cached"
+        return mode.submit(("k", BLOCK), partial(self.compile, BLOCK), lambda kernel: None,
+                           lambda future: None)
+
+
+def test_a_batch_leaves_its_slowest_compiles_running(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
+
+    seconds = {16: 0.05, 32: 0.05, 64: 0.05, 128: 0.1, 256: 0.1, 512: 4.0}
+    kernel = _Kernel(seconds, tmp_path)
+    launches = [{"BLOCK": b} for b in seconds]
+    started = time.monotonic()
+    batch = compile_at_once(kernel, (), launches, workers=6,
+                            patience=Patience(factor=3.0, min_wait_s=0.5))
+    assert time.monotonic() - started < 3.0  # did not wait for the 4 s compile
+    assert batch.report["compiled"] == 6 and batch.report["left_running"] == 1
+    (straggler,) = batch.stragglers.values()
+    assert straggler.launch == 5 and straggler.running()
+    assert not straggler.future.done()
+    # asking for its outcome waits for the child, then runs the call here
+    assert straggler.future.result() == "binary 512"
+    assert not straggler.running()
+    assert {p.name.split("-")[0] for p in tmp_path.iterdir()
+            if p.name.endswith(f"-{os.getpid()}")} == {str(b) for b in seconds}
+    # without patience, a batch waits for everything
+    waited = compile_at_once(_Kernel({1: 0.05, 2: 0.05, 3: 0.05, 4: 0.6}, tmp_path), (),
+                             [{"BLOCK": b} for b in (1, 2, 3, 4)], workers=4)
+    assert waited.report["left_running"] == 0 and not waited.stragglers
+    # configs compiled before count as ready: a lone new compile is a straggler at once
+    mostly_cached = compile_at_once(_Kernel({1: None, 2: None, 3: None, 4: 3.0}, tmp_path),
+                                    (), [{"BLOCK": b} for b in (1, 2, 3, 4)], workers=4,
+                                    patience=Patience(min_wait_s=0.3))
+    assert mostly_cached.report == {"compiled": 1, "children_failed": 0, "child_error": None,
+                                    "left_running": 1}
+    assert list(mostly_cached.stragglers) == [3]
+
+
+def test_a_straggler_resolves_after_its_child_is_done() -> None:
+    forked = ForkedCompiles(workers=4)
+
+    def work(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    futures = [forked.submit(work, s) for s in (0.01, 0.01, 0.01, 0.01, 1.0)]
+    stragglers = forked.finish(Patience(factor=2.0, min_wait_s=0.2))
+    assert [f.result() for f in futures[:4]] == [0.01] * 4
+    (straggler,) = stragglers
+    time.sleep(1.2)
+    assert not straggler.running()  # reaped: done in the background
+    straggler.resolve()
+    assert futures[4].result() == 1.0 and forked.children_failed == 0

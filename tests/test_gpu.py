@@ -144,10 +144,16 @@ def test_autotune_compiles_at_once_screens_and_times_finalists_in_full(tmp_path)
     tuned = autotune(configs, key=["n"], db=tmp_path / "s.duckdb", family=False,
                      name="doubling", compile_workers=4)(_doubling_kernel())
     _doubles(tuned, 1 << 22)
-    history = tuned.history[-1]
-    assert tuned.compile_report == {"compiled": 20, "children_failed": 0, "child_error": None}
-    assert history["measured"] == 20  # no model yet: every config screened
-    screened = sorted(ms for _, ms in tuned._screened.values())
+    history, report = tuned.history[-1], dict(tuned.compile_report)
+    left = report.pop("left_running")
+    assert report == {"compiled": 20, "children_failed": 0, "child_error": None}
+    assert history["left_out"] == left <= 10  # at most the slower half compiles on
+    assert history["measured"] == 20 - left  # no model yet: every compiled config screened
+    screened = sorted(ms for i, (_, ms) in tuned._screened.items()
+                      if i not in tuned._quick_only)  # the quick run kept the budget's 8
+    assert len(screened) == 8
     ties = [ms for ms in screened[:3] if ms <= screened[0] * 1.05]  # the default tie_margin
     assert history["timed_in_full"] == len(ties) == len(tuned.configs_timings)
     assert tuned.best_config in tuned.configs_timings
+    _doubles(tuned, 1 << 21)  # a new key: the configs left out earlier are ready, or wait
+    assert tuned.history[-1]["measured"] + tuned.history[-1]["left_out"] == 20

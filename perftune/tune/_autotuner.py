@@ -54,8 +54,10 @@ class PerftuneAutotuner(Autotuner):
                  family_name: str | None, db: Any, min_keys: int, timer_name: str,
                  name: str | None, device: str | None, objective: str = "time",
                  energy_window_s: float = 0.25, screen: Callable[..., Any] | None = None,
+                 quick_screen: Callable[..., Any] | None = None,
                  finalists: int = 3, tie_margin: float = 0.05,
-                 compile_workers: int | None = None, **options: Any):
+                 compile_workers: int | None = None, compile_patience: float | None = None,
+                 **options: Any):
         super().__init__(fn, arg_names, configs, key, **options)
         self.objective = objective
         self.energy_window_s = energy_window_s
@@ -64,9 +66,14 @@ class PerftuneAutotuner(Autotuner):
         if objective == "energy":
             self._use_bench(self._energy_bench(self.do_bench))
         self.screen = screen if finalists > 0 else None
+        self.quick_screen = quick_screen
+        self._quick_only: set[int] = set()  # id(config) of those only the quick run timed
         self.finalists = finalists
         self.tie_margin = tie_margin
         self.compile_workers = (_cores() if compile_workers is None else compile_workers)
+        self.compile_patience = compile_patience
+        self._stragglers: dict[int, Any] = {}  # id(config) -> its compile, still running
+        self._left_out = 0  # configs of this key left out, their compile still running
         self._tuning = False
         self.compile_report: dict[str, Any] = {}  # the last new key's compiling at once
         self._screened: dict[int, tuple[Config, float | None]] = {}  # id(config) -> quick ms
@@ -86,6 +93,8 @@ class PerftuneAutotuner(Autotuner):
         self.benchmarks = 0  # configs timed by this process
         self.history: list[dict[str, Any]] = []  # per new key: how it was answered
         self._loaded = False
+        self._records_loading: Any = None  # the store read started by prefetch()
+        self._learning_imported = False  # the learned model's imports, started once
         self._choices: dict[str, dict[str, Any]] = {}
         self._measured = pd.DataFrame()
         self._ranked_by = "all"
@@ -115,7 +124,9 @@ class PerftuneAutotuner(Autotuner):
                 from perftune.tune._compile import remember_triton_key
 
                 remember_triton_key()
-            self._choices, self._measured = self.records.load()
+            loading, self._records_loading = self._records_loading, None
+            self._choices, self._measured = (loading.result() if loading is not None
+                                             else self.records.load())
             self._loaded = True
         stored = self._choices.get(self._choice_key(key))
         config = self._config_of(stored["config"]) if stored else None
@@ -128,7 +139,9 @@ class PerftuneAutotuner(Autotuner):
         self._features = {}
         self._energy = {}
         self._screened = {}
+        self._quick_only = set()
         self._timed = set()
+        self._left_out = 0
         self._tuning = True
         try:
             result = super().run(*args, **kwargs)
@@ -151,7 +164,7 @@ class PerftuneAutotuner(Autotuner):
         chosen = self._ranked(kwargs)
         if not self._tuning or len(chosen) <= 1:
             return chosen
-        self._precompile(chosen, kwargs)
+        chosen = self._precompile(self._compiled_or_waiting(chosen), kwargs)
         return self._screen(chosen, kwargs)
 
     def _ranked(self, kwargs: dict[str, Any]) -> list[Config]:
@@ -175,36 +188,88 @@ class PerftuneAutotuner(Autotuner):
         self._ranked_by = "learned"
         return [pruned[i] for i in order[:self.budget]]
 
-    def _precompile(self, configs: list[Config], kwargs: dict[str, Any]) -> None:
-        """Compile ``configs`` on ``compile_workers`` forked processes (threads where fork is
-        unavailable) before any is timed. Nothing to compile under the interpreter; a config
-        that fails to compile fails again, as Triton reports it, when it is timed."""
-        if self.compile_workers <= 1 or not _on_gpu():
+    def prefetch(self) -> None:
+        """On a GPU, start reading this kernel's records from the store in the background
+        (see :mod:`._prefetch`): the first call takes them."""
+        if not _on_gpu():
             return
-        from perftune.tune._compile import compile_at_once
+        from perftune.tune import _prefetch
 
-        self.compile_report = compile_at_once(
+        self._records_loading = _prefetch.start(self.records.load)
+
+    def _compiled_or_waiting(self, configs: list[Config]) -> list[Config]:
+        """``configs`` less those whose compile, left running by an earlier key, still runs
+        (all of them, waited for, if nothing else is left)."""
+        ready, waiting = [], []
+        for config in configs:
+            straggler = self._stragglers.get(id(config))
+            if straggler is not None and straggler.running():
+                waiting.append(config)
+                continue
+            if straggler is not None:
+                self._stragglers.pop(id(config)).resolve()
+            ready.append(config)
+        if not ready:
+            for config in waiting:
+                self._stragglers.pop(id(config)).resolve()
+            ready, waiting = waiting, []
+        self._left_out = len(waiting)
+        return ready
+
+    def _precompile(self, configs: list[Config], kwargs: dict[str, Any]) -> list[Config]:
+        """Compile ``configs`` on ``compile_workers`` forked processes (threads where fork is
+        unavailable) before any is timed; those whose compile outlasts ``compile_patience``
+        are left out of this key and compile on (a later key times them). Nothing to compile
+        under the interpreter; a config that fails to compile fails again, as Triton reports
+        it, when it is timed."""
+        if self.compile_workers <= 1 or not _on_gpu():
+            return configs
+        from perftune.tune._compile import Patience, compile_at_once
+
+        patience = (Patience(factor=self.compile_patience)
+                    if self.compile_patience is not None else None)
+        batch = compile_at_once(
             self.fn, tuple((self.nargs or {}).values()),
-            [{**kwargs, **config.all_kwargs()} for config in configs], self.compile_workers)
+            [{**kwargs, **config.all_kwargs()} for config in configs], self.compile_workers,
+            patience=patience)
+        self.compile_report = batch.report
+        for index, straggler in batch.stragglers.items():
+            self._stragglers[id(configs[index])] = straggler
+        self._left_out += len(batch.stragglers)
+        return [c for i, c in enumerate(configs) if i not in batch.stragglers]
 
     def _screen(self, configs: list[Config], kwargs: dict[str, Any]) -> list[Config]:
         """The fastest of ``configs`` by the short ``screen`` benchmark, with those of the next
-        ``finalists - 1`` it could not tell from it (within ``tie_margin``)."""
+        ``finalists - 1`` it could not tell from it (within ``tie_margin``). Of more configs
+        than ``budget``, a quicker run first keeps the ``budget`` fastest (a config many times
+        slower than the best shows it in a few milliseconds)."""
         if self.screen is None or len(configs) <= self.finalists:
             return configs
         args = tuple((self.nargs or {}).values())
-        full = self.do_bench
-        self._use_bench(self.screen)
-        try:
-            quick = {id(c): (c, _first(self._bench(*args, config=c, **kwargs))) for c in configs}
-        finally:
-            self._use_bench(full)
-        self._screened = quick
+        first: dict[int, tuple[Config, float | None]] = {}
+        keep = max(self.budget, 2 * self.finalists)
+        if self.quick_screen is not None and len(configs) > keep:
+            first = self._time_with(self.quick_screen, configs, args, kwargs)
+            configs = sorted(configs, key=lambda c: _sort_ms(first[id(c)][1]))[:keep]
+        quick = self._time_with(self.screen, configs, args, kwargs)
+        self._screened = {**first, **quick}
+        self._quick_only = set(first) - set(quick)
         order = sorted(configs, key=lambda c: _sort_ms(quick[id(c)][1]))
         fastest = _sort_ms(quick[id(order[0])][1])
         close = [c for c in order[:self.finalists]
                  if _sort_ms(quick[id(c)][1]) <= fastest * (1 + self.tie_margin)]
         return close or order[:1]
+
+    def _time_with(self, bench: Callable[..., Any], configs: list[Config],
+                   args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> dict[int, tuple[Config, float | None]]:
+        """Each config's time by ``bench`` in place of the full benchmark."""
+        full = self.do_bench
+        self._use_bench(bench)
+        try:
+            return {id(c): (c, _first(self._bench(*args, config=c, **kwargs))) for c in configs}
+        finally:
+            self._use_bench(full)
 
     def _use_bench(self, bench: Callable[..., Any]) -> None:
         """Time with ``bench`` from now on (Triton's ``do_bench`` is a cached property in some
@@ -228,6 +293,20 @@ class PerftuneAutotuner(Autotuner):
             return {}
         programs = math.prod(dims)
         return {"programs": programs, "programs_per_sm": programs / sm_count()}
+
+    def _ready_to_learn(self) -> None:
+        """One key before the learned model first ranks, start importing what it needs in
+        the background, so that that key does not wait for the import."""
+        if (self.family_prune is None and not self._learning_imported and _on_gpu()
+                and self._measured["tuning_key"].nunique() >= self.min_keys - 1):
+            from perftune.tune import _prefetch
+
+            _prefetch.start(_prefetch.import_learning)
+            self._learning_imported = True
+
+    def _screen_timer(self, config_id: int) -> str:
+        """The timer a screened-only measurement is stored with."""
+        return f"{self.timer_name}:{'quick' if config_id in self._quick_only else 'screen'}"
 
     @property
     def _target(self) -> str:
@@ -276,7 +355,7 @@ class PerftuneAutotuner(Autotuner):
         measured_ms: dict[int, float | None] = {}
         timed = {id(c): (c, t, self.timer_name)
                  for c, t in (getattr(self, "configs_timings", None) or {}).items()}
-        screened = {i: (c, t, f"{self.timer_name}:screen")
+        screened = {i: (c, t, self._screen_timer(i))
                     for i, (c, t) in self._screened.items() if i not in timed}
         for config, timing, timer in [*timed.values(), *screened.values()]:
             ms, joules = self._energy.get(id(config), (_first(timing), None))
@@ -300,10 +379,12 @@ class PerftuneAutotuner(Autotuner):
                   "ranked_by": self._ranked_by}
         if rows:
             self._measured = pd.concat([self._measured, pd.DataFrame(rows)], ignore_index=True)
+            self._ready_to_learn()
         self._choices[choice_key] = choice
         self.records.record(rows, choice)
         self.history.append({"key": key_text, "measured": measured,
-                             "timed_in_full": len(timed), "ranked_by": self._ranked_by})
+                             "timed_in_full": len(timed), "ranked_by": self._ranked_by,
+                             "left_out": self._left_out})
 
 
 def _first(timing: Any) -> float | None:
@@ -377,20 +458,22 @@ def software_key() -> str:
 
 
 SCREEN_WARMUP_MS, SCREEN_REP_MS = 5, 15  # Triton's do_bench defaults: 25, 100
-SCREEN_TARGET_MS = 3.0  # perftune's timer: 20 ms by default
+QUICK_WARMUP_MS, QUICK_REP_MS = 1, 4  # the first screen of more configs than the budget
+SCREEN_TARGET_MS, QUICK_TARGET_MS = 3.0, 1.0  # perftune's timer: 20 ms by default
 
 
-def screen_do_bench(timer: str) -> Callable[..., Any]:
+def screen_do_bench(timer: str, *, quick: bool = False) -> Callable[..., Any]:
     """The short benchmark that screens configs: the ``timer``'s benchmark (``"triton"``:
-    Triton's do_bench; ``"perftune"``: perftune's timer) over a fraction of its usual time."""
+    Triton's do_bench; ``"perftune"``: perftune's timer) over a fraction of its usual time
+    (``quick``: a smaller one still)."""
     if timer == "perftune":
-        return perftune_do_bench(target_ms=SCREEN_TARGET_MS)[0]
+        return perftune_do_bench(target_ms=QUICK_TARGET_MS if quick else SCREEN_TARGET_MS)[0]
+    warmup, rep = (QUICK_WARMUP_MS, QUICK_REP_MS) if quick else (SCREEN_WARMUP_MS, SCREEN_REP_MS)
 
     def do_bench(kernel_call: Callable[[], None], quantiles: Any = None, **_: Any) -> Any:
         import triton.testing
 
-        return triton.testing.do_bench(kernel_call, warmup=SCREEN_WARMUP_MS, rep=SCREEN_REP_MS,
-                                       quantiles=quantiles)
+        return triton.testing.do_bench(kernel_call, warmup=warmup, rep=rep, quantiles=quantiles)
 
     return do_bench
 

@@ -7,6 +7,8 @@ binary to Triton's on-disk cache and exits, and the parent then loads it from th
 hit). Forking keeps the kernel and its arguments as they are in the parent (a user's kernel
 may live in a notebook or ``__main__``, where a spawned process could not import it), and the
 child never touches the GPU: the compile it runs was set up, target included, in the parent.
+A batch need not wait for its slowest compiles (:class:`Patience`): those are left running in
+the background (:class:`Straggler`), and whoever launches their config waits for them then.
 
 :func:`remember_triton_key` spares a new process the hash Triton takes of its own installation
 (every module and its whole native library, hundreds of MB) before it may load a cached
@@ -20,17 +22,98 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
+import select
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
 def fork_available() -> bool:
     return hasattr(os, "fork") and sys.platform != "win32"
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long a batch of compiles waits for its slowest ones. Once ``quorum`` (a fraction)
+    of a batch of at least ``min_batch`` configs is ready (compiled before, or now), after
+    ``t`` seconds, the batch waits until ``max(min_wait_s, factor * t)`` seconds from its
+    start; the compiles still running then are left to finish in the background
+    (:class:`Straggler`). A few configs (a large block, few warps) can compile for many
+    times as long as the rest, and a new key need not wait for them: a later key times them
+    once their binaries are ready."""
+
+    factor: float = 3.0
+    quorum: float = 0.5
+    min_batch: int = 4
+    min_wait_s: float = 1.0
+
+    def deadline(self, batch: int, done_at: list[float]) -> float | None:
+        """Seconds from the batch's start to stop waiting at, given when each of its finished
+        compiles finished (ascending); None: wait for every one (yet)."""
+        needed = max(1, math.ceil(self.quorum * batch))
+        if batch < self.min_batch or len(done_at) < needed:
+            return None
+        return max(self.min_wait_s, self.factor * done_at[needed - 1])
+
+
+class _ResolvingFuture(Future[Any]):
+    """A future that, asked for its outcome before it has one, produces it (``resolve``): a
+    compile left to the background never leaves whoever launches its config waiting."""
+
+    resolve: Callable[[], None] | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._produce()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._produce()
+        return super().exception(timeout)
+
+    def _produce(self) -> None:
+        resolve, self.resolve = self.resolve, None
+        if resolve is not None and not self.done():
+            resolve()
+
+
+@dataclass
+class _Child:
+    pid: int
+    errors: int  # read end of its error pipe: readable (EOF) once it has exited
+    number: int  # the call it runs, in submission order
+    launch: int | None  # the launch (of compile_at_once) that submitted it
+
+
+class Straggler:
+    """A compile still running in its forked child after its batch stopped waiting. Its
+    future completes when :meth:`resolve` is called, or when anyone asks for its result."""
+
+    def __init__(self, child: _Child, call: Callable[[], Any], future: _ResolvingFuture,
+                 owner: ForkedCompiles):
+        self.child, self.call, self.future, self.owner = child, call, future, owner
+        self.launch = child.launch
+        future.resolve = self.resolve
+
+    def running(self) -> bool:
+        """Whether the child is still compiling (reaped if it is done)."""
+        if self.child in self.owner.running_children:
+            if not _exited([self.child.errors], 0.0):
+                return True
+            self.owner.reap(self.child)
+        return False
+
+    def resolve(self) -> None:
+        """Wait for the child, then complete the future by running the call here."""
+        if self.child in self.owner.running_children:
+            self.owner.reap(self.child)
+        _complete(self.future, self.call)
 
 
 class ForkedCompiles(Executor):
@@ -44,38 +127,58 @@ class ForkedCompiles(Executor):
         if workers < 1:
             raise ValueError(f"workers must be at least 1 (got {workers})")
         self.workers = workers
-        self._running: list[tuple[int, int]] = []  # (pid, read end of its error pipe)
-        self._calls: list[tuple[Future[Any], Callable[[], Any]]] = []
+        self.running_children: list[_Child] = []
+        self._calls: list[tuple[_ResolvingFuture, Callable[[], Any]]] = []
+        self._started: float | None = None
+        self._done_at: list[float] = []  # seconds from the first submit, per child finished
+        self.launch: int | None = None  # set by whoever submits, to tell the calls apart
         self.submitted = 0
         self.children_failed = 0
         self.child_errors: list[str] = []
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        while len(self._running) >= self.workers:
-            self._wait(*self._running.pop(0))
+        if self._started is None:
+            self._started = time.monotonic()
+        while len(self.running_children) >= self.workers:
+            self._wait_any(None)
         call = functools.partial(fn, *args, **kwargs)
-        self._running.append(_fork_running(call))
+        pid, errors = _fork_running(call)
+        self.running_children.append(_Child(pid, errors, len(self._calls), self.launch))
         self.submitted += 1
-        future: Future[Any] = Future()
+        future = _ResolvingFuture()
         self._calls.append((future, call))
         return future
 
-    def wait_children(self) -> None:
-        """Wait until every child has exited."""
-        while self._running:
-            self._wait(*self._running.pop(0))
-
-    def finish(self) -> None:
-        """Wait for the children, then complete each future by running its call here."""
-        self.wait_children()
-        calls, self._calls = self._calls, []
-        for future, call in calls:
-            if not future.set_running_or_notify_cancel():
+    def wait_children(self, patience: Patience | None = None, ready: int = 0) -> None:
+        """Wait until every child has exited, or, with ``patience``, until its deadline, in a
+        batch where ``ready`` more needed no compile."""
+        self._done_at[:0] = [0.0] * ready
+        batch = len(self.running_children) + len(self._done_at)
+        while self.running_children:
+            deadline = patience.deadline(batch, self._done_at) if patience else None
+            if deadline is None:
+                self._wait_any(None)
                 continue
-            try:
-                future.set_result(call())
-            except BaseException as exc:  # the compile's own error, as Triton reports it
-                future.set_exception(exc)
+            left = deadline - self._elapsed()
+            if left <= 0:
+                return
+            self._wait_any(left)
+
+    def finish(self, patience: Patience | None = None, ready: int = 0) -> list[Straggler]:
+        """Wait for the children (with ``patience``: until its deadline, counting ``ready``
+        more that needed no compile as done first), then complete each future whose child is
+        done by running its call here. Returns the stragglers: calls whose children still
+        run, their futures pending until resolved."""
+        self.wait_children(patience, ready)
+        calls, self._calls = self._calls, []
+        late = {child.number: child for child in self.running_children}
+        stragglers = []
+        for number, (future, call) in enumerate(calls):
+            if number in late:
+                stragglers.append(Straggler(late[number], call, future, self))
+            else:
+                _complete(future, call)
+        return stragglers
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Finish; with ``cancel_futures``, wait for the children but run nothing here: every
@@ -85,15 +188,45 @@ class ForkedCompiles(Executor):
                 if future.cancel():  # and notified, so that as_completed counts it done
                     future.set_running_or_notify_cancel()
             self._calls = []
-        self.finish()
+        for straggler in self.finish():  # none: finish() without patience waits for all
+            straggler.resolve()
 
-    def _wait(self, pid: int, errors: int) -> None:
-        with os.fdopen(errors, "rb") as pipe:
+    def reap(self, child: _Child) -> None:
+        """Wait for ``child`` to exit and count how it went."""
+        self.running_children.remove(child)
+        with os.fdopen(child.errors, "rb") as pipe:
             error = pipe.read().decode(errors="replace")
-        _, status = os.waitpid(pid, 0)
+        _, status = os.waitpid(child.pid, 0)
+        self._done_at.append(self._elapsed())
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
             self.children_failed += 1
             self.child_errors.append(error or f"exit status {status}")
+
+    def _wait_any(self, timeout: float | None) -> None:
+        """Reap the children that exit within ``timeout`` seconds (None: at least one)."""
+        ready = _exited([c.errors for c in self.running_children], timeout)
+        for child in [c for c in self.running_children if c.errors in ready]:
+            self.reap(child)
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - (self._started or time.monotonic())
+
+
+def _exited(pipes: list[int], timeout: float | None) -> list[int]:
+    """The error pipes among ``pipes`` that are readable (their child wrote and exited)."""
+    if not pipes:
+        return []
+    readable, _, _ = select.select(pipes, [], [], timeout)
+    return list(readable)
+
+
+def _complete(future: _ResolvingFuture, call: Callable[[], Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(call())
+    except BaseException as exc:  # the compile's own error, as Triton reports it
+        future.set_exception(exc)
 
 
 def _fork_running(call: Callable[[], Any]) -> tuple[int, int]:
@@ -120,40 +253,80 @@ def _fork_running(call: Callable[[], Any]) -> tuple[int, int]:
         os._exit(code)
 
 
+@dataclass
+class CompileBatch:
+    """What :func:`compile_at_once` did (``report``: JSON-able counts) and the compiles it left
+    running, by launch index."""
+
+    report: dict[str, Any]
+    stragglers: dict[int, Straggler] = field(default_factory=dict)
+
+
 def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str, Any]],
-                    workers: int) -> dict[str, Any]:
+                    workers: int, *, patience: Patience | None = None) -> CompileBatch:
     """Compile ``kernel`` (a ``@triton.jit`` function) for each keyword set of ``launches``
     (``warmup=True`` launches: nothing runs) on ``workers`` forked children, or threads where
     fork is unavailable; nothing with a Triton that has no async compile mode. A launch that
-    fails to compile is left for its real launch to report. Returns how many compiles were
-    handed out, how many children failed, and the first child's error (a child that fails
-    only costs the parent compiling by itself)."""
+    fails to compile is left for its real launch to report. With ``patience``, the slowest
+    compiles are left running (:class:`Patience`; launches already compiled count as done at
+    once); launching their configs before they are done waits for them. The report says how
+    many compiles were handed out, how many children failed (a failed child only costs the
+    parent compiling by itself), the first child's error, and how many were left running."""
     try:
         from triton.runtime._async_compile import AsyncCompileMode
     except ImportError:  # a Triton without async compile: configs compile when timed
-        return {"compiled": 0, "children_failed": 0, "child_error": None}
+        return CompileBatch({"compiled": 0, "children_failed": 0, "child_error": None,
+                             "left_running": 0})
+    from perftune.tune import _prefetch
 
-    def launch_all() -> None:
-        for launch in launches:  # a launch's own warmup=False gives way to warmup=True
+    _prefetch.wait()  # no fork while another thread may hold an import lock
+
+    def launch_all(executor: Any) -> None:
+        for index, launch in enumerate(launches):  # a launch's warmup=False gives way
+            executor.launch = index
             with contextlib.suppress(Exception):
                 kernel.run(*args, **{**launch, "warmup": True})
 
     if fork_available():
         forked = ForkedCompiles(workers)
-        with AsyncCompileMode(forked, ignore_errors=True):
+        with AsyncCompileMode(forked, ignore_errors=True) as mode:
             try:
-                launch_all()
+                launch_all(forked)
             except BaseException:  # an interrupt: every future must end, or the mode waits
                 forked.shutdown(cancel_futures=True)
                 raise
-            forked.finish()
-        return {"compiled": forked.submitted, "children_failed": forked.children_failed,
-                "child_error": forked.child_errors[0] if forked.child_errors else None}
+            stragglers = forked.finish(patience if _can_leave_running(mode) else None,
+                                       ready=len(launches) - forked.submitted)
+            _leave_running(mode, stragglers)
+        return CompileBatch(
+            {"compiled": forked.submitted, "children_failed": forked.children_failed,
+             "child_error": forked.child_errors[0] if forked.child_errors else None,
+             "left_running": len(stragglers)},
+            {s.launch: s for s in stragglers if s.launch is not None})
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(workers) as pool, AsyncCompileMode(pool, ignore_errors=True):
-        launch_all()
-    return {"compiled": len(launches), "children_failed": 0, "child_error": None}
+        launch_all(pool)
+    return CompileBatch({"compiled": len(launches), "children_failed": 0, "child_error": None,
+                         "left_running": 0})
+
+
+def _can_leave_running(mode: Any) -> bool:
+    """Whether this Triton's async compile mode lets a batch end with futures pending (it
+    waits, as it closes, for those it lists)."""
+    return (isinstance(getattr(mode, "raw_futures", None), list)
+            and isinstance(getattr(mode, "future_kernels", None), dict))
+
+
+def _leave_running(mode: Any, stragglers: list[Straggler]) -> None:
+    """Take the stragglers' futures off the mode's list, so that closing it does not wait."""
+    pending = {id(s.future) for s in stragglers}
+    if not pending:
+        return
+    mode.raw_futures[:] = [f for f in mode.raw_futures if id(f) not in pending]
+    for key, future_kernel in list(mode.future_kernels.items()):
+        if id(getattr(future_kernel, "future", None)) in pending:
+            del mode.future_kernels[key]
 
 
 _KEY_FILE = "triton_key.json"

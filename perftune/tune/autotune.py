@@ -189,8 +189,8 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
              model: str | Path | None = None, db: str | Path | None = None,
              timer: str = "triton", min_keys: int = 4, name: str | None = None,
              objective: str = "time", energy_window_s: float = 0.25, finalists: int = 3,
-             tie_margin: float = 0.05, compile_workers: int | None = None
-             ) -> Callable[[Any], Any]:
+             tie_margin: float = 0.05, compile_workers: int | None = None,
+             compile_patience: float | None = 3.0) -> Callable[[Any], Any]:
     """``triton.autotune(configs, key, ...)`` (same arguments, same meaning) that times at most
     ``budget`` configs for a new key once a model can rank them, and stores what it measured
     and chose.
@@ -218,7 +218,13 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
     explicit ``do_bench``, ``warmup``/``rep``, ``use_cuda_graph`` or ``objective="energy"``.
     ``compile_workers``: processes (forked; threads where fork is unavailable) that compile a
     new key's configs at once before any is timed (default: one per core; ``1``: one at a
-    time, as Triton does)."""
+    time, as Triton does). ``compile_patience``: once half of those compiles are done, the key
+    waits for the rest up to this many times as long; configs still compiling then are left
+    out of this key and compile on in the background, for a later key (``None``: wait for
+    every compile).
+
+    On a GPU, decorating starts reading the kernel's records from the store in a background
+    thread, so that the first call finds them read."""
     if budget < 1:
         raise PerftuneInputError(f"budget must be at least 1 (got {budget})")
     if min_keys < 1:
@@ -238,6 +244,10 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
                                  f"full (got {tie_margin})")
     if compile_workers is not None and compile_workers < 1:
         raise PerftuneInputError(f"compile_workers must be at least 1 (got {compile_workers})")
+    if compile_patience is not None and not compile_patience >= 1:
+        raise PerftuneInputError(f"compile_patience must be at least 1 (times as long as half "
+                                 f"the compiles took), or None to wait for every compile (got "
+                                 f"{compile_patience})")
     options = {"reset_to_zero": reset_to_zero, "restore_value": restore_value,
                "pre_hook": pre_hook, "post_hook": post_hook, "warmup": warmup, "rep": rep,
                "use_cuda_graph": use_cuda_graph, "do_bench": do_bench,
@@ -261,15 +271,18 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
         shortened = (do_bench is None and warmup is None and rep is None and not use_cuda_graph
                      and objective == "time")
         screen = screen_do_bench(timer) if shortened and finalists > 0 else None
+        quick_screen = screen_do_bench(timer, quick=True) if screen is not None else None
         tuned = PerftuneAutotuner(fn, list(fn.arg_names), configs, key, budget=budget,
                                   family_prune=prune, family_name=chosen, db=db,
                                   min_keys=min_keys, timer_name=timer_name, name=name,
                                   device=None, objective=objective,
                                   energy_window_s=energy_window_s, screen=screen,
+                                  quick_screen=quick_screen,
                                   finalists=finalists, tie_margin=tie_margin,
                                   compile_workers=compile_workers,
-                                  **options)
+                                  compile_patience=compile_patience, **options)
         tuned.perftune_prune = prune
+        tuned.prefetch()
         return tuned
 
     return decorate

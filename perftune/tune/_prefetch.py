@@ -1,0 +1,64 @@
+"""Loading started early, in a background thread, so that the call that needs it finds it done:
+a kernel's records, read from the store when the kernel is decorated, and, one key before a
+kernel's learned model first ranks, scikit-learn's import (a second or more). Waited for by
+whoever needs the result, and before any fork (a fork while another thread holds an import lock
+leaves the child that lock forever). Nothing heavier starts at decoration: an import running
+beside a process's first calls slows them down (both want the interpreter)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_lock = threading.Lock()
+_tasks: list[Task] = []
+
+
+class Task:
+    """One loading job in its own daemon thread; :meth:`result` waits for it and returns what
+    it returned, or raises what it raised."""
+
+    def __init__(self, job: Callable[[], Any]):
+        self._job = job
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="perftune-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._job()
+        except BaseException as exc:  # raised to whoever asks for the result
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+
+def start(job: Callable[[], Any]) -> Task:
+    """Run ``job`` in the background now."""
+    task = Task(job)
+    with _lock:
+        _tasks[:] = [t for t in _tasks if not t.done()]
+        _tasks.append(task)
+    return task
+
+
+def wait() -> None:
+    """Wait until every job started here has ended (their errors are for their own callers)."""
+    with _lock:
+        tasks = list(_tasks)
+    for task in tasks:
+        task._thread.join()
+
+
+def import_learning() -> None:
+    """What ranking by a kernel's learned model imports."""
+    import sklearn.ensemble  # noqa: F401
