@@ -258,6 +258,7 @@ _POOL_CHECK = """
 import concurrent.futures, json, os, sys
 from perftune.collect import compile as c
 from perftune.collect.families import load_family
+from perftune.collect.problems import parse_problem
 
 family = load_family("gemm")
 pool = c.Precompiler(family, "gemm", 2)
@@ -268,13 +269,23 @@ kernels = pool._pool.submit(
     eval, f"{family.compile_modules[0]!r} in __import__('sys').modules").result()
 with open(f"/proc/{c._server_pid()}/maps") as maps:  # torch's library: imported in the server
     torch_in_server = "libtorch" in maps.read()
+# a process that dies breaks the pool: the next configs go to a new one
+died = pool._pool.submit(os._exit, 1)
+concurrent.futures.wait([died], timeout=60)
+problem = parse_problem("m=16,n=32,k=32", family.dims, "fp16")
+config = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4,
+          "num_stages": 3}
+pool.submit([(problem, "triton", config)])
+compiled = next(iter(pool._futures.values()))
+concurrent.futures.wait([compiled], timeout=120)
+renewed = pool._renewals == 1 and compiled.exception() is None
 pool.close()
 os.environ["PERFTUNE_POOL_TEST"] = "changed"  # a forked process would not see it
 again = c.Precompiler(family, "gemm", 1)
 again.close()
 print(json.dumps({"method": pool.start_method, "ready": [f.exception() is None for f in ready],
                   "parents": sorted(parents), "server": c._server_pid(),
-                  "kernels": kernels, "torch": torch_in_server,
+                  "kernels": kernels, "torch": torch_in_server, "renewed": renewed,
                   "then": again.start_method}))
 """
 
@@ -286,6 +297,7 @@ def test_compile_pool_processes_are_forked_from_a_server_that_imported_the_famil
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["method"] == "forkserver" and seen["ready"] == [True, True]
     assert seen["parents"] == [seen["server"]] and seen["kernels"] and seen["torch"]
+    assert seen["renewed"]  # a pool broken by a dead process was replaced
     assert seen["then"] == "spawn"  # the environment changed since the server started
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Hashable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -91,6 +92,7 @@ def default_workers() -> int:
     return max(1, min(16, (os.cpu_count() or 2) - 2))
 
 
+_RENEWALS = 3  # broken pools a Precompiler replaces
 _PRELOADED = ("torch", "triton")  # what every family's compiling imports
 _server_lock = threading.Lock()
 _server: tuple[int | None, dict[str, str], str] | None = None  # ours: pid, environment, cwd
@@ -133,13 +135,17 @@ class Precompiler:
 
     def __init__(self, family: KernelFamily, family_ref: str, workers: int | None = None):
         self.family = family
+        self.family_ref = family_ref
         self.workers = workers or default_workers()
-        context = pool_context([type(family).__module__, *family.compile_modules])
-        self.start_method = context.get_start_method()
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
-                                         initializer=_init,
-                                         initargs=(family_ref, os.getpid()))
+        self._context = pool_context([type(family).__module__, *family.compile_modules])
+        self.start_method = self._context.get_start_method()
+        self._pool = self._new_pool()
+        self._renewals = 0
         self._futures: dict[Hashable, Future[str | None]] = {}
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context,
+                                   initializer=_init, initargs=(self.family_ref, os.getpid()))
 
     def start(self) -> list[Future[None]]:
         """Start the pool's processes now, not at the first configs (a pool starts one per
@@ -167,10 +173,25 @@ class Precompiler:
                 self.family.specialization(problem))
 
     def submit(self, items: Iterable[tuple[Problem, str, Config]]) -> None:
+        """Queue the items' configs not queued before. A pool broken by a process that died
+        (its configs' futures say so) is replaced, up to :data:`_RENEWALS` times; a config the
+        pool cannot take is left to the timing worker, which compiles it itself."""
         for problem, dataflow, config in items:
             key = self._key(problem, dataflow, config)
-            if key not in self._futures:
+            if key in self._futures:
+                continue
+            try:
                 self._futures[key] = self._pool.submit(_compile, problem, dataflow, config)
+            except BrokenProcessPool:
+                if self._renewals >= _RENEWALS:
+                    continue
+                self._renewals += 1
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                with contextlib.suppress(Exception):
+                    self._futures[key] = self._pool.submit(_compile, problem, dataflow, config)
+            except Exception:  # shut down, or no process can be started
+                continue
 
     def wait(self, problem: Problem, dataflow: str, config: Config) -> str | None:
         """Block until this config is compiled; returns the compile error, if any."""
