@@ -17,13 +17,16 @@ is warm, i.e. has started its bench's isolated process and its compile pool), ``
 ``warmup_s`` (per run: elapsed less measuring), ``duplicates`` (stored rows sharing a key)
 and ``rows_received_twice`` (rows a re-run chunk sent again, which the store skipped), ``lost``
 (planned rows not stored) and ``worker_killed``. Each run also says where its time went:
-``per_worker`` (chunks each worker sent back, and ``busy_fraction``: the seconds it spent timing
-them over the seconds of measuring; and its warm-up, from the worker's last start: seconds to
-start the bench and for the compile pool's processes to be ready, the pool's start method, and
-when it offered its device, in seconds from the start of measuring), and in the two-GPU run
-``restart`` (seconds from the kill until the new worker process was set up, offered its device,
-received its first chunk and started timing it: ``downtime_s``; then the seconds of measuring
-left once it offered its device, and the share of them it spent timing chunks). Times on workers are
+``per_worker`` (chunks each worker sent back; ``busy_fraction``: the seconds it spent timing
+them over the seconds of measuring, ``compile_wait_s`` of which it waited for the compile pool;
+seconds from the start of measuring to its first chunk timed, and from its last to the end; and
+its warm-up, from the worker's last start: seconds to start the bench and for the compile
+pool's processes to be ready, the pool's start method, and when it offered its device, in
+seconds from the start of measuring), and in the two-GPU run ``restart`` (seconds from the kill
+until the new worker process was set up, offered its device, received its first chunk and
+started timing it: ``downtime_s``; the timing lost with the killed process, ``lost_timing_s``;
+then the seconds of measuring left once it offered its device, and the share of them it spent
+timing chunks). Times on workers are
 ``time.monotonic`` of the host, the driver's clock on a local cluster. Writes
 benchmarks/results/campaign_scaling.json on GPUs. Without two GPUs it runs on CPU workers under
 the Triton interpreter (a smoke test: ``--spec campaigns/example-cpu.toml``; nothing is written
@@ -107,19 +110,33 @@ def _warmups(client: Any) -> dict[str, dict[str, Any]]:
     return dict(answer for answer in answers.values() if isinstance(answer, tuple))
 
 
+def _chunks_of(summary: Any, name: str) -> list[tuple[float, float, float, float]]:
+    """The worker's chunks, by when their timing started: (arrived, timing started, ended,
+    compile wait)."""
+    return sorted((arrived, begin, end, wait)
+                  for where, arrived, begin, end, wait in summary.chunk_times
+                  if where.rsplit("/", 1)[-1] == name)
+
+
 def _per_worker(summary: Any, warmups: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per worker: chunks it sent back, the share of measuring it spent timing them, and its
-    warm-up (see the module docstring)."""
+    """Per worker: chunks it sent back, the share of measuring it spent timing them (and of
+    that, waiting for compiles), its idle time before its first chunk and after its last, and
+    its warm-up (see the module docstring)."""
     start = summary.measuring_from
+    end = start + summary.measuring_s if start is not None else None
     out: dict[str, Any] = {}
     names = {where.rsplit("/", 1)[-1] for where, *_ in summary.chunk_times} | set(warmups)
     for name in sorted(names):
-        times = [t for t in summary.chunk_times if t[0].rsplit("/", 1)[-1] == name]
-        busy = sum(end - begin for _, _, begin, end in times)
+        chunks = sorted(_chunks_of(summary, name), key=lambda chunk: chunk[1])
+        busy = sum(stop - begin for _, begin, stop, _ in chunks)
         warmup = warmups.get(name, {})
         out[name] = {
-            "chunks": len(times), "busy_s": busy,
+            "chunks": len(chunks), "busy_s": busy,
             "busy_fraction": busy / summary.measuring_s if summary.measuring_s else None,
+            "compile_wait_s": sum(wait for *_, wait in chunks),
+            "first_timed_at_s": chunks[0][1] - start if chunks and start is not None else None,
+            "idle_at_end_s": end - max(stop for _, _, stop, _ in chunks)
+            if chunks and end is not None else None,
             "bench_start_s": warmup.get("bench_s"), "pool_start_s": warmup.get("pool_s"),
             "pool_start_method": warmup.get("pool_start_method"),
             "offered_at_s": (warmup["offered"] - start
@@ -131,13 +148,17 @@ def _per_worker(summary: Any, warmups: dict[str, dict[str, Any]]) -> dict[str, A
 def _restart(summary: Any, warmups: dict[str, dict[str, Any]],
              killed: dict[str, Any]) -> dict[str, Any] | None:
     """Seconds from the kill until the killed worker's new process was set up, offered its
-    device, received its first chunk and started timing it (``downtime_s``)."""
+    device, received its first chunk and started timing it (``downtime_s``); the seconds its
+    old process had been timing the chunk it was killed in (``lost_timing_s``: since its last
+    chunk timed, at most); the measuring left once it offered its device, and the share of it
+    the new process spent timing."""
     if not killed:
         return None
     at, name = killed["at_monotonic"], killed["worker"]
     warmup = warmups.get(name, {})
-    after = sorted((arrived, begin) for where, arrived, begin, _ in summary.chunk_times
-                   if where.rsplit("/", 1)[-1] == name and begin > at)
+    chunks = _chunks_of(summary, name)
+    before = [stop for _, _, stop, _ in chunks if stop <= at]
+    after = [chunk for chunk in chunks if chunk[1] > at]
 
     def since(when: float | None) -> float | None:
         return when - at if when is not None and when > at else None
@@ -146,13 +167,13 @@ def _restart(summary: Any, warmups: dict[str, dict[str, Any]],
     end = (summary.measuring_from + summary.measuring_s
            if summary.measuring_from is not None else None)
     left = end - offered if end is not None and offered is not None and offered > at else None
-    busy = sum(stop - begin for where, _, begin, stop in summary.chunk_times
-               if where.rsplit("/", 1)[-1] == name and begin > at)
+    busy = sum(stop - begin for _, begin, stop, _ in after)
     return {"worker_set_up_s": since(warmup.get("setup")),
             "bench_start_s": warmup.get("bench_s"), "pool_start_s": warmup.get("pool_s"),
             "offered_s": since(offered),
-            "first_chunk_arrived_s": since(after[0][0]) if after else None,
-            "downtime_s": since(min(begin for _, begin in after)) if after else None,
+            "first_chunk_arrived_s": since(min(c[0] for c in after)) if after else None,
+            "downtime_s": since(min(c[1] for c in after)) if after else None,
+            "lost_timing_s": at - max(before) if before else None,
             "chunks_after": len(after), "measuring_left_s": left,
             "busy_fraction_after": busy / left if left else None}
 

@@ -192,6 +192,7 @@ class Bench:
         self.worker = IsolatedWorker(spec.family, self.mode, energy=spec.energy)
         self.device: dict[str, Any] = {}
         self.precompiler: Precompiler | None = None
+        self.compile_wait_s = 0.0  # spent waiting for the compile pool, in all
 
     @property
     def stopping(self) -> bool:
@@ -266,10 +267,20 @@ class Bench:
                 raise Interrupted("stopped; the chunk in flight was not stored") from None
             return {"status": exc.status, "error": str(exc)}
 
+    def _compiled(self, item: Planned) -> str | None:
+        """Wait for the pool to compile the item's config (its error, if any)."""
+        if self.precompiler is None:
+            return None
+        waited = time.monotonic()
+        try:
+            return self.precompiler.wait(item.task.problem, item.task.dataflow,
+                                         item.task.config)
+        finally:
+            self.compile_wait_s += time.monotonic() - waited
+
     def energy_of(self, item: Planned, call_ms: float) -> dict[str, Any]:
         """NVML power and energy per call of one config over the spec's window (no timing)."""
-        if self.precompiler is not None:
-            self.precompiler.wait(item.task.problem, item.task.dataflow, item.task.config)
+        self._compiled(item)
         return self.request(_retime(item.task, time=False,
                                     energy_window_s=self.spec.energy_window_s,
                                     call_ms=call_ms))
@@ -292,8 +303,7 @@ class Bench:
         results: dict[str, dict[str, Any]] = {}
         rounds: dict[str, list[Any]] = {}
         for item in chunk:
-            error = self.precompiler.wait(item.task.problem, item.task.dataflow,
-                                          item.task.config) if self.precompiler else None
+            error = self._compiled(item)
             result = ({"status": COMPILE_ERROR, "error": error} if error
                       else self.request(item.task))
             results[item.key] = result

@@ -85,10 +85,10 @@ class RunSummary:
     elapsed_s: float = 0.0
     measuring_s: float = 0.0  # from the first chunk sent to the last stored
     measuring_from: float | None = None  # time.monotonic() when the first chunk was sent
-    # per chunk that came back: worker, and time.monotonic() on the worker's host when it
-    # arrived there and when its timing started and ended (the same clock as the driver's
-    # when they share a host)
-    chunk_times: list[tuple[str, float, float, float]] = field(default_factory=list)
+    # per chunk that came back: worker, time.monotonic() on the worker's host when it arrived
+    # there and when its timing started and ended (the same clock as the driver's when they
+    # share a host), and the seconds of that timing spent waiting for configs to compile
+    chunk_times: list[tuple[str, float, float, float, float]] = field(default_factory=list)
     interrupted: bool = False
 
     @property
@@ -354,7 +354,7 @@ class Driver:
             self.summary.statuses.update(row["status"] for row in result["rows"])
             self.summary.chunks_done += 1
             self.summary.chunk_times.append((result["worker"], result["arrived"],
-                                             *result["timed"]))
+                                             *result["timed"], result.get("compile_wait_s", 0.0)))
             if self.failures:
                 self._quarantine_failing()
             self.progress(self.summary)

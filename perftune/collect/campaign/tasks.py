@@ -217,7 +217,8 @@ class ChunkFailed(RuntimeError):
 
 def measure_chunk(spec: SweepSpec, items: Sequence[Planned], campaign_id: str) -> dict[str, Any]:
     """Measure one chunk on this worker: its rows, who measured them, and when (``arrived``,
-    and ``timed``: from and to, ``time.monotonic`` of the worker's host)."""
+    and ``timed``: from and to, ``time.monotonic`` of the worker's host), and how much of
+    that it waited for its configs to compile (``compile_wait_s``)."""
     arrived = time.monotonic()
     worker = get_worker()
     where = f"{socket.gethostname()}/{worker.name}"
@@ -230,13 +231,15 @@ def measure_chunk(spec: SweepSpec, items: Sequence[Planned], campaign_id: str) -
                 raise ChunkFailed(f"{where}: measures on {bench.device['device_id']}, "
                                   f"not {probe.device['device_id']}")
             with probe.device_lock:
-                started = time.monotonic()
+                started, waited = time.monotonic(), bench.compile_wait_s
                 rows = bench.measure_chunk(items, campaign_id)
                 timed = (started, time.monotonic())
+                compile_wait_s = bench.compile_wait_s - waited
                 restarts = bench.worker.restarts
     except ChunkFailed:
         raise
     except Exception as exc:
         raise ChunkFailed(f"{where}: {type(exc).__name__}: {exc}") from None
     return {"rows": rows, "worker": where, "device_id": bench.device["device_id"],
-            "restarts": restarts, "arrived": arrived, "timed": timed}
+            "restarts": restarts, "arrived": arrived, "timed": timed,
+            "compile_wait_s": compile_wait_s}
