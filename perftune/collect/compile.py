@@ -3,12 +3,13 @@
 Pool processes fill Triton's on-disk cache; the timing worker then loads the binaries.
 
 The pool's processes are forked from a fork server (``forkserver``) that imported torch, Triton
-and the family's modules once, instead of each importing them anew (``spawn``): a worker's
-dozen processes start in a fraction of a second and do not compete for the CPUs with their
-imports. The server never touches CUDA (importing torch does not initialise it), so its children
-may. A process started with ``spawn`` also inherits its parent's environment as it is at that
-moment, a forked one the server's as it was when the server started: a pool takes the server
-only while the environment is still the same (else it spawns, as before).
+and the family's modules once, instead of each importing them anew (``spawn``): once the server
+has imported them, a worker's dozen processes start in a fraction of a second, and their imports
+do not compete for the CPUs with other workers' compiling. The server never touches CUDA
+(importing torch does not initialise it), so its children may. A process started with
+``spawn`` inherits its parent's environment as it is at that moment, a forked one the server's
+as it was when the server started: a pool takes the server only while the environment is still
+the same (else it spawns, as before).
 """
 
 from __future__ import annotations
