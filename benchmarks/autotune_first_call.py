@@ -12,7 +12,9 @@ shares the last one's):
    first launch in a process (``triton_first_launch_s``: finding the compiled kernel in its
    cache, hashing its own installation for the cache key, loading the module);
 3. perftune's ``autotune`` on the same store and key: a lookup (``perftune_first_call_s``),
-   profiled: ``perftune_store_read_s`` is the time spent reading its records, and
+   profiled: ``perftune_store_read_s`` is the time the call spent reading its records (on a
+   GPU the decorator starts reading them in the background when it decorates: what the call
+   still waits for), and
    ``perftune_profile_top`` the calls that took longest (cumulative seconds). perftune's own
    cache (the remembered Triton installation hash) is the one the first process filled.
 
