@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -156,7 +157,7 @@ class _Kernel:
     """Launches as a ``@triton.jit`` kernel does in Triton's async compile mode: each new
     config's compile goes to the mode, which hands it to the executor."""
 
-    def __init__(self, seconds: dict[int, float | None], marks: Path):
+    def __init__(self, seconds: Mapping[int, float | None], marks: Path):
         self.seconds, self.marks = seconds, marks
 
     def compile(self, block: int) -> str:
