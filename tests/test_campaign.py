@@ -267,6 +267,7 @@ concurrent.futures.wait(ready, timeout=120)
 parents = {pool._pool.submit(os.getppid).result(timeout=60) for _ in range(4)}
 kernels = pool._pool.submit(
     eval, f"{family.compile_modules[0]!r} in __import__('sys').modules").result()
+niceness = pool._pool.submit(os.nice, 0).result(timeout=60) - os.nice(0)
 with open(f"/proc/{c._server_pid()}/maps") as maps:  # torch's library: imported in the server
     torch_in_server = "libtorch" in maps.read()
 # a process that dies breaks the pool: the next configs go to a new one
@@ -286,6 +287,7 @@ again.close()
 print(json.dumps({"method": pool.start_method, "ready": [f.exception() is None for f in ready],
                   "parents": sorted(parents), "server": c._server_pid(),
                   "kernels": kernels, "torch": torch_in_server, "renewed": renewed,
+                  "niceness": niceness,
                   "then": again.start_method}))
 """
 
@@ -298,6 +300,7 @@ def test_compile_pool_processes_are_forked_from_a_server_that_imported_the_famil
     assert seen["method"] == "forkserver" and seen["ready"] == [True, True]
     assert seen["parents"] == [seen["server"]] and seen["kernels"] and seen["torch"]
     assert seen["renewed"]  # a pool broken by a dead process was replaced
+    assert seen["niceness"] > 0  # compiling yields the CPU to the timing process
     assert seen["then"] == "spawn"  # the environment changed since the server started
 
 

@@ -31,6 +31,7 @@ from perftune.collect.families._base import Config, KernelFamily
 from perftune.collect.problems import Problem
 
 _family: KernelFamily | None = None
+COMPILE_NICENESS = 10  # added to a pool process's niceness (lower CPU priority)
 
 
 def _init(family_ref: str, owner: int | None = None) -> None:
@@ -43,6 +44,10 @@ def _init(family_ref: str, owner: int | None = None) -> None:
     # the pool down): a compiling process must neither print a traceback nor die mid-write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Compiling runs beside the timing process on the same CPUs: at a lower priority, it
+    # takes the CPUs the timing process leaves, and never delays a launch being timed.
+    with contextlib.suppress(OSError):
+        os.nice(COMPILE_NICENESS)
     if owner is not None:
         threading.Thread(target=_exit_without, args=(owner,), name="owner-watch",
                          daemon=True).start()
