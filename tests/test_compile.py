@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,3 +224,30 @@ def test_a_straggler_resolves_after_its_child_is_done() -> None:
     assert not straggler.running()  # reaped: done in the background
     straggler.resolve()
     assert futures[4].result() == 1.0 and forked.children_failed == 0
+
+
+def test_a_key_leaves_out_the_configs_still_compiling_and_a_later_key_takes_them() -> None:
+    pytest.importorskip("triton")
+    from types import SimpleNamespace
+
+    from perftune.tune._autotuner import PerftuneAutotuner
+
+    forked = ForkedCompiles(workers=5)
+    for seconds in (0.01, 0.01, 0.01, 0.01, 1.5):
+        forked.submit(time.sleep, seconds)
+    (straggler,) = forked.finish(Patience(factor=2.0, min_wait_s=0.2))
+    configs = ["a", "b", "c"]
+    tuner: Any = SimpleNamespace(_stragglers={id(configs[2]): straggler}, _left_out=0)
+    pick = PerftuneAutotuner._compiled_or_waiting
+    assert pick(tuner, configs) == ["a", "b"] and tuner._left_out == 1  # still compiling
+    time.sleep(1.6)
+    assert pick(tuner, configs) == configs and tuner._left_out == 0  # done: measured now
+    assert not tuner._stragglers and straggler.future.done()
+
+    forked = ForkedCompiles(workers=5)
+    for seconds in (0.01, 0.01, 0.01, 0.01, 1.0):
+        forked.submit(time.sleep, seconds)
+    (straggler,) = forked.finish(Patience(factor=2.0, min_wait_s=0.2))
+    tuner = SimpleNamespace(_stragglers={id(configs[0]): straggler}, _left_out=0)
+    assert pick(tuner, configs[:1]) == ["a"]  # nothing else to time: it waits for it
+    assert straggler.future.done() and not straggler.running()
