@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -42,12 +43,14 @@ def test_bad_use_is_refused_clearly() -> None:
     config = [SimpleNamespace(kwargs={"BLOCK_SIZE": 128}, num_warps=4, num_stages=3)]
     with pytest.raises(PerftuneInputError, match="budget must be at least 1"):
         autotune(config, key=["n"], budget=0)
-    for option, message in [({"min_keys": 0}, "min_keys must be at least 1"),
-                            ({"timer": "wall"}, "timer must be 'triton' or 'perftune'"),
-                            ({"finalists": -1}, "finalists must be 0"),
-                            ({"tie_margin": 1.5}, "tie_margin must be a fraction"),
-                            ({"compile_workers": 0}, "compile_workers must be at least 1"),
-                            ({"compile_patience": 0.5}, "compile_patience must be at least 1")]:
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"min_keys": 0}, "min_keys must be at least 1"),
+        ({"timer": "wall"}, "timer must be 'triton' or 'perftune'"),
+        ({"finalists": -1}, "finalists must be 0"),
+        ({"tie_margin": 1.5}, "tie_margin must be a fraction"),
+        ({"compile_workers": 0}, "compile_workers must be at least 1"),
+        ({"compile_patience": 0.5}, "compile_patience must be at least 1")]
+    for option, message in bad:
         with pytest.raises(PerftuneInputError, match=message):
             autotune(config, key=["n"], **option)
     from perftune.tune.autotune import _row
