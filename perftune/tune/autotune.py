@@ -218,10 +218,10 @@ def autotune(configs: list[Any], key: list[str], prune_configs_by: dict[str, Any
     explicit ``do_bench``, ``warmup``/``rep``, ``use_cuda_graph`` or ``objective="energy"``.
     ``compile_workers``: processes (forked; threads where fork is unavailable) that compile a
     new key's configs at once before any is timed (default: one per core; ``1``: one at a
-    time, as Triton does). ``compile_patience``: once half of those compiles are done, the key
-    waits for the rest up to this many times as long; configs still compiling then are left
-    out of this key and compile on in the background, for a later key (``None``: wait for
-    every compile).
+    time, as Triton does). ``compile_patience``: once half of those configs are compiled (now,
+    or for an earlier key), the key waits until this many times as long as that took (at
+    least 1 s); configs still compiling then are left out of this key and compile on in the
+    background, for a later key (``None``: wait for every compile).
 
     On a GPU, decorating starts reading the kernel's records from the store in a background
     thread, so that the first call finds them read."""
