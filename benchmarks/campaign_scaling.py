@@ -11,7 +11,8 @@ nanny starts a new one, which warms up again before it takes work, and its chunk
 
 Reports ``per_gpu_minute_1`` and ``per_gpu_minute_2`` (rows stored per GPU per minute of
 measuring: from the first chunk sent to the last row stored; measuring starts once every worker
-is warm, i.e. has started its bench's isolated process and its compile pool), ``scaling``
+has offered its device, i.e. has started its bench's isolated process, while its compile pool
+may still be starting), ``scaling``
 (two-GPU rows per minute over one-GPU rows per minute of measuring; goal >= 1.9),
 ``scaling_elapsed`` (the same ratio on the whole run: cluster start and warm-up included),
 ``warmup_s`` (per run: elapsed less measuring), ``duplicates`` (stored rows sharing a key)
@@ -113,9 +114,9 @@ def _warmups(client: Any) -> dict[str, dict[str, Any]]:
 def _chunks_of(summary: Any, name: str) -> list[tuple[float, float, float, float]]:
     """The worker's chunks, by when their timing started: (arrived, timing started, ended,
     compile wait)."""
-    return sorted((arrived, begin, end, wait)
-                  for where, arrived, begin, end, wait in summary.chunk_times
-                  if where.rsplit("/", 1)[-1] == name)
+    return sorted(((arrived, begin, end, wait)
+                   for where, arrived, begin, end, wait in summary.chunk_times
+                   if where.rsplit("/", 1)[-1] == name), key=lambda chunk: chunk[1])
 
 
 def _per_worker(summary: Any, warmups: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -127,7 +128,7 @@ def _per_worker(summary: Any, warmups: dict[str, dict[str, Any]]) -> dict[str, A
     out: dict[str, Any] = {}
     names = {where.rsplit("/", 1)[-1] for where, *_ in summary.chunk_times} | set(warmups)
     for name in sorted(names):
-        chunks = sorted(_chunks_of(summary, name), key=lambda chunk: chunk[1])
+        chunks = _chunks_of(summary, name)
         busy = sum(stop - begin for _, begin, stop, _ in chunks)
         warmup = warmups.get(name, {})
         out[name] = {
