@@ -98,8 +98,12 @@ class Straggler:
     def __init__(self, child: _Child, call: Callable[[], Any], future: _ResolvingFuture,
                  owner: ForkedCompiles):
         self.child, self.call, self.future, self.owner = child, call, future, owner
-        self.launch = child.launch
         future.resolve = self.resolve
+
+    @property
+    def launch(self) -> int | None:
+        """The launch (of :func:`compile_at_once`) whose compile this is."""
+        return self.child.launch
 
     def running(self) -> bool:
         """Whether the child is still compiling (reaped if it is done)."""
