@@ -32,8 +32,12 @@ class Task:
         except BaseException as exc:  # raised to whoever asks for the result
             self._error = exc
 
-    def result(self) -> Any:
+    def join(self) -> None:
+        """Wait for the job to end."""
         self._thread.join()
+
+    def result(self) -> Any:
+        self.join()
         if self._error is not None:
             raise self._error
         return self._value
@@ -56,7 +60,7 @@ def wait() -> None:
     with _lock:
         tasks = list(_tasks)
     for task in tasks:
-        task._thread.join()
+        task.join()
 
 
 def import_learning() -> None:
