@@ -251,3 +251,19 @@ def test_a_key_leaves_out_the_configs_still_compiling_and_a_later_key_takes_them
     tuner = SimpleNamespace(_stragglers={id(configs[0]): straggler}, _left_out=0)
     assert pick(tuner, configs[:1]) == ["a"]  # nothing else to time: it waits for it
     assert straggler.future.done() and not straggler.running()
+
+
+def test_a_background_job_gives_its_result_or_its_error_and_wait_ends_every_job() -> None:
+    from perftune.tune import _prefetch
+
+    def load() -> str:
+        time.sleep(0.3)
+        return "loaded"
+
+    slow = _prefetch.start(load)
+    failing = _prefetch.start(lambda: 1 / 0)
+    _prefetch.wait()  # what compile_at_once does before it forks
+    assert slow.done() and failing.done()
+    assert slow.result() == "loaded"
+    with pytest.raises(ZeroDivisionError):
+        failing.result()
