@@ -1,6 +1,7 @@
 """A campaign on one GPU and on two, each into a fresh store, one worker killed in the second.
 
-    python -m benchmarks.campaign_scaling [--spec campaigns/scaling.toml] [--kill-at 0.4]
+    python -m benchmarks.campaign_scaling [--spec campaigns/scaling.toml]
+        [--compile-bound [campaigns/scaling-compile-bound.toml]] [--kill-at 0.4]
 
 Runs the spec with the local cluster (``perftune campaign run --cluster local``) twice: with one
 worker (GPU 0) and with two (GPUs 0 and 1), each run into a fresh store and with a fresh,
@@ -9,11 +10,21 @@ empty Triton cache, so that both pay their own compilation. In the two-GPU run, 
 nanny starts a new one, which warms up again before it takes work, and its chunks in flight
 (a worker holds two) are measured again.
 
+The default spec, ``campaigns/scaling.toml``, draws one sample of configs for the whole sweep
+(``sample_per = "sweep"``): every problem gets the same configs where it allows them, so each
+binary is compiled once and the campaign is bound by the GPUs. ``--compile-bound`` then runs a
+second spec the same way (one GPU, then two with one worker killed, its own fresh stores and
+empty caches), by default ``campaigns/scaling-compile-bound.toml``: configs sampled per problem,
+so most measurements need a binary of their own and the host's compiling, shared by the
+workers, bounds the campaign. Its results go into the same file, under ``compile_bound``, with
+the same keys as the first spec's at the top level. The file is written once the first spec is
+done (``compile_bound`` then says ``"finished": false``) and again after the second.
+
 Reports ``per_gpu_minute_1`` and ``per_gpu_minute_2`` (rows stored per GPU per minute of
 measuring: from the first chunk sent to the last row stored; measuring starts once every worker
 has offered its device, i.e. has started its bench's isolated process, while its compile pool
 may still be starting), ``scaling``
-(two-GPU rows per minute over one-GPU rows per minute of measuring; goal >= 1.9),
+(two-GPU rows per minute over one-GPU rows per minute of measuring; ``goal``: 1.9),
 ``scaling_elapsed`` (the same ratio on the whole run: cluster start and warm-up included),
 ``warmup_s`` (per run: elapsed less measuring), ``duplicates`` (stored rows sharing a key)
 and ``rows_received_twice`` (rows a re-run chunk sent again, which the store skipped), ``lost``
@@ -30,8 +41,9 @@ then the seconds of measuring left once it offered its device, and the share of 
 timing chunks). Times on workers are
 ``time.monotonic`` of the host, the driver's clock on a local cluster. Writes
 benchmarks/results/campaign_scaling.json on GPUs. Without two GPUs it runs on CPU workers under
-the Triton interpreter (a smoke test: ``--spec campaigns/example-cpu.toml``; nothing is written
-unless ``--out`` is given).
+the Triton interpreter (a smoke test: ``--spec campaigns/example-cpu.toml``, and
+``--compile-bound campaigns/example-cpu.toml`` for both parts; nothing is written unless
+``--out`` is given).
 """
 
 from __future__ import annotations
@@ -49,6 +61,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+SPEC = ROOT / "campaigns" / "scaling.toml"
+COMPILE_BOUND_SPEC = ROOT / "campaigns" / "scaling-compile-bound.toml"
+GOAL = 1.9  # two-GPU rows per minute over one-GPU rows per minute
 
 
 def one_run(spec_path: Path, workers: int, work: Path, kill_at: float | None,
@@ -60,7 +75,9 @@ def one_run(spec_path: Path, workers: int, work: Path, kill_at: float | None,
     from perftune.store.db import Store
 
     campaign = load_spec(spec_path)
-    cache = work / f"triton-cache-{workers}"
+    run_dir = work / f"{campaign.name}-{workers}"
+    run_dir.mkdir(parents=True)  # fails if it exists: a fresh store and an empty cache each
+    cache = run_dir / "triton-cache"
     cache.mkdir()
     connection = connect("local", workers=workers, interpret=interpret or None,
                          env={"TRITON_CACHE_DIR": str(cache)})
@@ -72,7 +89,7 @@ def one_run(spec_path: Path, workers: int, work: Path, kill_at: float | None,
             killed.update(_kill_one(connection.client))
 
     try:
-        with Store(work / f"store-{workers}.duckdb") as store:
+        with Store(run_dir / "store.duckdb") as store:
             summary = start_run(store, campaign, connection, progress=progress,
                                 command=f"benchmarks.campaign_scaling ({workers} workers)")
             counts = store.query("SELECT count(*) AS rows, count(DISTINCT key) AS keys, "
@@ -202,43 +219,15 @@ def _without_out(argv: list[str]) -> list[str]:
     return kept
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", type=Path, default=ROOT / "campaigns" / "scaling.toml")
-    parser.add_argument("--kill-at", type=float, default=0.4,
-                        help="share of the two-worker run's chunks done when a worker is "
-                        "killed")
-    parser.add_argument("--out", type=Path, help="result file (default on GPUs: "
-                        "benchmarks/results/campaign_scaling.json)")
-    args = parser.parse_args()
-
-    from perftune.collect.campaign.cluster import visible_gpus
-
-    gpus = visible_gpus()
-    interpret = len(gpus) < 2
-    if interpret:
-        print("fewer than two GPUs visible: CPU workers under the Triton interpreter (a smoke "
-              "test, not GPU throughput)", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="campaign-scaling-") as tmp:
-        work = Path(tmp)
-        one = one_run(args.spec, 1, work, None, interpret)
-        print(json.dumps(one), flush=True)
-        two = one_run(args.spec, 2, work, args.kill_at, interpret)
-        print(json.dumps(two), flush=True)
-    from perftune.collect.device import identify, select_mode
-
-    device = identify(select_mode(interpret or None))
-    result = {
-        "benchmark": "campaign_scaling", "device": device["name"],
-        "device_id": device["device_id"], "software": device["software"],
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
-        "command": " ".join(["python -m benchmarks.campaign_scaling",
-                             *_without_out(sys.argv[1:])]),
-        "spec": str(args.spec.relative_to(ROOT) if args.spec.is_relative_to(ROOT)
-                    else args.spec),
-        "timer": "GPU (CUDA events)" if not interpret
-        else "Triton interpreter on CPU (not GPU times)",
+def scaling(spec_path: Path, work: Path, kill_at: float,
+            interpret: bool) -> dict[str, Any]:
+    """One spec on one worker, then on two with one killed: the spec's results."""
+    one = one_run(spec_path, 1, work, None, interpret)
+    print(json.dumps(one), flush=True)
+    two = one_run(spec_path, 2, work, kill_at, interpret)
+    print(json.dumps(two), flush=True)
+    return {
+        "spec": _shown(spec_path),
         "gpus": [1, 2], "measurements": [one["stored"], two["stored"]],
         "per_gpu_minute_1": one["per_gpu_minute"], "per_gpu_minute_2": two["per_gpu_minute"],
         "scaling": two["per_minute"] / one["per_minute"] if one["per_minute"] else None,
@@ -250,20 +239,89 @@ def main() -> None:
         "lost": one["lost"] + two["lost"], "worker_killed": two["killed"] is not None,
         "runs": [one, two],
     }
-    out = args.out or (RESULTS / "campaign_scaling.json" if not interpret else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"1 worker {one['per_gpu_minute']:.0f}/min, 2 workers "
-          f"{two['per_gpu_minute']:.0f}/min each, scaling {result['scaling']} (elapsed "
-          f"{result['scaling_elapsed']}), duplicates "
-          f"{result['duplicates']}, lost {result['lost']}, worker killed {result['worker_killed']}"
-          + (f"; wrote {out}" if out else ""))
+
+
+def _shown(path: Path) -> str:
+    """A spec's path as the results name it: from the repository's root when it is in it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path)
+
+
+def _report(label: str, result: dict[str, Any]) -> None:
+    one, two = result["runs"]
+    ratio = result["scaling"]
+    verdict = ("no rate" if ratio is None
+               else f"{ratio:.2f} against a goal of {GOAL}: {'met' if ratio >= GOAL else 'missed'}")
+    print(f"{label} ({result['spec']}): 1 worker {one['per_gpu_minute']:.0f}/min, 2 workers "
+          f"{two['per_gpu_minute']:.0f}/min each, scaling {verdict} (elapsed "
+          f"{result['scaling_elapsed']}), duplicates {result['duplicates']}, lost "
+          f"{result['lost']}, worker killed {result['worker_killed']}")
     for run in (one, two):
         busy = ", ".join(f"{name} {info['busy_fraction']:.2f}" for name, info in
                          run["per_worker"].items() if info["busy_fraction"] is not None)
-        print(f"{run['workers']} worker(s): busy {busy}"
+        print(f"  {run['workers']} worker(s): busy {busy}"
               + (f"; restart {run['restart']}" if run["restart"] else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, default=SPEC)
+    parser.add_argument("--compile-bound", type=Path, nargs="?", const=COMPILE_BOUND_SPEC,
+                        metavar="SPEC", help="then run this spec too, as the compile-bound "
+                        f"case (default {COMPILE_BOUND_SPEC.relative_to(ROOT)})")
+    parser.add_argument("--kill-at", type=float, default=0.4,
+                        help="share of the two-worker run's chunks done when a worker is "
+                        "killed")
+    parser.add_argument("--out", type=Path, help="result file (default on GPUs: "
+                        "benchmarks/results/campaign_scaling.json)")
+    args = parser.parse_args()
+
+    from perftune.collect.campaign.cluster import visible_gpus
+    from perftune.collect.campaign.spec import load_spec
+    from perftune.collect.device import identify, select_mode
+
+    for path in filter(None, (args.spec, args.compile_bound)):
+        load_spec(path)  # a bad spec fails here, before any cluster starts
+    gpus = visible_gpus()
+    interpret = len(gpus) < 2
+    if interpret:
+        print("fewer than two GPUs visible: CPU workers under the Triton interpreter (a smoke "
+              "test, not GPU throughput)", file=sys.stderr)
+    out = args.out or (RESULTS / "campaign_scaling.json" if not interpret else None)
+    result: dict[str, Any] = {"benchmark": "campaign_scaling"}
+
+    def write() -> None:
+        # after each spec, so that a run stopped during the second keeps the first's results
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="campaign-scaling-") as tmp:
+        work = Path(tmp)
+        primary = scaling(args.spec, work / "primary", args.kill_at, interpret)
+        # the driver imports torch and asks CUDA for the device only here, after the runs
+        device = identify(select_mode(interpret or None))
+        result.update({
+            "device": device["name"], "device_id": device["device_id"],
+            "software": device["software"],
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+            "command": " ".join(["python -m benchmarks.campaign_scaling",
+                                 *_without_out(sys.argv[1:])]),
+            "timer": "GPU (CUDA events)" if not interpret
+            else "Triton interpreter on CPU (not GPU times)",
+            "goal": GOAL, **primary})
+        if args.compile_bound:
+            result["compile_bound"] = {"spec": _shown(args.compile_bound), "finished": False}
+        write()
+        _report("primary", result)
+        if args.compile_bound:
+            result["compile_bound"] = scaling(args.compile_bound, work / "compile-bound",
+                                              args.kill_at, interpret)
+            write()
+            _report("compile-bound", result["compile_bound"])
+    if out is not None:
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ def _counts(db: Path) -> dict[str, int]:
      "sweep[0].smaple: Extra inputs are not permitted"),
     ("name = 'x'\n[[sweep]]\nfamily = 'gemm'\nproblems = ['m=1,n=2,k=3']\nsample = 0\n",
      "sweep[0].sample"),
+    ("name = 'x'\n[[sweep]]\nfamily = 'gemm'\nproblems = ['m=1,n=2,k=3']\nsample = 3\n"
+     "sample_per = 'everything'\n",
+     r"sweep[0].sample_per: Input should be 'problem' or 'sweep' \(got 'everything'\)"),
     ("name = 'x'\n[[sweep]]\nproblems = ['m=1,n=2,k=3']\n", "sweep[0].family: Field required"),
     ("name = 'x'\n[[sweep]]\nfamily = 'conv'\nproblems = ['m=1,n=2,k=3']\n",
      "sweep[0]: unknown family 'conv'"),
@@ -107,6 +110,40 @@ def test_shipped_specs_parse() -> None:
     assert len(problems) >= 400
     for path in specs:
         assert load_spec(path).sweeps
+
+
+def test_sample_per_is_carried_to_every_part_of_a_sweep() -> None:
+    assert all(s.spec.sample_per == "problem" for s in parse_spec(SPEC).sweeps)
+    text = SPEC.replace("seed = 3", "seed = 3\nsample_per = 'sweep'\nenergy = 0.34")
+    sweeps = parse_spec(text).sweeps
+    assert len(sweeps) == 2 and all(s.spec.sample_per == "sweep" for s in sweeps)
+
+
+def test_the_scaling_specs_differ_in_how_they_sample_and_in_problems_only() -> None:
+    """The scaling benchmark's GPU-bound spec compiles each config once; its compile-bound
+    one samples per problem, so most of its measurements need a binary of their own."""
+    device = {"device_id": "nvidia-h200", "shared_memory_per_block": 232448,
+              "software": {"software_key": "test"}}
+    family = load_family("gemm")
+    planned = {}
+    for name in ("scaling", "scaling-compile-bound"):
+        (sweep,) = load_spec(ROOT / "campaigns" / f"{name}.toml").sweeps
+        planned[name] = (sweep.spec, [p.task for p in plan(family, sweep.spec, device)])
+    (gpu_bound, tasks), (compile_bound, per_problem) = planned.values()
+    assert (gpu_bound.sample_per, compile_bound.sample_per) == ("sweep", "problem")
+    assert len(gpu_bound.problems) == 120 and 1400 <= len(tasks) <= 1600
+    assert compile_bound.problems == gpu_bound.problems[:len(compile_bound.problems)]
+    assert dataclasses.replace(compile_bound, problems=gpu_bound.problems,
+                               sample_per="sweep") == gpu_bound
+
+    def binaries(tasks: list[Any]) -> set[Any]:
+        return {(t.dataflow, json.dumps(t.config, sort_keys=True), t.problem.dtype,
+                 family.specialization(t.problem)) for t in tasks if t.config}
+
+    triton = [t for t in tasks if t.config]
+    assert len(binaries(tasks)) < len(triton) / 8
+    triton = [t for t in per_problem if t.config]
+    assert len(binaries(per_problem)) > len(triton) * 3 / 4
 
 
 def test_energy_fraction_splits_problems_seeded() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,8 +14,11 @@ from typing import Any
 
 import pytest
 
+from perftune.collect.device import limits_of
+from perftune.collect.families import load_family
 from perftune.collect.problems import parse_problem
-from perftune.collect.sweep import Collector, SweepSpec, plan, validate
+from perftune.collect.sweep import Collector, SweepSpec, plan, sample_configs, validate
+from perftune.errors import PerftuneInputError
 from perftune.store.db import Store
 from tests.conftest import ROOT
 
@@ -78,6 +82,71 @@ def test_retime_replaces_an_older_timers_short_rows_in_place(db: Path) -> None:
     assert cublas["timer"] == "older" and cublas["runtime_ms"] == 1e6
     assert len({r["campaign_id"] for r in short}) == 1
     assert {r["campaign_id"] for r in short} != {cublas["campaign_id"]}
+
+
+DEVICE = {"device_id": "test-device", "software": {"software_key": "test"}}
+
+
+def _sampled(spec: SweepSpec) -> dict[tuple[str, str], list[str]]:
+    """The planned configs per (problem, dataflow), as canonical text, in plan order."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for item in plan(validate(spec), spec, DEVICE):
+        config = json.dumps(item.task.config, sort_keys=True)
+        out.setdefault((item.task.problem.shape, item.task.dataflow), []).append(config)
+    return out
+
+
+def test_a_sweep_wide_sample_gives_every_problem_the_same_configs_it_allows() -> None:
+    # same m and n; the last k is too short for the larger splits of split-K
+    spec = _spec("gemm", "64x64x4096", "64x64x2048", "64x64x256", sample=6, seed=5,
+                 sample_per="sweep", dataflows=["triton", "triton_splitk"])
+    sampled = _sampled(spec)
+    shapes = [p.shape for p in spec.problems]
+    family, limits = load_family("gemm"), limits_of(DEVICE)
+    for dataflow in ("triton", "triton_splitk"):
+        first = sampled[(shapes[0], dataflow)]
+        assert len(first) == 6
+        assert sampled[(shapes[1], dataflow)] == first
+        # the short-k problem: its own valid configs only, and every config of the others'
+        # sample that it allows
+        valid = {json.dumps(c, sort_keys=True)
+                 for c in family.configs(spec.problems[2], dataflow, limits)}
+        short = sampled[(shapes[2], dataflow)]
+        assert len(short) == 6 and set(short) <= valid
+        assert {c for c in first if c in valid} <= set(short)
+    assert sampled[(shapes[2], "triton_splitk")] != sampled[(shapes[0], "triton_splitk")]
+    # deterministic: the same keys from a new spec, in the same order
+    again = _spec("gemm", "64x64x4096", "64x64x2048", "64x64x256", sample=6, seed=5,
+                  sample_per="sweep", dataflows=["triton", "triton_splitk"])
+    assert [p.key for p in plan(validate(again), again, DEVICE)] == \
+        [p.key for p in plan(validate(spec), spec, DEVICE)]
+    # and seeded: another seed draws another sample
+    other = _sampled(replace(spec, seed=6))
+    assert other[(shapes[0], "triton")] != sampled[(shapes[0], "triton")]
+
+
+def test_a_per_problem_sample_is_drawn_as_before() -> None:
+    """The default draws per problem, seeded by the problem as it always was, so the keys
+    of campaigns stored before the sweep-wide sample existed are planned again on resume."""
+    spec = _spec("gemm", "64x64x4096", "64x64x2048", sample=6, seed=5,
+                 dataflows=["triton", "triton_splitk"])
+    assert spec.sample_per == "problem"
+    sampled = _sampled(spec)
+    family, limits = load_family("gemm"), limits_of(DEVICE)
+    for problem in spec.problems:
+        for dataflow in ("triton", "triton_splitk"):
+            configs = family.configs(problem, dataflow, limits)
+            drawn = random.Random(f"5:{dataflow}:{problem.shape}:fp16").sample(configs, 6)
+            assert sampled[(problem.shape, dataflow)] == [json.dumps(c, sort_keys=True)
+                                                          for c in drawn]
+            assert sample_configs(configs, 6, 5, dataflow, problem) == drawn
+    shapes = [p.shape for p in spec.problems]
+    assert sampled[(shapes[0], "triton")] != sampled[(shapes[1], "triton")]
+
+
+def test_sample_per_is_checked() -> None:
+    with pytest.raises(PerftuneInputError, match="--sample-per must be one of problem, sweep"):
+        validate(_spec("gemm", "16x32x32", sample=2, sample_per="everything"))
 
 
 def test_energy_only_implies_measuring_energy() -> None:

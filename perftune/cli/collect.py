@@ -55,6 +55,10 @@ def register(sub: Any) -> None:
                          "family's, e.g. cublas,triton,triton_splitk)")
     collect.add_argument("--sample", type=positive_int,
                          help="a seeded sample of N configs per dataflow (default: all)")
+    collect.add_argument("--sample-per", choices=("problem", "sweep"), default="problem",
+                         help="draw the sample per problem (default), or once for the whole "
+                         "sweep: the same configs for every problem that allows them, each "
+                         "compiled once")
     collect.add_argument("--all", action="store_true",
                          help="every config, also for the default problems")
     collect.add_argument("--seed", type=non_negative_int, default=0,
@@ -124,8 +128,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.energy_only and mode != GPU:
         raise PerftuneInputError("--energy-only measures NVML energy and needs a GPU")
     spec = SweepSpec(family=args.family, problems=problems, dataflows=dataflows,
-                     sample=sample, seed=args.seed, energy=args.energy,
-                     energy_window_s=args.energy_window, rounds=args.rounds,
+                     sample=sample, sample_per=args.sample_per, seed=args.seed,
+                     energy=args.energy, energy_window_s=args.energy_window, rounds=args.rounds,
                      max_rounds=max(4, args.rounds), timeout_s=args.timeout,
                      compile_workers=args.compile_workers, chunk_size=args.chunk_size,
                      interpret=mode != GPU, energy_only=args.energy_only,

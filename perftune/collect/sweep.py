@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from perftune.collect.compile import Precompiler, compile_targets
 from perftune.collect.device import GPU, limits_of, select_mode
@@ -44,6 +44,11 @@ from perftune.errors import PerftuneInputError
 from perftune.store.db import Store, now
 from perftune.store.keys import canonical_config, measurement_key
 
+# How a seeded sample of configs is drawn: per problem (covers more of the space across a
+# sweep), or once for the whole sweep (every problem gets the same configs where it allows
+# them, so each binary is compiled once).
+SamplePer = Literal["problem", "sweep"]
+
 
 @dataclass
 class SweepSpec:
@@ -53,6 +58,7 @@ class SweepSpec:
     problems: Sequence[Problem]
     dataflows: Sequence[str] | None = None
     sample: int | None = None
+    sample_per: SamplePer = "problem"
     seed: int = 0
     energy: bool = False
     energy_window_s: float = 1.0
@@ -111,6 +117,9 @@ def validate(spec: SweepSpec) -> KernelFamily:
         check_fits(problem, bytes_needed, None, largest)
     if spec.sample is not None and spec.sample < 1:
         raise PerftuneInputError("--sample must be at least 1 (leave it out for every config)")
+    if spec.sample_per not in get_args(SamplePer):
+        raise PerftuneInputError(f"--sample-per must be one of {', '.join(get_args(SamplePer))}"
+                                 f" (got {spec.sample_per!r})")
     if spec.rounds < 1 or spec.max_rounds < spec.rounds:
         raise PerftuneInputError("--rounds must be at least 1 and at most max_rounds")
     if not spec.timeout_s > 0:
@@ -125,26 +134,40 @@ def validate(spec: SweepSpec) -> KernelFamily:
 
 
 def sample_configs(configs: list[Config], sample: int, seed: int, dataflow: str,
-                   problem: Problem) -> list[Config]:
-    """A seeded sample of ``configs``, drawn per problem so that a sampled campaign covers
-    more of the space overall; all of them when there are no more than ``sample``."""
+                   problem: Problem, space: Sequence[Config] | None = None) -> list[Config]:
+    """A seeded sample of ``configs`` (the problem's valid configs); all of them when there
+    are no more than ``sample``.
+
+    Without ``space`` it is drawn per problem, so that a sampled sweep covers more of the
+    space overall. With ``space`` (the dataflow's whole config list, in a fixed order) it is
+    one sample for the whole sweep: ``space`` shuffled by seed and dataflow alone, and the
+    first ``sample`` configs of it that ``configs`` holds, so problems that allow the same
+    configs get the same ones."""
     if len(configs) <= sample:
         return configs
-    rng = random.Random(f"{seed}:{dataflow}:{problem.shape}:{problem.dtype}")
-    return rng.sample(configs, sample)
+    if space is None:
+        rng = random.Random(f"{seed}:{dataflow}:{problem.shape}:{problem.dtype}")
+        return rng.sample(configs, sample)
+    order = list(space)
+    random.Random(f"{seed}:{dataflow}").shuffle(order)
+    valid = {canonical_config(config) for config in configs}
+    return [config for config in order if canonical_config(config) in valid][:sample]
 
 
 def plan(family: KernelFamily, spec: SweepSpec, device: dict[str, Any]) -> list[Planned]:
     """Every (problem, dataflow, config) of the sweep, with its natural key, in order."""
     limits = limits_of(device)
     software = device["software"]["software_key"]
+    dataflows = spec.dataflows or family.dataflows
+    spaces = {d: family.every_config(d) for d in dataflows} if spec.sample_per == "sweep" else {}
     planned = []
     for index, problem in enumerate(spec.problems):
         seed = spec.seed * 1_000_003 + index
-        for dataflow in spec.dataflows or family.dataflows:
+        for dataflow in dataflows:
             configs = family.configs(problem, dataflow, limits)
             if spec.sample is not None:
-                configs = sample_configs(configs, spec.sample, spec.seed, dataflow, problem)
+                configs = sample_configs(configs, spec.sample, spec.seed, dataflow, problem,
+                                         spaces.get(dataflow))
             for config in configs:
                 key = measurement_key(device_id=device["device_id"], family=family.name,
                                       dataflow=dataflow, dtype=problem.dtype,

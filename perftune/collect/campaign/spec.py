@@ -10,6 +10,7 @@
     dtype = "fp16"                   # for rows of the file that name none
     dataflows = ["triton", "split_k", "cublas"]
     sample = 6                       # configs per dataflow and problem, seeded; or "all"
+    sample_per = "problem"           # a sample per problem, or "sweep": one for all of them
     energy = 0.25                    # NVML energy on a seeded quarter of the problems
     rounds = 2
 
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from perftune.collect.families import KernelFamily, load_family
 from perftune.collect.problems import Problem, parse_problem, read_problems_file
-from perftune.collect.sweep import SweepSpec, validate
+from perftune.collect.sweep import SamplePer, SweepSpec, validate
 from perftune.errors import PerftuneInputError
 from perftune.settings import PROBLEMS_DIR
 
@@ -51,6 +52,9 @@ class SweepEntry(BaseModel):
                                                       "first N problems")
     dataflows: list[str] | None = None
     sample: Annotated[int, Field(ge=1)] | Literal["all"] = "all"
+    sample_per: SamplePer = Field(default="problem", description="draw the sample per "
+                                  "problem, or once for the whole sweep ('sweep': the same "
+                                  "configs for every problem that allows them)")
     seed: Annotated[int, Field(ge=0)] = 0
     energy: bool | Annotated[float, Field(ge=0, le=1)] = False
     rounds: Annotated[int, Field(ge=1, le=8)] = 2
@@ -150,7 +154,8 @@ def _sweeps(entry: SweepEntry, spec: CampaignSpec, base: Path, where: str) -> li
         problems = _problems(entry, family, base)[:entry.limit]
         common: dict[str, Any] = {
             "family": entry.family, "dataflows": entry.dataflows,
-            "sample": None if entry.sample == "all" else entry.sample, "seed": entry.seed,
+            "sample": None if entry.sample == "all" else entry.sample,
+            "sample_per": entry.sample_per, "seed": entry.seed,
             "rounds": entry.rounds, "max_rounds": max(4, entry.rounds),
             "timeout_s": spec.timeout_s, "chunk_size": spec.chunk_size,
             "compile_workers": spec.compile_workers}

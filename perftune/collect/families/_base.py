@@ -180,13 +180,18 @@ class KernelFamily(abc.ABC):
         return tuple(names)
 
     # -- derived ------------------------------------------------------------------------------
-    def configs(self, problem: Problem, dataflow: str, limits: DeviceLimits) -> list[Config]:
-        """Every valid config of ``dataflow`` for ``problem``, in a fixed order."""
+    def every_config(self, dataflow: str) -> list[Config]:
+        """Every config of ``dataflow``'s space, valid for some problem or not, in a fixed
+        order."""
         space = self.space(dataflow)
         names = sorted(space)
-        every = (dict(zip(names, values, strict=True))
-                 for values in itertools.product(*(space[n] for n in names)))
-        return [c for c in every if self.is_valid(problem, dataflow, c, limits)]
+        return [dict(zip(names, values, strict=True))
+                for values in itertools.product(*(space[n] for n in names))]
+
+    def configs(self, problem: Problem, dataflow: str, limits: DeviceLimits) -> list[Config]:
+        """Every valid config of ``dataflow`` for ``problem``, in a fixed order."""
+        return [c for c in self.every_config(dataflow)
+                if self.is_valid(problem, dataflow, c, limits)]
 
     def check_dataflow(self, dataflow: str) -> None:
         from perftune.errors import PerftuneInputError
