@@ -23,7 +23,8 @@ Reports per kernel and as geomeans: ``first_call_ratio`` (perftune's first-call 
 triton.autotune's, summed over the keys), ``speed_ratio`` (runtime of triton.autotune's pick /
 runtime of perftune's: 1.0 = as fast), ``second_process_s`` and ``curve`` (configs measured per
 new key; ``timed_in_full``: how many of them the full benchmark timed, the rest only screened
-by its short run; ``left_out``: configs a key left out while their compile still ran). perftune's
+by its short run; ``left_out``: configs a key left out while their compile still ran;
+``perftune_phases_s``: where each of perftune's first calls spent its time). perftune's
 decorator runs with its defaults (``finalists=3``, ``tie_margin=0.05``, one compile process per
 core, ``compile_patience=3``), with its own cache (the remembered Triton
 installation hash) empty for each kernel's first process. Writes
@@ -186,7 +187,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                                  "num_stages": best.num_stages},
                       "measured": history.get("measured", timings),
                       "timed_in_full": history.get("timed_in_full", timings),
-                      "left_out": history.get("left_out", 0)})
+                      "left_out": history.get("left_out", 0),
+                      "phases": history.get("phases", {})})
     return {"calls": calls}
 
 
@@ -285,6 +287,9 @@ def main() -> None:
                 "command": "python -m benchmarks.autotune_vs_triton " + " ".join(_argv_sans_out()),
                 "software": {"torch": torch.__version__, "triton": _triton_version()},
                 "cpu_cores": len(os.sched_getaffinity(0)),
+                # whether this Python caches bytecode, as a pip-installed environment does
+                # (without, every import in every process compiles its modules again)
+                "bytecode_cached": not sys.dont_write_bytecode,
                 "budget": args.budget,
                 "finalists": 3,
                 "tie_margin": 0.05,
@@ -377,6 +382,7 @@ def _one_kernel(name: str, args: argparse.Namespace, db: Path, model: Path) -> d
                      "triton_first_call_s": t["first_call_s"],
                      "perftune_first_call_s": o["first_call_s"], "measured": o["measured"],
                      "timed_in_full": o["timed_in_full"], "left_out": o["left_out"],
+                     "perftune_phases_s": o["phases"],
                      "triton_config": t["config"], "perftune_config": o["config"]}
                     for t, o, r in zip(triton_run["calls"], ours["calls"], timed, strict=True)],
     }

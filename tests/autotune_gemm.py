@@ -52,4 +52,5 @@ for m, n, k in ((48, 96, 64), (48, 96, 64), (20, 64, 96)):
         "correct": bool(torch.allclose(c.float(), a.float() @ b.float(), atol=1e-1, rtol=1e-2)),
         "chosen_in_top": {key: chosen[key] for key in top[0]} in top,
         "sorted": bool(ranked["predicted_ms"].is_monotonic_increasing)})
-print(json.dumps({"configs": len(configs), "calls": calls}))
+imported = sorted(name for name in ("sklearn", "skops", "scipy") if name in sys.modules)
+print(json.dumps({"configs": len(configs), "calls": calls, "imported": imported}))

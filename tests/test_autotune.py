@@ -33,6 +33,7 @@ def test_only_the_models_best_configs_are_timed(model_file: Path, shipped: Path,
     assert summary["configs"] == 48
     assert first["benchmarked"] == 3 and other["benchmarked"] == 3  # budget, not all 48
     assert repeat["benchmarked"] == 0  # Triton's per-key cache, as with triton.autotune
+    assert summary["imported"] == []  # the model's flat trees rank: no scikit-learn import
     for call in (first, repeat, other):
         assert call["correct"] and call["chosen_in_top"] and call["sorted"]
 

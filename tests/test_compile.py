@@ -29,6 +29,8 @@ from perftune.tune._compile import (
 # first imported with TRITON_INTERPRET=1 (perftune.collect.device.select_mode sets it).
 pytestmark = pytest.mark.skipif(not fork_available(), reason="needs os.fork")
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _source(block: int) -> object:
     import triton.language as tl
@@ -267,3 +269,17 @@ def test_a_background_job_gives_its_result_or_its_error_and_wait_ends_every_job(
     assert slow.result() == "loaded"
     with pytest.raises(ZeroDivisionError):
         failing.result()
+
+
+def test_a_process_waits_at_exit_for_its_background_jobs(tmp_path: Path) -> None:
+    """The autotuner writes a key's records in the background: a process that ends right after
+    a call still stores them."""
+    written = tmp_path / "written"
+    script = ("import time\nfrom pathlib import Path\nfrom perftune.tune import _prefetch\n"
+              "def write():\n    time.sleep(0.5)\n"
+              f"    Path({str(written)!r}).write_text('stored')\n"
+              "_prefetch.start(write)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert written.read_text() == "stored"

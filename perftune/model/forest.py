@@ -10,6 +10,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import RandomForestRegressor
 
+from perftune.model.trees import FlatTrees, ForestPredictor, TreeSet
+
 Features: TypeAlias = "pd.DataFrame | Mapping[str, np.ndarray]"  # a frame, or arrays by name
 
 
@@ -76,8 +78,8 @@ class RuntimeForest(RegressorMixin, BaseEstimator):
         training problems with the H200 corrected from 10 others (benchmarks/
         measure_on_demand.py)."""
         devices = np.asarray(devices).astype(str)
-        error = np.log(np.asarray(runtime_ms, float)) - self._predict(features)[0]
-        x = self._matrix(features)
+        error = np.log(np.asarray(runtime_ms, float)) - self.predict_log(features)[0]
+        x = self.predictor().matrix(features)
         adapters = dict(getattr(self, "device_adapters_", {}))
         for device in np.unique(devices):
             rows = devices == device
@@ -86,10 +88,6 @@ class RuntimeForest(RegressorMixin, BaseEstimator):
                 random_state=self.random_state, n_jobs=self.n_jobs).fit(x[rows], error[rows])
         self.device_adapters_ = adapters
         return self
-
-    def _matrix(self, features: Features) -> np.ndarray:
-        return np.column_stack([np.asarray(features[name], dtype=float)
-                                for name in self.feature_names_in_])
 
     def _parts(self, features: Features) -> np.ndarray:
         if self.separate is None:
@@ -105,45 +103,34 @@ class RuntimeForest(RegressorMixin, BaseEstimator):
         if mask.all() or not mask.any():
             return 1.645
         forest = self._forest().fit(x[~mask], y[~mask])
-        mean, spread = _mean_and_spread(forest, x[mask])
+        mean, spread = _ForestTrees(forest).mean_and_spread(x[mask])
         z = np.abs(y[mask] - mean) / np.maximum(spread, 1e-3)
         return float(np.quantile(z, self.coverage))
+
+    def predictor(self, *, flat: bool = False) -> ForestPredictor:
+        """What this forest predicts, as a :class:`~perftune.model.trees.ForestPredictor`:
+        over its scikit-learn trees, or (``flat``) over copies of them as plain arrays, which
+        predict the same without scikit-learn (what :func:`perftune.model.persist.save_model`
+        saves beside the model)."""
+        def trees(forest: RandomForestRegressor) -> TreeSet:
+            return FlatTrees.of(forest.estimators_) if flat else _ForestTrees(forest)
+
+        return ForestPredictor(
+            tuple(self.feature_names_in_), self.residual_of, self.separate,
+            {part: trees(forest) for part, forest in self.forests_.items()},
+            self.interval_scales_, self.part_rows_,
+            {device: trees(adapter)
+             for device, adapter in getattr(self, "device_adapters_", {}).items()})
 
     def predict(self, features: Features, devices: Any = None) -> np.ndarray:
         """Predicted runtime in ms (``devices``: the rows' device ids, for the corrections of
         :meth:`adapt`)."""
-        return np.exp(self.predict_log(features, devices)[0])
+        return self.predictor().predict(features, devices)
 
     def predict_log(self, features: Features, devices: Any = None
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread (std across trees) of the predicted log runtime."""
-        mean, spread, _ = self._predict(features, devices)
-        return mean, spread
-
-    def _predict(self, features: Features, devices: Any = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Log mean, spread and interval scale per row, each row from its part's forest and
-        corrected by its device's :meth:`adapt` forest, if any."""
-        x = self._matrix(features)
-        mean, spread, scale = np.zeros(len(x)), np.zeros(len(x)), np.zeros(len(x))
-        for part, rows in self._rows_by_forest(features):
-            mean[rows], spread[rows] = _mean_and_spread(self.forests_[part], x[rows])
-            scale[rows] = self.interval_scales_[part]
-        adapters = getattr(self, "device_adapters_", {})
-        if devices is not None and adapters:
-            ids = np.broadcast_to(np.asarray(devices).astype(str), (len(x),))
-            for device, adapter in adapters.items():
-                rows = ids == device
-                if rows.any():
-                    mean[rows] += adapter.predict(x[rows])
-        return mean + self._baseline(features), spread, scale
-
-    def _rows_by_forest(self, features: Features) -> list[tuple[float, np.ndarray]]:
-        """Each forest's rows; a part no training row had goes to the largest forest."""
-        parts = self._parts(features)
-        fallback = max(self.part_rows_, key=self.part_rows_.__getitem__)
-        parts = np.where(np.isin(parts, list(self.forests_)), parts, fallback)
-        return [(part, parts == part) for part in np.unique(parts)]
+        return self.predictor().predict_log(features, devices)
 
     def _baseline(self, features: Features) -> np.ndarray | float:
         return np.asarray(features[self.residual_of], dtype=float) if self.residual_of else 0.0
@@ -151,22 +138,26 @@ class RuntimeForest(RegressorMixin, BaseEstimator):
     def predict_interval(self, features: Features, devices: Any = None
                          ) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper runtime (ms) of the calibrated ``coverage`` interval."""
-        return self.predict_with_interval(features, devices)[1:]
+        return self.predictor().predict_interval(features, devices)
 
     def predict_with_interval(self, features: pd.DataFrame, devices: Any = None
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runtime (ms) and the interval's bounds, from one pass over the trees."""
-        mean, spread, scale = self._predict(features, devices)
-        half = scale * np.maximum(spread, 1e-3)
-        return np.exp(mean), np.exp(mean - half), np.exp(mean + half)
+        return self.predictor().predict_with_interval(features, devices)
 
 
-def _mean_and_spread(forest: RandomForestRegressor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # The trees' low-level predict: the same numbers as tree.predict, without re-validating
-    # the input once per tree (that validation costs more than the prediction on a ranking).
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
-    per_tree = np.stack([tree.tree_.predict(x32)[:, 0] for tree in forest.estimators_])
-    return per_tree.mean(axis=0), per_tree.std(axis=0)
+class _ForestTrees:
+    """A scikit-learn forest's trees, predicting together."""
+
+    def __init__(self, forest: RandomForestRegressor):
+        self.forest = forest
+
+    def mean_and_spread(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # The trees' low-level predict: the same numbers as tree.predict, without re-validating
+        # the input once per tree (that validation costs more than the prediction on a ranking).
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        per_tree = np.stack([tree.tree_.predict(x32)[:, 0] for tree in self.forest.estimators_])
+        return per_tree.mean(axis=0), per_tree.std(axis=0)
 
 
 class PowerForest(RuntimeForest):

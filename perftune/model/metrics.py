@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 PROBLEM = ["device_id", "shape", "dtype"]
 # A problem with more Triton rows than this was swept over the whole config space (a sampled
@@ -42,6 +41,8 @@ def runtime_metrics(rows: pd.DataFrame, predicted: np.ndarray,
                     tuned: tuple[str, ...] = ("triton",)) -> dict[str, float]:
     """MAPE, median APE, R^2 of log runtime, mean Spearman within problem, top-1/top-5 hit
     rates, and regret within the ``tuned`` dataflows (GEMM: Triton) and across dataflows."""
+    from scipy.stats import spearmanr  # scipy's import takes most of a second: only here
+
     frame = rows.assign(predicted=predicted)
     truth, guess = frame["runtime_ms"].to_numpy(), frame["predicted"].to_numpy()
     ape = np.abs(guess - truth) / truth

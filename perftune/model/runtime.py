@@ -23,11 +23,8 @@ from perftune.model.features import (
     load_measurements,
     with_config_columns,
 )
-from perftune.model.forest import RuntimeForest
 from perftune.model.metrics import runtime_metrics
-from perftune.model.persist import load_model, save_model
-from perftune.model.registry import RUNTIME_MODELS, TARGET_MODELS
-from perftune.model.roofline import roofline_arrays
+from perftune.model.persist import load_flat, load_model, save_model
 from perftune.settings import default_model_path
 from perftune.store.dataset import heldout_mask
 from perftune.store.db import Store
@@ -68,6 +65,8 @@ def fit_model(store: Store, *, kind: str = "forest", family: str = "gemm",
     out the GPUs with fewer than ``adapt_below`` measured problems (while another GPU has
     more) and corrects its answers for each of them from its own rows instead
     (:meth:`RuntimeForest.adapt`); ``0`` trains on every GPU's rows alike."""
+    from perftune.model.registry import RUNTIME_MODELS
+
     if target not in TARGETS:
         raise PerftuneInputError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if kind not in RUNTIME_MODELS:
@@ -105,6 +104,9 @@ def fit_rows(kernel: KernelFamily, rows: pd.DataFrame, *, kind: str = "forest",
              ) -> tuple[Any, list[str]]:
     """:func:`fit_model`'s model fitted on ``rows`` (measurements of ``kernel``), and the GPUs
     it corrects (:meth:`RuntimeForest.adapt`) rather than trains on."""
+    from perftune.model.forest import RuntimeForest
+    from perftune.model.registry import RUNTIME_MODELS, TARGET_MODELS
+
     features = family_features(kernel, rows)
     forest = RUNTIME_MODELS[kind] if target == "runtime" else TARGET_MODELS[target]
     if issubclass(forest, RuntimeForest) and forest().separate is not None:
@@ -143,6 +145,8 @@ def heldout_accuracy(store: Store, model: Any, *, target: str = "runtime", famil
         rows = rows[busy_energy(rows)]
     if rows.empty:
         return None
+    from perftune.model.forest import RuntimeForest
+
     kernel = load_family(family)
     features = family_features(kernel, rows)
     truth = rows[TARGETS[target]].to_numpy(float)
@@ -237,19 +241,21 @@ class Predictor:
     energy_models: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> Predictor:
+    def load(cls, path: str | Path | None = None, *, flat: bool = False) -> Predictor:
         """The runtime model at ``path`` (default: the user's), and the power / energy models
-        beside it if any."""
+        beside it if any. ``flat``: forests as their flat trees where saved beside them
+        (:func:`perftune.model.persist.load_flat`: no scikit-learn to import, the same
+        predictions; faster to load, slower over thousands of rows)."""
         path = model_path("runtime", path)
-        model, meta = _load_checked(path, "runtime")
-        extras = {target: _load_checked(model_path(target, path), target)
+        model, meta = _load_checked(path, "runtime", flat=flat)
+        extras = {target: _load_checked(model_path(target, path), target, flat=flat)
                   for target in ENERGY_TARGETS if model_path(target, path).exists()}
         return cls(model, meta, extras)
 
     @classmethod
     def load_or_train(cls, path: str | Path | None, store: Store,
                       announce: Callable[[str], object] = print, *,
-                      family: str = "gemm") -> Predictor:
+                      family: str = "gemm", flat: bool = False) -> Predictor:
         """Load the models of ``family`` at ``path`` (default: the user's FAMILY_runtime.skops)
         and beside it; train the missing ones on ``store`` first (saying so through
         ``announce``: it takes a while, once) and save them. Power and energy models are
@@ -264,7 +270,7 @@ class Predictor:
                 announce(f"training the {target} model of {family} on {store.path.name} (once)")
                 save_model(model_path(target, path),
                            *fit_model(store, family=family, target=target))
-        return cls.load(path)
+        return cls.load(path, flat=flat)
 
     @property
     def predicts_energy(self) -> bool:
@@ -309,14 +315,14 @@ class Predictor:
 
     def _predicted_columns(self, frame: Columns, features: Columns) -> dict[str, np.ndarray]:
         columns: dict[str, np.ndarray] = {}
-        if isinstance(self.model, RuntimeForest):
+        if hasattr(self.model, "predict_with_interval"):  # a forest, or its flat trees
             columns["predicted_ms"], columns["low_ms"], columns["high_ms"] = \
                 self.model.predict_with_interval(features, np.asarray(frame["device_id"]))
         else:
             columns["predicted_ms"] = self.model.predict(features)
         if "smem_bytes" in features:
             columns["smem_bytes"] = features["smem_bytes"]
-        parts = roofline_arrays(features, self.family)
+        parts = self.family.roofline(features)
         columns["bound"] = parts["bound"]
         columns["attainable_fraction"] = parts["attainable_fraction"]
         columns["trained_on_device"] = np.isin(np.asarray(frame["device_id"]),
@@ -376,8 +382,9 @@ class Predictor:
         return pd.DataFrame(ranked)
 
 
-def _load_checked(path: str | Path, target: str) -> tuple[Any, dict[str, Any]]:
-    model, meta = load_model(path)
+def _load_checked(path: str | Path, target: str, *, flat: bool = False
+                  ) -> tuple[Any, dict[str, Any]]:
+    model, meta = (flat and load_flat(path)) or load_model(path)
     if meta.get("target", "runtime") != target:
         raise PerftuneInputError(f"{path} is a {meta.get('target')} model, not a {target} "
                                  f"model; pass the runtime model file")

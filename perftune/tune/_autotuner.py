@@ -9,7 +9,8 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -78,6 +79,8 @@ class PerftuneAutotuner(Autotuner):
         self.compile_report: dict[str, Any] = {}  # the last new key's compiling at once
         self._screened: dict[int, tuple[Config, float | None]] = {}  # id(config) -> quick ms
         self._timed: set[int] = set()  # id(config) of every config timed for this key
+        self._lone: int | None = None  # id(config) of the screen's lone finalist
+        self._writing: Any = None  # the last key's records, being stored in the background
         self.budget = budget
         self.family_prune = family_prune
         self.family_name = family_name
@@ -99,6 +102,7 @@ class PerftuneAutotuner(Autotuner):
         self._measured = pd.DataFrame()
         self._ranked_by = "all"
         self._features: dict[int, dict[str, Any]] = {}
+        self._phases: dict[str, float] = {}  # seconds this key spent per phase
 
     # -- the key ------------------------------------------------------------------------------
     def _tuning_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -119,15 +123,10 @@ class PerftuneAutotuner(Autotuner):
         key = self._tuning_key(args, kwargs)
         if key in self.cache:
             return super().run(*args, **kwargs)
+        self._phases = {}
         if not self._loaded:
-            if _on_gpu():
-                from perftune.tune._compile import remember_triton_key
-
-                remember_triton_key()
-            loading, self._records_loading = self._records_loading, None
-            self._choices, self._measured = (loading.result() if loading is not None
-                                             else self.records.load())
-            self._loaded = True
+            with self._phase("lookup"):
+                self._load_records()
         stored = self._choices.get(self._choice_key(key))
         config = self._config_of(stored["config"]) if stored else None
         if config is not None:
@@ -141,14 +140,41 @@ class PerftuneAutotuner(Autotuner):
         self._screened = {}
         self._quick_only = set()
         self._timed = set()
+        self._lone = None
         self._left_out = 0
         self._tuning = True
+        started = time.perf_counter()
         try:
             result = super().run(*args, **kwargs)
         finally:
             self._tuning = False
-        self._remember(key, args, kwargs, len(self._timed))
+        tuned = time.perf_counter() - started
+        self._phases["full"] = tuned - sum(self._phases.get(name, 0.0)
+                                           for name in ("rank", "compile", "screen"))
+        with self._phase("store"):
+            self._remember(key, args, kwargs, len(self._timed))
+        self.history[-1]["phases"] = {name: round(s, 4) for name, s in self._phases.items()}
         return result
+
+    def _load_records(self) -> None:
+        if _on_gpu():
+            from perftune.tune._compile import remember_triton_key
+
+            remember_triton_key()
+        loading, self._records_loading = self._records_loading, None
+        self._choices, self._measured = (loading.result() if loading is not None
+                                         else self.records.load())
+        self._loaded = True
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Add the time of the block to this key's ``name`` phase (``history[-1]["phases"]``:
+        where a new key's first call spent its time)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._phases[name] = self._phases.get(name, 0.0) + time.perf_counter() - started
 
     def _config_of(self, text: str) -> Config | None:
         for config in self.configs:
@@ -161,11 +187,16 @@ class PerftuneAutotuner(Autotuner):
         """The configs Triton's loop then times in full: the user's ``prune_configs_by``
         (Triton's), perftune's ranking to ``budget``, compiled at once, then screened to the
         ``finalists`` (only while tuning a key: Triton's ``warmup`` prunes too)."""
-        chosen = self._ranked(kwargs)
-        if not self._tuning or len(chosen) <= 1:
+        if not self._tuning:
+            return self._ranked(kwargs)
+        with self._phase("rank"):
+            chosen = self._ranked(kwargs)
+        if len(chosen) <= 1:
             return chosen
-        chosen = self._precompile(self._compiled_or_waiting(chosen), kwargs)
-        return self._screen(chosen, kwargs)
+        with self._phase("compile"):
+            chosen = self._precompile(self._compiled_or_waiting(chosen), kwargs)
+        with self._phase("screen"):
+            return self._screen(chosen, kwargs)
 
     def _ranked(self, kwargs: dict[str, Any]) -> list[Config]:
         pruned = list(super().prune_configs(kwargs))
@@ -231,7 +262,7 @@ class PerftuneAutotuner(Autotuner):
         batch = compile_at_once(
             self.fn, tuple((self.nargs or {}).values()),
             [{**kwargs, **config.all_kwargs()} for config in configs], self.compile_workers,
-            patience=patience)
+            patience=patience, while_compiling=self._start_learning_import)
         self.compile_report = batch.report
         for index, straggler in batch.stragglers.items():
             self._stragglers[id(configs[index])] = straggler
@@ -257,8 +288,10 @@ class PerftuneAutotuner(Autotuner):
         order = sorted(configs, key=lambda c: _sort_ms(quick[id(c)][1]))
         fastest = _sort_ms(quick[id(order[0])][1])
         close = [c for c in order[:self.finalists]
-                 if _sort_ms(quick[id(c)][1]) <= fastest * (1 + self.tie_margin)]
-        return close or order[:1]
+                 if _sort_ms(quick[id(c)][1]) <= fastest * (1 + self.tie_margin)] or order[:1]
+        if len(close) == 1 and math.isfinite(fastest):
+            self._lone = id(close[0])  # nothing to tell it from: its screen time stands
+        return close
 
     def _time_with(self, bench: Callable[..., Any], configs: list[Config],
                    args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -295,10 +328,18 @@ class PerftuneAutotuner(Autotuner):
         return {"programs": programs, "programs_per_sm": programs / sm_count()}
 
     def _ready_to_learn(self) -> None:
-        """One key before the learned model first ranks, start importing what it needs in
-        the background, so that that key does not wait for the import."""
-        if (self.family_prune is None and not self._learning_imported and _on_gpu()
-                and self._measured["tuning_key"].nunique() >= self.min_keys - 1):
+        """One key before the learned model first ranks, start importing what it needs (if
+        no compile wait has started it yet)."""
+        if self._measured["tuning_key"].nunique() >= self.min_keys - 1:
+            self._start_learning_import()
+
+    def _start_learning_import(self) -> None:
+        """Start importing, in the background, what the learned model will need, for a
+        kernel that will rank by it: called while a key's configs compile (the process
+        would only wait), or one key before the model first ranks, so that no key waits
+        for the import."""
+        if (self.family_prune is None and len(self.configs) > self.budget
+                and not self._learning_imported and _on_gpu()):
             from perftune.tune import _prefetch
 
             _prefetch.start(_prefetch.import_learning)
@@ -314,6 +355,8 @@ class PerftuneAutotuner(Autotuner):
 
     # -- timing and storing ---------------------------------------------------------------------
     def _bench(self, *args: Any, config: Config, **meta: Any) -> Any:
+        if self._tuning and id(config) == self._lone:
+            return [self._screened[id(config)][1]] * 3  # Triton's quantiles (0.5, 0.2, 0.8)
         self.benchmarks += 1
         self._timed.add(id(config))
         self._last_energy = None
@@ -354,7 +397,8 @@ class PerftuneAutotuner(Autotuner):
         rows = []
         measured_ms: dict[int, float | None] = {}
         timed = {id(c): (c, t, self.timer_name)
-                 for c, t in (getattr(self, "configs_timings", None) or {}).items()}
+                 for c, t in (getattr(self, "configs_timings", None) or {}).items()
+                 if id(c) != self._lone}
         screened = {i: (c, t, self._screen_timer(i))
                     for i, (c, t) in self._screened.items() if i not in timed}
         for config, timing, timer in [*timed.values(), *screened.values()]:
@@ -381,10 +425,31 @@ class PerftuneAutotuner(Autotuner):
             self._measured = pd.concat([self._measured, pd.DataFrame(rows)], ignore_index=True)
             self._ready_to_learn()
         self._choices[choice_key] = choice
-        self.records.record(rows, choice)
+        self._store_later(rows, choice)
         self.history.append({"key": key_text, "measured": measured,
                              "timed_in_full": len(timed), "ranked_by": self._ranked_by,
                              "left_out": self._left_out})
+
+
+    def _store_later(self, rows: list[dict[str, Any]], choice: dict[str, Any]) -> None:
+        """Store a key's records in the background, after the previous key's: a write opens
+        the store and checkpoints it (a tenth of a second), which the call need not wait
+        for. Pending writes are waited for before any fork, by :meth:`flush` and at exit."""
+        from perftune.tune import _prefetch
+
+        previous = self._writing
+
+        def write() -> None:
+            if previous is not None:
+                previous.join()
+            self.records.record(rows, choice)
+
+        self._writing = _prefetch.start(write)
+
+    def flush(self) -> None:
+        """Wait until every key's records are stored."""
+        if self._writing is not None:
+            self._writing.join()
 
 
 def _first(timing: Any) -> float | None:

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from perftune.collect.compile import COMPILE_NICENESS
+
 
 def fork_available() -> bool:
     return hasattr(os, "fork") and sys.platform != "win32"
@@ -142,6 +144,9 @@ class ForkedCompiles(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         if self._started is None:
+            from perftune.tune import _prefetch
+
+            _prefetch.wait()  # no fork while another thread may hold an import lock
             self._started = time.monotonic()
         while len(self.running_children) >= self.workers:
             self._wait_any(None)
@@ -234,8 +239,8 @@ def _complete(future: _ResolvingFuture, call: Callable[[], Any]) -> None:
 
 
 def _fork_running(call: Callable[[], Any]) -> tuple[int, int]:
-    """A child that runs ``call`` and exits (status 0 if it returned, else 1 with the error
-    written to a pipe): its pid and the pipe's read end."""
+    """A child that runs ``call`` at lower CPU priority and exits (status 0 if it returned,
+    else 1 with the error written to a pipe): its pid and the pipe's read end."""
     read, write = os.pipe()
     with warnings.catch_warnings():  # "use of fork() may lead to deadlocks": the child only
         warnings.simplefilter("ignore", DeprecationWarning)  # compiles, then _exits
@@ -246,6 +251,8 @@ def _fork_running(call: Callable[[], Any]) -> tuple[int, int]:
     code = 1
     try:
         os.close(read)
+        with contextlib.suppress(OSError):  # the parent's timing and imports come first
+            os.nice(COMPILE_NICENESS)
         with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet), \
                 contextlib.redirect_stdout(quiet):
             call()
@@ -267,7 +274,8 @@ class CompileBatch:
 
 
 def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str, Any]],
-                    workers: int, *, patience: Patience | None = None) -> CompileBatch:
+                    workers: int, *, patience: Patience | None = None,
+                    while_compiling: Callable[[], Any] | None = None) -> CompileBatch:
     """Compile ``kernel`` (a ``@triton.jit`` function) for each keyword set of ``launches``
     (``warmup=True`` launches: nothing runs) on ``workers`` forked children, or threads where
     fork is unavailable; nothing with a Triton that has no async compile mode. A launch that
@@ -275,16 +283,14 @@ def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str,
     compiles are left running (:class:`Patience`; launches already compiled count as done at
     once); launching their configs before they are done waits for them. The report says how
     many compiles were handed out, how many children failed (a failed child only costs the
-    parent compiling by itself), the first child's error, and how many were left running."""
+    parent compiling by itself), the first child's error, and how many were left running.
+    ``while_compiling`` is called once every compile has been handed out (no fork follows),
+    while the children compile: work for this otherwise idle process."""
     try:
         from triton.runtime._async_compile import AsyncCompileMode
     except ImportError:  # a Triton without async compile: configs compile when timed
         return CompileBatch({"compiled": 0, "children_failed": 0, "child_error": None,
                              "left_running": 0})
-    from perftune.tune import _prefetch
-
-    _prefetch.wait()  # no fork while another thread may hold an import lock
-
     def launch_all(executor: Any) -> None:
         for index, launch in enumerate(launches):  # a launch's warmup=False gives way
             executor.launch = index
@@ -299,6 +305,8 @@ def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str,
             except BaseException:  # an interrupt: every future must end, or the mode waits
                 forked.shutdown(cancel_futures=True)
                 raise
+            if while_compiling is not None:
+                while_compiling()
             stragglers = forked.finish(patience if _can_leave_running(mode) else None,
                                        ready=len(launches) - forked.submitted)
             _leave_running(mode, stragglers)

@@ -1,18 +1,21 @@
-"""Loading started early, in a background thread, so that the call that needs it finds it done:
-a kernel's records, read from the store when the kernel is decorated, and, one key before a
-kernel's learned model first ranks, scikit-learn's import (a second or more). Waited for by
-whoever needs the result, and before any fork (a fork while another thread holds an import lock
-leaves the child that lock forever). Nothing heavier starts at decoration: an import running
-beside a process's first calls slows them down (both want the interpreter)."""
+"""Work done in a background thread, so that no call waits for it: a kernel's records, read
+from the store when the kernel is decorated; scikit-learn's import (a second or more) for a
+kernel that will rank by its learned model, started while its configs compile; and each key's
+records, written to the store after the call. Waited for by whoever needs the result, before
+any fork (a fork while another thread holds an import lock leaves the child that lock forever)
+and at exit. Nothing heavier starts at decoration: an import running beside a process's first
+calls slows them down (both want the interpreter)."""
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Callable
 from typing import Any
 
 _lock = threading.Lock()
 _tasks: list[Task] = []
+_waits_at_exit = False
 
 
 class Task:
@@ -47,9 +50,13 @@ class Task:
 
 
 def start(job: Callable[[], Any]) -> Task:
-    """Run ``job`` in the background now."""
+    """Run ``job`` in the background now (the process waits for it at exit)."""
+    global _waits_at_exit
     task = Task(job)
     with _lock:
+        if not _waits_at_exit:
+            atexit.register(wait)
+            _waits_at_exit = True
         _tasks[:] = [t for t in _tasks if not t.done()]
         _tasks.append(task)
     return task

@@ -126,11 +126,12 @@ class ModelPrune:
             from perftune.store.db import Store
 
             with Store(self.db, read_only=True) as store:
+                # flat trees: a first call should not wait seconds for scikit-learn's import
                 if self.family.name == "gemm":
-                    self._predictor = Predictor.load(self.model)
+                    self._predictor = Predictor.load(self.model, flat=True)
                 else:
                     self._predictor = Predictor.load_or_train(
-                        self.model, store, lambda _: None, family=self.family.name)
+                        self.model, store, lambda _: None, family=self.family.name, flat=True)
                 self._catalog = Catalog.of(store, self.family.name)
         return self._predictor, self._catalog
 
