@@ -153,7 +153,9 @@ def test_autotune_compiles_at_once_screens_and_times_finalists_in_full(tmp_path)
                       if i not in tuned._quick_only)  # the quick run kept the budget's 8
     assert len(screened) == 8
     ties = [ms for ms in screened[:3] if ms <= screened[0] * 1.05]  # the default tie_margin
-    assert history["timed_in_full"] == len(ties) == len(tuned.configs_timings)
+    assert len(tuned.configs_timings) == len(ties)
+    # a lone finalist has nothing to be told from: its screen time stands
+    assert history["timed_in_full"] == (len(ties) if len(ties) > 1 else 0)
     assert tuned.best_config in tuned.configs_timings
     _doubles(tuned, 1 << 21)  # a new key: the configs left out earlier are ready, or wait
     assert tuned.history[-1]["measured"] + tuned.history[-1]["left_out"] == 20
