@@ -207,8 +207,23 @@ def test_a_batch_leaves_its_slowest_compiles_running(tmp_path: Path) -> None:
                                     (), [{"BLOCK": b} for b in (1, 2, 3, 4)], workers=4,
                                     patience=Patience(min_wait_s=0.3))
     assert mostly_cached.report == {"compiled": 1, "children_failed": 0, "child_error": None,
-                                    "left_running": 1}
+                                    "left_running": 1, "ahead": 0}
     assert list(mostly_cached.stragglers) == [3]
+
+
+def test_compiles_ahead_use_idle_children_and_are_not_waited_for(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
+
+    seconds = {1: 0.05, 2: 0.05, 3: 2.0, 4: 2.0, 5: None}
+    launches = [{"BLOCK": b} for b in seconds]  # 1, 2 needed now; 3, 4, 5 for later keys
+    started = time.monotonic()
+    batch = compile_at_once(_Kernel(seconds, tmp_path), (), launches, workers=3, ahead=3)
+    assert time.monotonic() - started < 1.5  # waited for the two needed, not those ahead
+    assert batch.report == {"compiled": 2, "children_failed": 0, "child_error": None,
+                            "left_running": 0, "ahead": 1}  # one child was free for them
+    (ahead,) = batch.stragglers.values()
+    assert ahead.launch == 2 and ahead.running()
+    assert ahead.future.result() == "binary 3"
 
 
 def test_a_straggler_resolves_after_its_child_is_done() -> None:
@@ -239,7 +254,8 @@ def test_a_key_leaves_out_the_configs_still_compiling_and_a_later_key_takes_them
         forked.submit(time.sleep, seconds)
     (straggler,) = forked.finish(Patience(factor=2.0, min_wait_s=0.2))
     configs = ["a", "b", "c"]
-    tuner: Any = SimpleNamespace(_stragglers={id(configs[2]): straggler}, _left_out=0)
+    tuner: Any = SimpleNamespace(_stragglers={id(configs[2]): straggler}, _left_out=0,
+                                 _compiling_ahead=set())
     pick = PerftuneAutotuner._compiled_or_waiting
     assert pick(tuner, configs) == ["a", "b"] and tuner._left_out == 1  # still compiling
     time.sleep(1.6)
@@ -250,9 +266,20 @@ def test_a_key_leaves_out_the_configs_still_compiling_and_a_later_key_takes_them
     for seconds in (0.01, 0.01, 0.01, 0.01, 1.0):
         forked.submit(time.sleep, seconds)
     (straggler,) = forked.finish(Patience(factor=2.0, min_wait_s=0.2))
-    tuner = SimpleNamespace(_stragglers={id(configs[0]): straggler}, _left_out=0)
+    tuner = SimpleNamespace(_stragglers={id(configs[0]): straggler}, _left_out=0,
+                            _compiling_ahead=set())
     assert pick(tuner, configs[:1]) == ["a"]  # nothing else to time: it waits for it
     assert straggler.future.done() and not straggler.running()
+
+    forked = ForkedCompiles(workers=2)
+    forked.submit(time.sleep, 0.01)
+    forked.submit(time.sleep, 0.6)
+    (ahead,) = forked.finish(Patience(factor=1.0, min_wait_s=0.0, min_batch=1))
+    tuner = SimpleNamespace(_stragglers={id(configs[1]): ahead}, _left_out=0,
+                            _compiling_ahead={id(configs[1])})
+    assert ahead.running()  # compiled ahead by an earlier key: waited for, not left out
+    assert pick(tuner, configs) == configs and tuner._left_out == 0
+    assert ahead.future.done() and not tuner._stragglers and not tuner._compiling_ahead
 
 
 def test_a_background_job_gives_its_result_or_its_error_and_wait_ends_every_job() -> None:

@@ -146,7 +146,7 @@ def test_autotune_compiles_at_once_screens_and_times_finalists_in_full(tmp_path)
     _doubles(tuned, 1 << 22)
     history, report = tuned.history[-1], dict(tuned.compile_report)
     left = report.pop("left_running")
-    assert report == {"compiled": 20, "children_failed": 0, "child_error": None}
+    assert report == {"compiled": 20, "children_failed": 0, "child_error": None, "ahead": 0}
     assert history["left_out"] == left <= 10  # at most the slower half compiles on
     assert history["measured"] == 20 - left  # no model yet: every compiled config screened
     screened = sorted(ms for i, (_, ms) in tuned._screened.items()

@@ -74,6 +74,8 @@ class PerftuneAutotuner(Autotuner):
         self.compile_workers = (_cores() if compile_workers is None else compile_workers)
         self.compile_patience = compile_patience
         self._stragglers: dict[int, Any] = {}  # id(config) -> its compile, still running
+        self._compiling_ahead: set[int] = set()  # id(config) of those compiled for later keys
+        self._ahead: list[Config] = []  # the configs ranked next after the budget
         self._left_out = 0  # configs of this key left out, their compile still running
         self._tuning = False
         self.compile_report: dict[str, Any] = {}  # the last new key's compiling at once
@@ -202,11 +204,15 @@ class PerftuneAutotuner(Autotuner):
         pruned = list(super().prune_configs(kwargs))
         nargs = self.nargs or {}
         self._features = {id(c): self._derived(c, nargs, kwargs) for c in pruned}
+        self._ahead = []
         if len(pruned) <= self.budget:
             return pruned
         if self.family_prune is not None:
             self._ranked_by = f"family:{self.family_name}"
-            return list(self.family_prune(pruned, nargs, **kwargs))
+            chosen = list(self.family_prune(pruned, nargs, **kwargs))
+            ranking = list(getattr(self.family_prune, "last_ranking", None) or [])
+            self._ahead = [c for c in ranking if c not in chosen][:self.budget]
+            return chosen
         measured = self._measured
         if not measured.empty and self._target in measured:
             measured = measured[measured[self._target].notna()]
@@ -217,6 +223,7 @@ class PerftuneAutotuner(Autotuner):
                                                   self._features[id(c)]) for c in pruned]
         order = _autotune_model.rank(measured, candidates, target=self._target)
         self._ranked_by = "learned"
+        self._ahead = [pruned[i] for i in order[self.budget:2 * self.budget]]
         return [pruned[i] for i in order[:self.budget]]
 
     def prefetch(self) -> None:
@@ -229,11 +236,16 @@ class PerftuneAutotuner(Autotuner):
         self._records_loading = _prefetch.start(self.records.load)
 
     def _compiled_or_waiting(self, configs: list[Config]) -> list[Config]:
-        """``configs`` less those whose compile, left running by an earlier key, still runs
-        (all of them, waited for, if nothing else is left)."""
+        """``configs`` less those whose slow compile, left running by an earlier key, still
+        runs (all of them, waited for, if nothing else is left); a compile started ahead by an
+        earlier key is waited for (it has had a head start)."""
         ready, waiting = [], []
         for config in configs:
             straggler = self._stragglers.get(id(config))
+            if straggler is not None and id(config) in self._compiling_ahead:
+                self._compiling_ahead.discard(id(config))
+                self._stragglers.pop(id(config)).resolve()
+                straggler = None
             if straggler is not None and straggler.running():
                 waiting.append(config)
                 continue
@@ -259,15 +271,21 @@ class PerftuneAutotuner(Autotuner):
 
         patience = (Patience(factor=self.compile_patience)
                     if self.compile_patience is not None else None)
+        ahead = [c for c in self._ahead if id(c) not in self._stragglers]
         batch = compile_at_once(
             self.fn, tuple((self.nargs or {}).values()),
-            [{**kwargs, **config.all_kwargs()} for config in configs], self.compile_workers,
-            patience=patience, while_compiling=self._start_learning_import)
+            [{**kwargs, **config.all_kwargs()} for config in configs + ahead],
+            self.compile_workers, patience=patience,
+            while_compiling=self._start_learning_import, ahead=len(ahead))
         self.compile_report = batch.report
+        launched = configs + ahead
         for index, straggler in batch.stragglers.items():
-            self._stragglers[id(configs[index])] = straggler
-        self._left_out += len(batch.stragglers)
-        return [c for i, c in enumerate(configs) if i not in batch.stragglers]
+            self._stragglers[id(launched[index])] = straggler
+            if index >= len(configs):
+                self._compiling_ahead.add(id(launched[index]))
+        left = [i for i in batch.stragglers if i < len(configs)]
+        self._left_out += len(left)
+        return [c for i, c in enumerate(configs) if i not in left]
 
     def _screen(self, configs: list[Config], kwargs: dict[str, Any]) -> list[Config]:
         """The fastest of ``configs`` by the short ``screen`` benchmark, with those of the next

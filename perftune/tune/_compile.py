@@ -138,7 +138,9 @@ class ForkedCompiles(Executor):
         self._started: float | None = None
         self._done_at: list[float] = []  # seconds from the first submit, per child finished
         self.launch: int | None = None  # set by whoever submits, to tell the calls apart
+        self.ahead_from: int | None = None  # launches from this one on: compiled ahead
         self.submitted = 0
+        self.submitted_ahead = 0
         self.children_failed = 0
         self.child_errors: list[str] = []
 
@@ -154,16 +156,18 @@ class ForkedCompiles(Executor):
         pid, errors = _fork_running(call)
         self.running_children.append(_Child(pid, errors, len(self._calls), self.launch))
         self.submitted += 1
+        self.submitted_ahead += self.ahead(self.running_children[-1])
         future = _ResolvingFuture()
         self._calls.append((future, call))
         return future
 
     def wait_children(self, patience: Patience | None = None, ready: int = 0) -> None:
         """Wait until every child has exited, or, with ``patience``, until its deadline, in a
-        batch where ``ready`` more needed no compile."""
+        batch where ``ready`` more needed no compile (children compiling ahead: not waited
+        for)."""
         self._done_at[:0] = [0.0] * ready
-        batch = len(self.running_children) + len(self._done_at)
-        while self.running_children:
+        batch = len(self._awaited()) + len(self._done_at)
+        while self._awaited():
             deadline = patience.deadline(batch, self._done_at) if patience else None
             if deadline is None:
                 self._wait_any(None)
@@ -206,10 +210,19 @@ class ForkedCompiles(Executor):
         with os.fdopen(child.errors, "rb") as pipe:
             error = pipe.read().decode(errors="replace")
         _, status = os.waitpid(child.pid, 0)
-        self._done_at.append(self._elapsed())
+        if not self.ahead(child):
+            self._done_at.append(self._elapsed())
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
             self.children_failed += 1
             self.child_errors.append(error or f"exit status {status}")
+
+    def ahead(self, child: _Child) -> bool:
+        """Whether ``child`` compiles ahead (for a later key)."""
+        return (self.ahead_from is not None and child.launch is not None
+                and child.launch >= self.ahead_from)
+
+    def _awaited(self) -> list[_Child]:
+        return [child for child in self.running_children if not self.ahead(child)]
 
     def _wait_any(self, timeout: float | None) -> None:
         """Reap the children that exit within ``timeout`` seconds (None: at least one)."""
@@ -275,7 +288,8 @@ class CompileBatch:
 
 def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str, Any]],
                     workers: int, *, patience: Patience | None = None,
-                    while_compiling: Callable[[], Any] | None = None) -> CompileBatch:
+                    while_compiling: Callable[[], Any] | None = None,
+                    ahead: int = 0) -> CompileBatch:
     """Compile ``kernel`` (a ``@triton.jit`` function) for each keyword set of ``launches``
     (``warmup=True`` launches: nothing runs) on ``workers`` forked children, or threads where
     fork is unavailable; nothing with a Triton that has no async compile mode. A launch that
@@ -285,20 +299,28 @@ def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str,
     many compiles were handed out, how many children failed (a failed child only costs the
     parent compiling by itself), the first child's error, and how many were left running.
     ``while_compiling`` is called once every compile has been handed out (no fork follows),
-    while the children compile: work for this otherwise idle process."""
+    while the children compile: work for this otherwise idle process. The last ``ahead``
+    launches are compiled ahead, for later use: each only while a child process is free, and
+    never waited for (all are left running, as stragglers; none without fork)."""
     try:
         from triton.runtime._async_compile import AsyncCompileMode
     except ImportError:  # a Triton without async compile: configs compile when timed
         return CompileBatch({"compiled": 0, "children_failed": 0, "child_error": None,
-                             "left_running": 0})
+                             "left_running": 0, "ahead": 0})
+    first_ahead = len(launches) - ahead
+
     def launch_all(executor: Any) -> None:
         for index, launch in enumerate(launches):  # a launch's warmup=False gives way
+            if index >= first_ahead and (not isinstance(executor, ForkedCompiles) or
+                                         len(executor.running_children) >= executor.workers):
+                break  # compiling ahead only uses idle children
             executor.launch = index
             with contextlib.suppress(Exception):
                 kernel.run(*args, **{**launch, "warmup": True})
 
     if fork_available():
         forked = ForkedCompiles(workers)
+        forked.ahead_from = first_ahead
         with AsyncCompileMode(forked, ignore_errors=True) as mode:
             try:
                 launch_all(forked)
@@ -307,20 +329,23 @@ def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str,
                 raise
             if while_compiling is not None:
                 while_compiling()
-            stragglers = forked.finish(patience if _can_leave_running(mode) else None,
-                                       ready=len(launches) - forked.submitted)
+            needed = forked.submitted - forked.submitted_ahead
+            if not _can_leave_running(mode):
+                patience = None  # this Triton waits for every compile: so does compiling ahead
+            stragglers = forked.finish(patience, ready=first_ahead - needed)
             _leave_running(mode, stragglers)
+        ahead_left = sum(forked.ahead(s.child) for s in stragglers)
         return CompileBatch(
-            {"compiled": forked.submitted, "children_failed": forked.children_failed,
+            {"compiled": needed, "children_failed": forked.children_failed,
              "child_error": forked.child_errors[0] if forked.child_errors else None,
-             "left_running": len(stragglers)},
+             "left_running": len(stragglers) - ahead_left, "ahead": forked.submitted_ahead},
             {s.launch: s for s in stragglers if s.launch is not None})
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(workers) as pool, AsyncCompileMode(pool, ignore_errors=True):
         launch_all(pool)
-    return CompileBatch({"compiled": len(launches), "children_failed": 0, "child_error": None,
-                         "left_running": 0})
+    return CompileBatch({"compiled": first_ahead, "children_failed": 0, "child_error": None,
+                         "left_running": 0, "ahead": 0})
 
 
 def _can_leave_running(mode: Any) -> bool:

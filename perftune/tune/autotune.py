@@ -74,6 +74,7 @@ class ModelPrune:
         self.model = model
         self.db = db
         self.ranked: dict[tuple[Any, ...], pd.DataFrame] = {}
+        self.last_ranking: list[Any] = []
         self._predictor: Any = None
         self._catalog: Any = None
 
@@ -96,7 +97,8 @@ class ModelPrune:
         predicted["index"] = range(len(configs))
         order = predicted.sort_values("predicted_ms", kind="stable")
         self.ranked[(*values, dtype, device)] = order
-        return [configs[i] for i in order["index"].head(self.budget)]
+        self.last_ranking = [configs[i] for i in order["index"]]  # all, best first
+        return self.last_ranking[:self.budget]
 
     def _family_rows(self, configs: list[Any], values: tuple[int, ...], dtype: str,
                      device: str) -> tuple[pd.DataFrame, list[str]]:
