@@ -123,6 +123,7 @@ def test_autotune_energy_objective_picks_the_least_energy_config(tmp_path):
     tuned = autotune(configs, key=["n"], objective="energy", energy_window_s=0.2, db=db,
                      family=False, name="scale_energy")(_doubling_kernel())
     _doubles(tuned, 1 << 24)
+    tuned.flush()  # the key's records are written in the background
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT config, runtime_ms, energy_per_call_j FROM "
                        "autotune_measurements").fetchall()
