@@ -281,6 +281,16 @@ def test_a_key_leaves_out_the_configs_still_compiling_and_a_later_key_takes_them
     assert pick(tuner, configs) == configs and tuner._left_out == 0
     assert ahead.future.done() and not tuner._stragglers and not tuner._compiling_ahead
 
+    forked = ForkedCompiles(workers=2)
+    forked.submit(time.sleep, 0.01)
+    forked.submit(time.sleep, 0.3)
+    (unused,) = forked.finish(Patience(factor=1.0, min_wait_s=0.0, min_batch=1))
+    tuner = SimpleNamespace(_stragglers={id("elsewhere"): unused}, _left_out=0,
+                            _compiling_ahead=set())
+    time.sleep(0.5)
+    assert pick(tuner, configs) == configs  # a key that does not need it reaps its child
+    assert unused.child not in forked.running_children and not unused.future.done()
+
 
 def test_a_background_job_gives_its_result_or_its_error_and_wait_ends_every_job() -> None:
     from perftune.tune import _prefetch

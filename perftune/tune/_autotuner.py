@@ -239,6 +239,8 @@ class PerftuneAutotuner(Autotuner):
         """``configs`` less those whose slow compile, left running by an earlier key, still
         runs (all of them, waited for, if nothing else is left); a compile started ahead by an
         earlier key is waited for (it has had a head start)."""
+        for straggler in self._stragglers.values():
+            straggler.running()  # reaps the children done since: no zombies, no open pipes
         ready, waiting = [], []
         for config in configs:
             straggler = self._stragglers.get(id(config))
