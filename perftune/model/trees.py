@@ -65,12 +65,11 @@ class FlatTrees:
             threshold.append(tree.threshold)
             value.append(tree.value[:, 0, 0])
             offset += tree.node_count
-        def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-            return np.concatenate(parts).astype(dtype)
-
-        return cls(np.asarray(roots, np.int64), joined(left, np.int32),
-                   joined(right, np.int32), joined(feature, np.int32),
-                   joined(threshold, np.float64), joined(value, np.float64))
+        return cls(np.asarray(roots, np.int64), np.concatenate(left).astype(np.int32),
+                   np.concatenate(right).astype(np.int32),
+                   np.concatenate(feature).astype(np.int32),
+                   np.concatenate(threshold).astype(np.float64),
+                   np.concatenate(value).astype(np.float64))
 
     def predictions(self, x: np.ndarray) -> np.ndarray:
         """Every tree's prediction for every row of ``x``: shape (trees, rows)."""

@@ -450,7 +450,6 @@ class PerftuneAutotuner(Autotuner):
                              "timed_in_full": len(timed), "ranked_by": self._ranked_by,
                              "left_out": self._left_out})
 
-
     def _store_later(self, rows: list[dict[str, Any]], choice: dict[str, Any]) -> None:
         """Store a key's records in the background, after the previous key's: a write opens
         the store and checkpoints it (a tenth of a second), which the call need not wait
