@@ -309,11 +309,12 @@ def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str,
                              "left_running": 0, "ahead": 0})
     first_ahead = len(launches) - ahead
 
-    def launch_all(executor: Any) -> None:
+    def launch_all(executor: Any, ahead_too: bool = False) -> None:
         for index, launch in enumerate(launches):  # a launch's warmup=False gives way
-            if index >= first_ahead and (not isinstance(executor, ForkedCompiles) or
+            # compiling ahead: only where compiles can be left running, on idle children
+            if index >= first_ahead and (not ahead_too or
                                          len(executor.running_children) >= executor.workers):
-                break  # compiling ahead only uses idle children
+                break
             executor.launch = index
             with contextlib.suppress(Exception):
                 kernel.run(*args, **{**launch, "warmup": True})
@@ -322,17 +323,16 @@ def compile_at_once(kernel: Any, args: tuple[Any, ...], launches: list[dict[str,
         forked = ForkedCompiles(workers)
         forked.ahead_from = first_ahead
         with AsyncCompileMode(forked, ignore_errors=True) as mode:
+            leave = _can_leave_running(mode)  # else this Triton waits, as it closes, for all
             try:
-                launch_all(forked)
+                launch_all(forked, ahead_too=leave)
             except BaseException:  # an interrupt: every future must end, or the mode waits
                 forked.shutdown(cancel_futures=True)
                 raise
             if while_compiling is not None:
                 while_compiling()
             needed = forked.submitted - forked.submitted_ahead
-            if not _can_leave_running(mode):
-                patience = None  # this Triton waits for every compile: so does compiling ahead
-            stragglers = forked.finish(patience, ready=first_ahead - needed)
+            stragglers = forked.finish(patience if leave else None, ready=first_ahead - needed)
             _leave_running(mode, stragglers)
         ahead_left = sum(forked.ahead(s.child) for s in stragglers)
         return CompileBatch(
