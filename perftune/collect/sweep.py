@@ -134,24 +134,30 @@ def validate(spec: SweepSpec) -> KernelFamily:
 
 
 def sample_configs(configs: list[Config], sample: int, seed: int, dataflow: str,
-                   problem: Problem, space: Sequence[Config] | None = None) -> list[Config]:
+                   problem: Problem, order: Sequence[Config] | None = None) -> list[Config]:
     """A seeded sample of ``configs`` (the problem's valid configs); all of them when there
     are no more than ``sample``.
 
-    Without ``space`` it is drawn per problem, so that a sampled sweep covers more of the
-    space overall. With ``space`` (the dataflow's whole config list, in a fixed order) it is
-    one sample for the whole sweep: ``space`` shuffled by seed and dataflow alone, and the
-    first ``sample`` configs of it that ``configs`` holds, so problems that allow the same
-    configs get the same ones."""
+    Without ``order`` it is drawn per problem, so that a sampled sweep covers more of the
+    space overall. With ``order`` (:func:`sweep_order`: the dataflow's whole config list
+    shuffled once for the sweep) it is one sample for the whole sweep: the first ``sample``
+    configs of ``order`` that ``configs`` holds, so problems that allow the same configs get
+    the same ones."""
     if len(configs) <= sample:
         return configs
-    if space is None:
+    if order is None:
         rng = random.Random(f"{seed}:{dataflow}:{problem.shape}:{problem.dtype}")
         return rng.sample(configs, sample)
-    order = list(space)
-    random.Random(f"{seed}:{dataflow}").shuffle(order)
     valid = {canonical_config(config) for config in configs}
     return [config for config in order if canonical_config(config) in valid][:sample]
+
+
+def sweep_order(space: Sequence[Config], seed: int, dataflow: str) -> list[Config]:
+    """``space`` (a dataflow's whole config list, in a fixed order) shuffled by seed and
+    dataflow alone: the order a sample for the whole sweep is drawn in."""
+    order = list(space)
+    random.Random(f"{seed}:{dataflow}").shuffle(order)
+    return order
 
 
 def plan(family: KernelFamily, spec: SweepSpec, device: dict[str, Any]) -> list[Planned]:
@@ -159,7 +165,8 @@ def plan(family: KernelFamily, spec: SweepSpec, device: dict[str, Any]) -> list[
     limits = limits_of(device)
     software = device["software"]["software_key"]
     dataflows = spec.dataflows or family.dataflows
-    spaces = {d: family.every_config(d) for d in dataflows} if spec.sample_per == "sweep" else {}
+    orders = ({d: sweep_order(family.every_config(d), spec.seed, d) for d in dataflows}
+              if spec.sample_per == "sweep" else {})
     planned = []
     for index, problem in enumerate(spec.problems):
         seed = spec.seed * 1_000_003 + index
@@ -167,7 +174,7 @@ def plan(family: KernelFamily, spec: SweepSpec, device: dict[str, Any]) -> list[
             configs = family.configs(problem, dataflow, limits)
             if spec.sample is not None:
                 configs = sample_configs(configs, spec.sample, spec.seed, dataflow, problem,
-                                         spaces.get(dataflow))
+                                         orders.get(dataflow))
             for config in configs:
                 key = measurement_key(device_id=device["device_id"], family=family.name,
                                       dataflow=dataflow, dtype=problem.dtype,
