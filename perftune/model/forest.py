@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import RandomForestRegressor
 
-from perftune.model.trees import FlatTrees, ForestPredictor, TreeSet
+from perftune.model.trees import FlatTrees, ForestPredictor, TreeSet, log_baseline
 
 Features: TypeAlias = "pd.DataFrame | Mapping[str, np.ndarray]"  # a frame, or arrays by name
 
@@ -52,7 +52,7 @@ class RuntimeForest(RegressorMixin, BaseEstimator):
     def fit(self, features: pd.DataFrame, runtime_ms: pd.Series | np.ndarray,
             groups: pd.Series | np.ndarray | None = None) -> RuntimeForest:
         x = features.to_numpy(float)
-        y = np.log(np.asarray(runtime_ms, float)) - self._baseline(features)
+        y = np.log(np.asarray(runtime_ms, float)) - log_baseline(features, self.residual_of)
         labels = np.asarray(groups if groups is not None else np.arange(len(y)))
         self.feature_names_in_ = list(features.columns)
         parts = self._parts(features)
@@ -131,9 +131,6 @@ class RuntimeForest(RegressorMixin, BaseEstimator):
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread (std across trees) of the predicted log runtime."""
         return self.predictor().predict_log(features, devices)
-
-    def _baseline(self, features: Features) -> np.ndarray | float:
-        return np.asarray(features[self.residual_of], dtype=float) if self.residual_of else 0.0
 
     def predict_interval(self, features: Features, devices: Any = None
                          ) -> tuple[np.ndarray, np.ndarray]:

@@ -167,14 +167,11 @@ class ForestPredictor:
                 rows = ids == device
                 if rows.any():
                     mean[rows] += adapter.mean_and_spread(x[rows])[0]
-        return mean + self.baseline(features), spread, scale
+        return mean + log_baseline(features, self.residual_of), spread, scale
 
     def matrix(self, features: Features) -> np.ndarray:
         return np.column_stack([np.asarray(features[name], dtype=float)
                                 for name in self.feature_names])
-
-    def baseline(self, features: Features) -> np.ndarray | float:
-        return np.asarray(features[self.residual_of], dtype=float) if self.residual_of else 0.0
 
     def _rows_by_forest(self, features: Features, rows: int) -> list[tuple[float, np.ndarray]]:
         parts = (np.zeros(rows) if self.separate is None
@@ -228,6 +225,11 @@ class ForestPredictor:
             raise ValueError(f"{path} holds no forest")
         return cls(names, header["residual_of"], header["separate"], forests, scales, rows,
                    adapters), dict(header["meta"])
+
+
+def log_baseline(features: Features, residual_of: str | None) -> np.ndarray | float:
+    """The log baseline a forest learns the residual of: the ``residual_of`` feature, or 0."""
+    return np.asarray(features[residual_of], dtype=float) if residual_of else 0.0
 
 
 def sidecar_path(model_path: str | Path) -> Path:
