@@ -136,12 +136,17 @@ def _chunks_of(summary: Any, name: str) -> list[tuple[float, float, float, float
                    if where.rsplit("/", 1)[-1] == name), key=lambda chunk: chunk[1])
 
 
+def _measuring_end(summary: Any) -> float | None:
+    """When measuring ended (the host's ``time.monotonic``), if it began."""
+    start = summary.measuring_from
+    return start + summary.measuring_s if start is not None else None
+
+
 def _per_worker(summary: Any, warmups: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per worker: chunks it sent back, the share of measuring it spent timing them (and of
     that, waiting for compiles), its idle time before its first chunk and after its last, and
     its warm-up (see the module docstring)."""
-    start = summary.measuring_from
-    end = start + summary.measuring_s if start is not None else None
+    start, end = summary.measuring_from, _measuring_end(summary)
     out: dict[str, Any] = {}
     names = {where.rsplit("/", 1)[-1] for where, *_ in summary.chunk_times} | set(warmups)
     for name in sorted(names):
@@ -181,9 +186,7 @@ def _restart(summary: Any, warmups: dict[str, dict[str, Any]],
     def since(when: float | None) -> float | None:
         return when - at if when is not None and when > at else None
 
-    offered = warmup.get("offered")
-    end = (summary.measuring_from + summary.measuring_s
-           if summary.measuring_from is not None else None)
+    offered, end = warmup.get("offered"), _measuring_end(summary)
     left = end - offered if end is not None and offered is not None and offered > at else None
     busy = sum(stop - begin for _, begin, stop, _ in after)
     return {"worker_set_up_s": since(warmup.get("setup")),
