@@ -1,24 +1,22 @@
 """A campaign on one GPU and on two, each into a fresh store, one worker killed in the second.
 
-    python -m benchmarks.campaign_scaling [--spec campaigns/scaling.toml]
-        [--compile-bound [campaigns/scaling-compile-bound.toml]] [--kill-at 0.4]
+    python -m benchmarks.campaign_scaling [--spec campaigns/scaling.toml] [--kill-at 0.4]
 
 Runs the spec with the local cluster (``perftune campaign run --cluster local``) twice: with one
 worker (GPU 0) and with two (GPUs 0 and 1), each run into a fresh store and with a fresh,
 empty Triton cache, so that both pay their own compilation. In the two-GPU run, once
 ``--kill-at`` of its chunks are done, the second worker's process is killed (SIGKILL): its
-nanny starts a new one, which warms up again before it takes work, and its chunks in flight
-(a worker holds two) are measured again.
+nanny starts a new one, which takes over the killed one's measuring process (or warms up
+anew) before it takes work, and its chunks in flight (a worker holds two) are measured again.
 
 The default spec, ``campaigns/scaling.toml``, draws one sample of configs for the whole sweep
 (``sample_per = "sweep"``): every problem gets the same configs where it allows them, so each
-binary is compiled once and the campaign is bound by the GPUs. ``--compile-bound`` then runs a
-second spec the same way (one GPU, then two with one worker killed, its own fresh stores and
-empty caches), by default ``campaigns/scaling-compile-bound.toml``: configs sampled per problem,
-so most measurements need a binary of their own and the host's compiling, shared by the
-workers, bounds the campaign. Its results go into the same file, under ``compile_bound``, with
-the same keys as the first spec's at the top level. The file is written once the first spec is
-done (``compile_bound`` then says ``"finished": false``) and again after the second.
+binary is compiled once and the campaign is bound by the GPUs. Its compile-bound counterpart,
+``--spec campaigns/scaling-compile-bound.toml``, samples configs per problem, so most
+measurements need a binary of their own and the host's compiling, shared by the workers,
+bounds the campaign. Results go to ``benchmarks/results/campaign_scaling.json`` for the
+default spec and ``campaign_scaling_<name>.json`` for another (``<name>``: the spec file's
+name less ``scaling-``, dashes as underscores), or to ``--out``.
 
 Reports ``per_gpu_minute_1`` and ``per_gpu_minute_2`` (rows stored per GPU per minute of
 measuring: from the first chunk sent to the last row stored; measuring starts once every worker
@@ -27,23 +25,23 @@ may still be starting), ``scaling``
 (two-GPU rows per minute over one-GPU rows per minute of measuring; ``goal``: 1.9),
 ``scaling_elapsed`` (the same ratio on the whole run: cluster start and warm-up included),
 ``warmup_s`` (per run: elapsed less measuring), ``duplicates`` (stored rows sharing a key)
-and ``rows_received_twice`` (rows a re-run chunk sent again, which the store skipped), ``lost``
-(planned rows not stored) and ``worker_killed``. Each run also says where its time went:
-``per_worker`` (chunks each worker sent back; ``busy_fraction``: the seconds it spent timing
-them over the seconds of measuring, ``compile_wait_s`` of which it waited for the compile pool;
-seconds from the start of measuring to its first chunk timed, and from its last to the end; and
-its warm-up, from the worker's last start: seconds to start the bench and for the compile
-pool's processes to be ready, the pool's start method, and when it offered its device, in
-seconds from the start of measuring), and in the two-GPU run ``restart`` (seconds from the kill
-until the new worker process was set up, offered its device, received its first chunk and
-started timing it: ``downtime_s``; the timing lost with the killed process, ``lost_timing_s``;
-then the seconds of measuring left once it offered its device, and the share of them it spent
-timing chunks). Times on workers are
-``time.monotonic`` of the host, the driver's clock on a local cluster. Writes
-benchmarks/results/campaign_scaling.json on GPUs. Without two GPUs it runs on CPU workers under
-the Triton interpreter (a smoke test: ``--spec campaigns/example-cpu.toml``, and
-``--compile-bound campaigns/example-cpu.toml`` for both parts; nothing is written unless
-``--out`` is given).
+and ``rows_received_twice`` (rows a re-run or copied chunk sent again, which the store
+skipped), ``lost`` (planned rows not stored) and ``worker_killed``. Each run also says where
+its time went: ``chunks_copied`` (chunks measured on an idle worker too at the end of the
+run), ``per_worker`` (chunks each worker sent back; ``busy_fraction``: the seconds it spent
+timing them over the seconds of measuring, ``compile_wait_s`` of which it waited for the
+compile pool; seconds from the start of measuring to its first chunk timed, and from its last
+to the end; the compile wait of its first chunk; and its warm-up, from the worker's last
+start: seconds to start the bench and for the compile pool's processes to be ready, the
+pool's start method, and when it offered its device, in seconds from the start of
+measuring), and in the two-GPU run ``restart`` (seconds from the kill until the new worker
+process was set up; whether it took over the killed worker's measuring process,
+``taken_over``; seconds until it offered its device, received its first chunk and started
+timing it: ``downtime_s``; the timing lost with the killed process, ``lost_timing_s``; then
+the seconds of measuring left once it offered its device, and the share of them it spent
+timing chunks). Times on workers are ``time.monotonic`` of the host, the driver's clock on a
+local cluster. Without two GPUs it runs on CPU workers under the Triton interpreter (a smoke
+test: ``--spec campaigns/example-cpu.toml``; nothing is written unless ``--out`` is given).
 """
 
 from __future__ import annotations
@@ -62,7 +60,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SPEC = ROOT / "campaigns" / "scaling.toml"
-COMPILE_BOUND_SPEC = ROOT / "campaigns" / "scaling-compile-bound.toml"
 GOAL = 1.9  # two-GPU rows per minute over one-GPU rows per minute
 
 
@@ -105,6 +102,7 @@ def one_run(spec_path: Path, workers: int, work: Path, kill_at: float | None,
             "rows_received_twice": summary.received - summary.written,
             "lost": summary.planned - int(counts["rows"]),
             "chunks": summary.chunks, "chunks_given_up": summary.chunks_given_up,
+            "chunks_copied": summary.chunks_copied,
             "workers_lost": summary.workers_lost, "quarantined": summary.quarantined,
             "elapsed_s": summary.elapsed_s, "measuring_s": summary.measuring_s,
             "warmup_s": summary.elapsed_s - summary.measuring_s,
@@ -157,6 +155,7 @@ def _per_worker(summary: Any, warmups: dict[str, dict[str, Any]]) -> dict[str, A
             "chunks": len(chunks), "busy_s": busy,
             "busy_fraction": busy / summary.measuring_s if summary.measuring_s else None,
             "compile_wait_s": sum(wait for *_, wait in chunks),
+            "compile_wait_first_chunk_s": chunks[0][3] if chunks else None,
             "first_timed_at_s": chunks[0][1] - start if chunks and start is not None else None,
             "idle_at_end_s": end - max(stop for _, _, stop, _ in chunks)
             if chunks and end is not None else None,
@@ -190,6 +189,7 @@ def _restart(summary: Any, warmups: dict[str, dict[str, Any]],
     left = end - offered if end is not None and offered is not None and offered > at else None
     busy = sum(stop - begin for _, begin, stop, _ in after)
     return {"worker_set_up_s": since(warmup.get("setup")),
+            "taken_over": warmup.get("taken_over"),
             "bench_start_s": warmup.get("bench_s"), "pool_start_s": warmup.get("pool_s"),
             "offered_s": since(offered),
             "first_chunk_arrived_s": since(min(c[0] for c in after)) if after else None,
@@ -250,12 +250,12 @@ def _shown(path: Path) -> str:
     return str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path)
 
 
-def _report(label: str, result: dict[str, Any]) -> None:
+def _report(result: dict[str, Any]) -> None:
     one, two = result["runs"]
     ratio = result["scaling"]
     verdict = ("no rate" if ratio is None
                else f"{ratio:.2f} against a goal of {GOAL}: {'met' if ratio >= GOAL else 'missed'}")
-    print(f"{label} ({result['spec']}): 1 worker {one['per_gpu_minute']:.0f}/min, 2 workers "
+    print(f"{result['spec']}: 1 worker {one['per_gpu_minute']:.0f}/min, 2 workers "
           f"{two['per_gpu_minute']:.0f}/min each, scaling {verdict} (elapsed "
           f"{result['scaling_elapsed']}), duplicates {result['duplicates']}, lost "
           f"{result['lost']}, worker killed {result['worker_killed']}")
@@ -266,64 +266,56 @@ def _report(label: str, result: dict[str, Any]) -> None:
               + (f"; restart {run['restart']}" if run["restart"] else ""))
 
 
+def default_out(spec: Path) -> Path:
+    """Where a spec's results go: ``campaign_scaling.json`` for the default spec, else
+    ``campaign_scaling_<name>.json``."""
+    if spec.resolve() == SPEC.resolve():
+        return RESULTS / "campaign_scaling.json"
+    name = spec.stem.removeprefix("scaling-").replace("-", "_")
+    return RESULTS / f"campaign_scaling_{name}.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, default=SPEC)
-    parser.add_argument("--compile-bound", type=Path, nargs="?", const=COMPILE_BOUND_SPEC,
-                        metavar="SPEC", help="then run this spec too, as the compile-bound "
-                        f"case (default {COMPILE_BOUND_SPEC.relative_to(ROOT)})")
     parser.add_argument("--kill-at", type=float, default=0.4,
                         help="share of the two-worker run's chunks done when a worker is "
                         "killed")
     parser.add_argument("--out", type=Path, help="result file (default on GPUs: "
-                        "benchmarks/results/campaign_scaling.json)")
+                        "benchmarks/results/campaign_scaling.json, or "
+                        "campaign_scaling_<name>.json for another spec)")
     args = parser.parse_args()
 
     from perftune.collect.campaign.cluster import visible_gpus
     from perftune.collect.campaign.spec import load_spec
     from perftune.collect.device import identify, select_mode
 
-    for path in filter(None, (args.spec, args.compile_bound)):
-        load_spec(path)  # a bad spec fails here, before any cluster starts
+    load_spec(args.spec)  # a bad spec fails here, before any cluster starts
     gpus = visible_gpus()
     interpret = len(gpus) < 2
     if interpret:
         print("fewer than two GPUs visible: CPU workers under the Triton interpreter (a smoke "
               "test, not GPU throughput)", file=sys.stderr)
-    out = args.out or (RESULTS / "campaign_scaling.json" if not interpret else None)
-    result: dict[str, Any] = {"benchmark": "campaign_scaling"}
-
-    def write() -> None:
-        # after each spec, so that a run stopped during the second keeps the first's results
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-
+    out = args.out or (default_out(args.spec) if not interpret else None)
     with tempfile.TemporaryDirectory(prefix="campaign-scaling-") as tmp:
-        work = Path(tmp)
-        primary = scaling(args.spec, work / "primary", args.kill_at, interpret)
-        # the driver imports torch and asks CUDA for the device only here, after the runs
-        device = identify(select_mode(interpret or None))
-        result.update({
-            "device": device["name"], "device_id": device["device_id"],
-            "software": device["software"],
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
-            "command": " ".join(["python -m benchmarks.campaign_scaling",
-                                 *_without_out(sys.argv[1:])]),
-            "timer": "GPU (CUDA events)" if not interpret
-            else "Triton interpreter on CPU (not GPU times)",
-            "goal": GOAL, **primary})
-        if args.compile_bound:
-            result["compile_bound"] = {"spec": _shown(args.compile_bound), "finished": False}
-        write()
-        _report("primary", result)
-        if args.compile_bound:
-            result["compile_bound"] = scaling(args.compile_bound, work / "compile-bound",
-                                              args.kill_at, interpret)
-            write()
-            _report("compile-bound", result["compile_bound"])
+        measured = scaling(args.spec, Path(tmp), args.kill_at, interpret)
+    # the driver imports torch and asks CUDA for the device only here, after the runs
+    device = identify(select_mode(interpret or None))
+    result: dict[str, Any] = {
+        "benchmark": "campaign_scaling",
+        "device": device["name"], "device_id": device["device_id"],
+        "software": device["software"],
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "command": " ".join(["python -m benchmarks.campaign_scaling",
+                             *_without_out(sys.argv[1:])]),
+        "timer": "GPU (CUDA events)" if not interpret
+        else "Triton interpreter on CPU (not GPU times)",
+        "goal": GOAL, **measured}
+    _report(result)
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(f"wrote {out}")
 
 

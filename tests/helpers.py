@@ -85,6 +85,34 @@ class BadGpuGemm(GemmFamily):
         return super().launcher(problem, dataflow, config, inputs)
 
 
+class SlowGpuGemm(GemmFamily):
+    """GEMM that, on a campaign worker started with PERFTUNE_TEST_SLOW_GPU=1, takes a second
+    longer to set up each config's launch, as a slower GPU might; elsewhere plain GEMM."""
+
+    name = "gemm_slow_gpu"
+
+    def launcher(self, problem: Problem, dataflow: str, config: Config,
+                 inputs: Inputs) -> Callable[[], None]:
+        if os.environ.get("PERFTUNE_TEST_SLOW_GPU") == "1":
+            time.sleep(1.0)
+        return super().launcher(problem, dataflow, config, inputs)
+
+
+class LoggedCompileGemm(GemmFamily):
+    """GEMM whose compiling (in a compile pool's process) takes a moment and appends the
+    config's BLOCK_N to the file PERFTUNE_TEST_COMPILE_LOG names; BLOCK_N=64 fails to
+    compile."""
+
+    name = "gemm_logged_compile"
+
+    def compile(self, problem: Problem, dataflow: str, config: Config, device: str) -> None:
+        with open(os.environ["PERFTUNE_TEST_COMPILE_LOG"], "a") as log:
+            log.write(f"{config['BLOCK_N']}\n")
+        time.sleep(0.5)
+        if config["BLOCK_N"] == 64:
+            raise ValueError("no such tile")
+
+
 def gemm(m: int, n: int, k: int, dtype: str, device: str) -> Problem:
     """A GEMM problem on a device, as the tuner takes it."""
     return Problem.of(dtype, m=m, n=n, k=k).on(device)

@@ -131,7 +131,7 @@ def test_the_scaling_specs_differ_in_how_they_sample_and_in_problems_only() -> N
         planned[name] = (sweep.spec, [p.task for p in plan(family, sweep.spec, device)])
     (gpu_bound, tasks), (compile_bound, per_problem) = planned.values()
     assert (gpu_bound.sample_per, compile_bound.sample_per) == ("sweep", "problem")
-    assert len(gpu_bound.problems) == 120 and 1400 <= len(tasks) <= 1600
+    assert len(gpu_bound.problems) == 180 and 2000 <= len(tasks) <= 2400
     assert compile_bound.problems == gpu_bound.problems[:len(compile_bound.problems)]
     assert dataclasses.replace(compile_bound, problems=gpu_bound.problems,
                                sample_per="sweep") == gpu_bound
@@ -191,12 +191,24 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, db: P
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
+    def warmup(dask_worker: Any) -> dict[str, Any]:
+        return dict(dask_worker.plugins[PLUGIN_NAME].warmup)
+
     try:
         with Store(db) as store:
             summary = start_run(store, campaign, connection, progress=kill_one)
             events = store.query("SELECT event FROM campaign_events")["event"].tolist()
+        deadline = time.monotonic() + 120  # the new worker may still be warming up
+        while True:
+            warmups = list(connection.client.run(warmup, on_error="return").values())
+            if all(isinstance(w, dict) and "offered" in w for w in warmups) or (
+                    time.monotonic() > deadline):
+                break
+            time.sleep(0.5)
     finally:
         connection.close()
+    # the killed worker's measuring process waited, and the new worker took it over
+    assert sorted(w.get("taken_over") for w in warmups) == [False, True]
     assert killed and not summary.interrupted
     assert summary.workers_lost >= 1 and "worker_lost" in events
     counts = _counts(db)
@@ -341,6 +353,46 @@ def test_compile_pool_processes_are_forked_from_a_server_that_imported_the_famil
     assert seen["then"] == "spawn"  # the environment changed since the server started
 
 
+_SHARED_POOLS = """
+import concurrent.futures, json, sys
+from perftune.collect.compile import Precompiler
+from perftune.collect.families import load_family
+from perftune.collect.problems import parse_problem
+
+ref = "tests.helpers:LoggedCompileGemm"
+family = load_family(ref)
+problem = parse_problem("m=16,n=32,k=32", family.dims, "fp16")
+items = [(problem, "triton", {"BLOCK_M": 16, "BLOCK_N": n, "BLOCK_K": 16, "GROUP_M": 1,
+                              "num_warps": 1, "num_stages": 1}) for n in (16, 32, 48, 64)]
+pools = [Precompiler(family, ref, 2), Precompiler(family, ref, 2)]
+for pool in pools:  # two GPUs' workers of one host, say: the same configs, at once
+    pool.submit(items)
+answers = [[pool.wait(*item) for item in items] for pool in pools]
+later = Precompiler(family, ref, 2)  # a worker started again: compiled ones are noted
+later.submit(items)
+queued = [not f.done() for f in later._futures.values()]
+answers.append([later.wait(*item) for item in items])
+for pool in [*pools, later]:
+    pool.close()
+print(json.dumps({"answers": answers, "queued": queued}))
+"""
+
+
+def test_compile_pools_of_a_host_compile_each_binary_once(tmp_path: Path) -> None:
+    log = tmp_path / "compiled.log"
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "cache"),
+           "PERFTUNE_TEST_COMPILE_LOG": str(log)}
+    done = subprocess.run([sys.executable, "-c", _SHARED_POOLS], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    compiled = sorted(int(n) for n in log.read_text().split())
+    assert compiled == [16, 32, 48, 64]  # one compile per config over all three pools
+    for answers in seen["answers"]:  # each has the failed one's error
+        assert answers == [None, None, None, "ValueError: no such tile"]
+    assert seen["queued"] == [False] * 4  # noted done: nothing to queue
+
+
 _POOL_OWNER = """
 import concurrent.futures, os, time
 from perftune.collect.compile import Precompiler
@@ -462,6 +514,30 @@ problems = ["m=16,n=48,k=32", "m=17,n=48,k=32"]
     crashed = rows[rows["config"].str.contains('"BLOCK_N":32')]
     assert list(crashed["status"]) == ["launch_error", "launch_error"]
     assert (rows["status"] == "ok").sum() == 4
+
+
+def test_a_chunk_waiting_on_a_busy_worker_at_the_end_is_copied_to_an_idle_one(
+        tmp_path: Path, db: Path) -> None:
+    import dask
+    from distributed import Scheduler, SpecCluster
+
+    from perftune.collect.campaign.cluster import worker_specs
+
+    specs = worker_specs(interpret=True, workers=2, gpus=[])
+    specs["cpu0"]["options"]["env"]["PERFTUNE_TEST_SLOW_GPU"] = "1"
+    with dask.config.set({"distributed.worker.daemon": False}):
+        cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {
+            "dashboard_address": None}}, silence_logs=40)
+    campaign = load_spec(_write(tmp_path, SPEC.replace('"gemm"', '"tests.helpers:SlowGpuGemm"')))
+    try:
+        summary, rows = _run(campaign, connect(cluster.scheduler_address), db,
+                             "SELECT key FROM measurements")
+    finally:
+        cluster.close()
+    # the fast worker was left idle while the slow one held a chunk behind the one it timed
+    assert summary.chunks_copied >= 1 and not summary.interrupted
+    counts = _counts(db)
+    assert counts["n"] == counts["keys"] == counts["ok"] == PLANNED == len(rows)
 
 
 def test_a_gpu_that_keeps_failing_is_quarantined_and_named(

@@ -10,12 +10,20 @@ do not compete for the CPUs with other workers' compiling. The server never touc
 ``spawn`` inherits its parent's environment as it is at that moment, a forked one the server's
 as it was when the server started: a pool takes the server only while the environment is still
 the same (else it spawns, as before).
+
+The pools of one host share their work through Triton's cache directory (:class:`Claims`): a
+process claims a binary before it compiles it, and notes it compiled once it has. Another
+pool, a second GPU's worker, say, skips what is claimed or compiled, and its timing process
+waits only for the claim to end; a worker started again after a crash finds its binaries
+noted and waits for nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import hashlib
 import importlib
 import multiprocessing as mp
 import os
@@ -25,6 +33,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
+from pathlib import Path
 from typing import Any
 
 from perftune.collect.families._base import Config, KernelFamily
@@ -55,6 +64,22 @@ def _init(family_ref: str, owner: int | None = None) -> None:
     for module in _family.compile_modules:  # imported here, not at the first config
         with contextlib.suppress(Exception):  # else the configs' compiling says why
             importlib.import_module(module)
+    _set_up_device()
+
+
+def _set_up_device() -> None:
+    """What every compile here sets up first, and which takes seconds when a dozen processes
+    do it at once: the GPU's context (compiling puts placeholders on the device) and Triton's
+    driver. Done as the process starts, while the worker's measuring process starts too,
+    not when the first configs wait for it."""
+    with contextlib.suppress(Exception):  # no GPU: nothing to set up; else compiling says why
+        import torch
+
+        if torch.cuda.is_available():
+            torch.empty(1, device="cuda")
+            from triton.runtime import driver
+
+            driver.active.get_current_target()
 
 
 def _exit_without(owner: int) -> None:
@@ -70,13 +95,32 @@ def _exit_without(owner: int) -> None:
             pass
 
 
-def _compile(problem: Problem, dataflow: str, config: Config) -> str | None:
+ELSEWHERE = "\0compiling elsewhere"  # a pool process's answer: another process claimed it
+
+
+def _compile_here(problem: Problem, dataflow: str, config: Config) -> str | None:
     assert _family is not None
     try:
         _family.compile(problem, dataflow, config, "cuda")
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc)[:2000]}"
     return None
+
+
+def _compile(problem: Problem, dataflow: str, config: Config,
+             claim: str | None = None) -> str | None:
+    """Compile one config (its error, if any); with a ``claim`` (:class:`Claims`), only if no
+    other process has compiled it or is compiling it (:data:`ELSEWHERE`)."""
+    if claim is None:
+        return _compile_here(problem, dataflow, config)
+    with Claims.hold(claim) as held:
+        if not held:
+            return ELSEWHERE
+        if Claims.done(claim):
+            return Claims.error(claim)
+        error = _compile_here(problem, dataflow, config)
+        Claims.note_done(claim, error)
+        return error
 
 
 def _ready() -> None:
@@ -136,8 +180,87 @@ def pool_context(preload: Sequence[str] = ()) -> BaseContext:
     return ctx
 
 
+class Claims:
+    """What the compile pools of one host compile and have compiled, as files beside Triton's
+    cache (so that clearing the cache clears them): a claim is a lock file, held (``flock``)
+    while one process compiles, and a ``.done`` file once it is compiled, holding the compile
+    error if there was one (so that no other process tries again). A claim names the family,
+    the Triton version and the compile key. A ``.done`` file that outlived its binary costs
+    time, not a wrong result: the timing process then compiles the config itself."""
+
+    def __init__(self, folder: Path, family_ref: str):
+        self.folder = folder
+        self.prefix = f"{family_ref}|{_triton_version()}|"
+
+    @classmethod
+    def beside_triton_cache(cls, family_ref: str) -> Claims | None:
+        """The claims in the Triton cache directory this process compiles into (the
+        ``TRITON_CACHE_DIR`` environment variable, else Triton's default), if it can write
+        there."""
+        cache = os.environ.get("TRITON_CACHE_DIR") or os.path.join(
+            os.environ.get("TRITON_HOME") or os.path.expanduser("~"), ".triton", "cache")
+        folder = Path(cache) / "perftune-claims"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return cls(folder, family_ref)
+
+    def of(self, key: Hashable) -> str:
+        name = hashlib.sha256((self.prefix + repr(key)).encode()).hexdigest()[:32]
+        return str(self.folder / name)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def hold(claim: str, wait: bool = False, shared: bool = False) -> Any:
+        """Hold the claim while in the block (True), or say it is held elsewhere (False;
+        with ``wait``, wait for it instead)."""
+        fd = os.open(claim + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            try:
+                fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
+    @staticmethod
+    def done(claim: str) -> bool:
+        return os.path.exists(claim + ".done")
+
+    @staticmethod
+    def error(claim: str) -> str | None:
+        """The compile error noted with a claim done (None: compiled, or not done)."""
+        try:
+            return Path(claim + ".done").read_text() or None
+        except OSError:
+            return None
+
+    @staticmethod
+    def note_done(claim: str, error: str | None) -> None:
+        """Note the claim done, with its error; written whole or not at all (a process killed
+        while writing leaves no half note)."""
+        part = f"{claim}.{os.getpid()}.part"
+        with contextlib.suppress(OSError):
+            Path(part).write_text(error or "")
+            os.replace(part, claim + ".done")
+
+
+def _triton_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("triton")
+    except PackageNotFoundError:
+        return "none"
+
+
 class Precompiler:
-    """A process pool that compiles each distinct (dataflow, config, specialization) once."""
+    """A process pool that compiles each distinct (dataflow, config, specialization) once,
+    sharing the work with the other pools of its host (:class:`Claims`)."""
 
     def __init__(self, family: KernelFamily, family_ref: str, workers: int | None = None):
         self.family = family
@@ -148,6 +271,7 @@ class Precompiler:
         self._pool = self._new_pool()
         self._renewals = 0
         self._futures: dict[Hashable, Future[str | None]] = {}
+        self.claims = Claims.beside_triton_cache(family_ref)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context,
@@ -179,15 +303,23 @@ class Precompiler:
                 self.family.specialization(problem))
 
     def submit(self, items: Iterable[tuple[Problem, str, Config]]) -> None:
-        """Queue the items' configs not queued before. A pool broken by a process that died
-        (its configs' futures say so) is replaced, up to :data:`_RENEWALS` times; a config the
-        pool cannot take is left to the timing worker, which compiles it itself."""
+        """Queue the items' configs not queued before, nor compiled on this host before (they
+        are done at once). A pool broken by a process that died (its configs' futures say so)
+        is replaced, up to :data:`_RENEWALS` times; a config the pool cannot take is left to
+        the timing worker, which compiles it itself."""
         for problem, dataflow, config in items:
             key = self._key(problem, dataflow, config)
             if key in self._futures:
                 continue
+            claim = self.claims.of(key) if self.claims else None
+            if claim is not None and Claims.done(claim):
+                done: Future[str | None] = Future()
+                done.set_result(Claims.error(claim))
+                self._futures[key] = done
+                continue
+            task = functools.partial(_compile, problem, dataflow, config, claim)
             try:
-                self._futures[key] = self._pool.submit(_compile, problem, dataflow, config)
+                self._futures[key] = self._pool.submit(task)
             except BrokenProcessPool:
                 if self._renewals >= _RENEWALS:
                     continue
@@ -195,19 +327,26 @@ class Precompiler:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._new_pool()
                 with contextlib.suppress(Exception):
-                    self._futures[key] = self._pool.submit(_compile, problem, dataflow, config)
+                    self._futures[key] = self._pool.submit(task)
             except Exception:  # shut down, or no process can be started
                 continue
 
     def wait(self, problem: Problem, dataflow: str, config: Config) -> str | None:
-        """Block until this config is compiled; returns the compile error, if any."""
-        future = self._futures.get(self._key(problem, dataflow, config))
+        """Block until this config is compiled, here or by another process of the host;
+        returns the compile error, if any."""
+        key = self._key(problem, dataflow, config)
+        future = self._futures.get(key)
         if future is None:
             return None
         try:
-            return future.result()
+            error = future.result()
         except Exception as exc:  # a pool process died: let the worker compile it itself
             return None if "BrokenProcessPool" in type(exc).__name__ else str(exc)
+        if error == ELSEWHERE and self.claims is not None:
+            claim = self.claims.of(key)
+            with Claims.hold(claim, wait=True, shared=True):  # until the other is done
+                return Claims.error(claim)
+        return error
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -14,7 +14,9 @@ polled at chunk boundaries: the run ends there and its campaign is closed as int
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import random
 import socket
 import statistics
@@ -214,12 +216,16 @@ class Bench:
     It never opens the store: a :class:`Session` adds that here, and a cluster worker sends
     its rows to the campaign driver, the store's one writer."""
 
-    def __init__(self, spec: SweepSpec, *, stop: StopRequest | None = None):
+    def __init__(self, spec: SweepSpec, *, stop: StopRequest | None = None,
+                 handover: str | None = None):
         self.spec = spec
         self.family = validate(spec)
         self.stop: StopRequest = stop or _NeverStop()
-        self.mode = select_mode(spec.interpret)
-        self.worker = IsolatedWorker(spec.family, self.mode, energy=spec.energy)
+        # With ``handover``, a process left by an owner that died is taken over, not started,
+        # and the device mode is its own: choosing it (importing torch) waits until needed.
+        mode = functools.partial(select_mode, spec.interpret)
+        self.worker = IsolatedWorker(spec.family, mode if handover else mode(),
+                                     energy=spec.energy, handover=handover)
         self.device: dict[str, Any] = {}
         self.precompiler: Precompiler | None = None
         self.compile_wait_s = 0.0  # spent waiting for the compile pool, in all
@@ -227,6 +233,17 @@ class Bench:
     @property
     def stopping(self) -> bool:
         return self.stop.is_set()
+
+    @property
+    def mode(self) -> str:
+        return self.worker.mode
+
+    @property
+    def predecessor_waits(self) -> bool:
+        """Whether a measuring process may wait at this bench's handover path, left by an
+        owner that died, to be taken over."""
+        path = self.worker.handover
+        return bool(path) and os.path.exists(str(path))
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:

@@ -7,7 +7,8 @@ with a timeout; the child owns the device, the inputs and the timer.
 The child leaves its parent's process group, so that a signal sent to the group (Ctrl-C in a
 terminal, GNU timeout, a batch system's time limit) reaches only the parent, which stops at a
 safe point and then stops the child. A child whose parent died (SIGKILL, a crash) exits
-quietly: when it next touches the pipe, or within a second if it is busy.
+quietly: when it next touches the pipe, or within a second if it is busy. Given a handover
+path (:mod:`.handover`), it waits for a new owner first, who takes it over as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import math
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -26,6 +26,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from perftune.collect.families._base import Config, Inputs
+from perftune.collect.handover import (
+    MAX_PATH,
+    WAIT_S,
+    HandoverListener,
+    Owner,
+    process_alive,
+    take_over,
+)
 from perftune.collect.problems import Problem
 from perftune.store.schema import MEASUREMENT_STATUSES
 
@@ -40,7 +48,6 @@ STATUSES = MEASUREMENT_STATUSES  # (OK, ..., OOM): the store checks imported row
 # What a pipe to a dead parent raises: EOF when it closed cleanly, ECONNRESET when it died with
 # an answer unread, EPIPE on a send (ConnectionResetError and BrokenPipeError are OSErrors).
 _PIPE_GONE = (EOFError, OSError)
-_PARENT_CHECK_S = 0.5
 
 _COMPILE_ERRORS = {"CompilationError", "OutOfResources", "CompileTimeAssertionFailure",
                    "PTXASError"}
@@ -177,39 +184,51 @@ def _leave_parent_group() -> None:
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 
 
-def _exit_when_orphaned(parent: int) -> None:
-    """Exit, quietly, once the parent is gone, even while a launch hangs: nothing else would
-    ever stop this process."""
+def _serve(conn: Connection, runner: _Runner) -> None:
+    """Answer tasks until told to stop (None) or a failure leaves the device unusable."""
+    while True:
+        task = conn.recv()
+        if task is None:
+            return
+        result = runner.run(task)
+        conn.send(("result", result))
+        if result.get("fatal"):
+            return
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_PARENT_CHECK_S)
-        os._exit(0)
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _child_main(conn: Connection, family_ref: str, mode: str, energy: bool) -> None:
-    parent = os.getppid()
+def _child_main(conn: Connection, family_ref: str, mode: str, energy: bool,
+                handover: str | None = None, wait_s: float = WAIT_S) -> None:
     _leave_parent_group()
-    _exit_when_orphaned(parent)
+    owner = Owner(wait_s if handover else None)
+    owner.watch()
+    try:
+        runner = _Runner(family_ref, mode, energy)
+    except BaseException as exc:
+        with contextlib.suppress(*_PIPE_GONE):
+            conn.send(("fatal", _error_text(exc) + "\n" + traceback.format_exc(limit=8)))
+        return
+    listener = None
+    if handover:
+        with contextlib.suppress(OSError):  # without one, it just cannot be taken over
+            listener = HandoverListener(handover, (family_ref, mode, energy), owner,
+                                        runner.identity)
     try:
         try:
-            runner = _Runner(family_ref, mode, energy)
-        except BaseException as exc:
-            conn.send(("fatal", _error_text(exc) + "\n" + traceback.format_exc(limit=8)))
+            conn.send(("ready", runner.identity))
+            _serve(conn, runner)
             return
-        conn.send(("ready", runner.identity))
-        while True:
-            task = conn.recv()
-            if task is None:
+        except _PIPE_GONE:  # the owner died or closed the pipe
+            pass
+        while listener is not None:  # wait for a new owner, then serve it
+            conn = listener.next_owner()
+            try:
+                _serve(conn, runner)
                 return
-            result = runner.run(task)
-            conn.send(("result", result))
-            if result.get("fatal"):
-                return
-    except _PIPE_GONE:
-        return  # the parent died or closed the pipe: nobody is left to answer
+            except _PIPE_GONE:
+                pass
+    finally:
+        if listener is not None:
+            listener.close()
 
 
 class WorkerFailed(Exception):
@@ -228,24 +247,48 @@ class Interrupted(KeyboardInterrupt):
 class IsolatedWorker:
     """The parent's handle on the worker process."""
 
-    def __init__(self, family_ref: str, mode: str, *, energy: bool = False,
-                 startup_timeout_s: float = 300.0):
+    def __init__(self, family_ref: str, mode: str | Callable[[], str], *,
+                 energy: bool = False, startup_timeout_s: float = 300.0,
+                 handover: str | None = None, handover_wait_s: float = WAIT_S):
+        """``mode``: the device mode, or how to choose it when the process is started, not
+        taken over (one taken over at the handover path keeps its own)."""
         self.family_ref = family_ref
-        self.mode = mode
+        self._mode = mode
         self.energy = energy
         self.startup_timeout_s = startup_timeout_s
+        self.handover = handover if handover and len(handover.encode()) <= MAX_PATH else None
+        self.handover_wait_s = handover_wait_s
         self.restarts = 0
+        self.taken_over = 0  # processes taken over at the handover path, not started
         self._process: Any = None
+        self._pid: int | None = None  # the process's, when taken over (not this one's child)
         self._conn: Connection | None = None
 
+    @property
+    def mode(self) -> str:
+        if not isinstance(self._mode, str):
+            self._mode = self._mode()
+        return self._mode
+
     def start(self, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-        """Start the child; returns its device identity. Starting takes seconds (imports, the
-        device); if ``should_stop`` turns true meanwhile, the child is killed and
-        :class:`Interrupted` raised."""
+        """Start the child, or take over the one waiting at the handover path; returns its
+        device identity. Starting takes seconds (imports, the device); if ``should_stop``
+        turns true meanwhile, the child is killed and :class:`Interrupted` raised."""
+        listen = None
+        if self.handover:
+            wanted = self._mode if isinstance(self._mode, str) else None
+            knock = take_over(self.handover, (self.family_ref, wanted, self.energy))
+            if knock.conn is not None and knock.identity is not None:
+                self._conn, self._pid = knock.conn, knock.pid
+                self._mode = str(knock.settings[1])
+                self.taken_over += 1
+                return knock.identity
+            listen = self.handover if knock.free else None
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._process = ctx.Process(target=_child_main, daemon=True,
-                                    args=(child, self.family_ref, self.mode, self.energy))
+                                    args=(child, self.family_ref, self.mode, self.energy,
+                                          listen, self.handover_wait_s))
         self._process.start()
         child.close()
         self._conn = parent
@@ -317,6 +360,9 @@ class IsolatedWorker:
         if self._process is not None and self._process.is_alive():
             self._process.kill()
             self._process.join(timeout=10)
+        elif self._pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self._pid, signal.SIGKILL)
         self._forget()
 
     def _forget(self) -> None:
@@ -324,6 +370,7 @@ class IsolatedWorker:
             self._conn.close()
         self._conn = None
         self._process = None
+        self._pid = None
 
     def stop(self) -> None:
         if self._conn is not None:
@@ -331,4 +378,11 @@ class IsolatedWorker:
                 self._conn.send(None)
             if self._process is not None:
                 self._process.join(timeout=10)
+            elif self._pid is not None:  # not this process's child: it cannot be joined
+                deadline = time.monotonic() + 10
+                while process_alive(self._pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not process_alive(self._pid):
+                    self._pid = None  # gone: nothing to kill (its number may be reused)
         self.kill()
+

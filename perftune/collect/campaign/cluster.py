@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from perftune.collect.campaign.tasks import CHUNKS_IN_FLIGHT
+from perftune.collect.campaign.tasks import CHUNKS_IN_FLIGHT, HANDOVER_DIR_ENV
 from perftune.errors import PerftuneInputError
 
 # A worker's isolated launch process and compile pool are child processes: the default
@@ -91,15 +93,24 @@ def connect(target: str, *, interpret: bool | None = None, workers: int | None =
     if target == "local":
         from distributed import Scheduler, SpecCluster
 
+        # A nanny forks its worker from a server that has imported Dask, not a new Python
+        # that imports it again: a killed worker is back in a fraction of a second.
+        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+        # where a killed worker's measuring processes wait for the worker that replaces it
+        handover = tempfile.mkdtemp(prefix="perftune-")
         specs = worker_specs(interpret=interpret, workers=workers, gpus=visible_gpus(),
-                             env=env)
-        cluster = SpecCluster(workers=specs, scheduler={
-            "cls": Scheduler, "options": {"dashboard_address": dashboard}},
-            name="perftune-campaign", silence_logs=logging.ERROR)
-        client = Client(cluster)
+                             env={**(env or {}), HANDOVER_DIR_ENV: handover})
+        try:
+            cluster = SpecCluster(workers=specs, scheduler={
+                "cls": Scheduler, "options": {"dashboard_address": dashboard}},
+                name="perftune-campaign", silence_logs=logging.ERROR)
+            client = Client(cluster)
+        except BaseException:
+            shutil.rmtree(handover, ignore_errors=True)
+            raise
         kind = "GPU" if next(iter(specs)).startswith("gpu") else "CPU (Triton interpreter)"
         return Connection(client, f"local: {len(specs)} {kind} worker(s)",
-                          _closer(client, cluster))
+                          _closer(client, cluster, handover))
     if target == "slurm":
         cluster = slurm_cluster(slurm or {})
         cluster.scale(jobs=int((slurm or {}).get("jobs", 1)))
@@ -116,12 +127,16 @@ def connect(target: str, *, interpret: bool | None = None, workers: int | None =
                              f"such as tcp://host:8786")
 
 
-def _closer(client: Any, cluster: Any) -> Callable[[], None]:
+def _closer(client: Any, cluster: Any, folder: str | None = None) -> Callable[[], None]:
     def close() -> None:
         try:
             client.close()
         finally:
-            cluster.close()
+            try:
+                cluster.close()
+            finally:
+                if folder:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     return close
 

@@ -12,6 +12,9 @@ wrong is handled where it happens:
 - a worker lost, or failing, ``quarantine_after`` times: retired and named in ``status``;
 - the driver killed: ``perftune campaign resume RUN`` re-plans from the store and measures
   only what is missing;
+- the end of a run, when a worker is idle while a chunk waits behind another on a busy one:
+  the chunk is measured on the idle worker too, the first copy back counts and the other is
+  cancelled;
 - a stop request (SIGINT, SIGTERM): what arrived is written, the run is closed interrupted.
 """
 
@@ -31,6 +34,7 @@ from typing import Any
 from perftune.collect.campaign.cluster import Connection
 from perftune.collect.campaign.spec import Campaign, Sweep, parse_spec
 from perftune.collect.campaign.tasks import (
+    CHUNKS_IN_FLIGHT,
     PLUGIN_NAME,
     DeviceProbe,
     measure_chunk,
@@ -49,6 +53,9 @@ from perftune.errors import PerftuneInputError
 from perftune.store.db import Store
 
 _TRIES = 3  # a chunk that fails this many times is given up (resume tries it again)
+# A chunk carries the configs of the chunks planned after it, this many per worker, for its
+# worker to compile ahead: binaries a later problem needs first are ready when it comes.
+_AHEAD_PER_WORKER = 4
 _FLUSH_ROWS = 256
 _FLUSH_S = 5.0
 
@@ -79,6 +86,7 @@ class RunSummary:
     chunks: int = 0
     chunks_done: int = 0
     chunks_given_up: int = 0
+    chunks_copied: int = 0  # chunks measured on an idle worker too, at the end of the run
     workers_lost: int = 0
     quarantined: list[str] = field(default_factory=list)
     devices: dict[str, int] = field(default_factory=dict)  # device id -> workers
@@ -167,6 +175,10 @@ class Driver:
         self.devices: dict[str, dict[str, Any]] = {}
         self.device_of: dict[str, str] = {}  # worker name -> device id
         self.bare: list[SweepSpec] = []  # each sweep's spec as its chunks carry it
+        self.work: list[Chunk] = []
+        self.ahead = 0  # chunks whose configs a chunk carries to compile ahead
+        self.futures: dict[str, Any] = {}  # key -> future, of the chunks not back yet
+        self.copies: dict[int, set[str]] = {}  # chunk index -> keys of its copies not back
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -308,6 +320,8 @@ class Driver:
             return True
         pending: dict[str, Chunk] = {}
         waiting = as_completed()
+        self.work = work
+        self.ahead = _AHEAD_PER_WORKER * max(1, len(self.addresses))
         for chunk in work:
             waiting.add(self._submit(chunk, pending))
         complete = True
@@ -317,8 +331,14 @@ class Driver:
                 return False
             if waiting.has_ready():
                 for future in waiting.next_batch(block=False):
-                    chunk = pending.pop(future.key)
-                    retry = self._collect(future, chunk)
+                    back = pending.pop(future.key, None)
+                    if back is None:  # a copy cancelled once the other was back
+                        continue
+                    self._forget(future.key, back)
+                    if future.status != "finished" and self.copies.get(back.index):
+                        continue  # a copy failed while another is measured: that one counts
+                    self._cancel_copies(back, pending)
+                    retry = self._collect(future, back)
                     if retry is not None:
                         waiting.add(self._submit(retry, pending))
                     elif future.status != "finished":
@@ -329,19 +349,74 @@ class Driver:
                 if self._stranded(pending):
                     complete = False
                     break
+                for copy in self._copy_waiting(pending):
+                    waiting.add(copy)
             if self._flush_due():
                 self._flush()
         self._watch_workers()  # once more: a worker lost while results kept arriving counts too
         return complete
 
-    def _submit(self, chunk: Chunk, pending: dict[str, Chunk]) -> Any:
-        chunk.tries += 1
+    def _submit(self, chunk: Chunk, pending: dict[str, Chunk], *,
+                worker: str | None = None) -> Any:
+        """Send a chunk to a worker of its device (with ``worker``: a copy, to that one)."""
+        if worker is None:
+            chunk.tries += 1
+        key = f"perftune-{self.run_id}-{chunk.index}-{chunk.tries}" + ("-copy" if worker else "")
         future = self.client.submit(
             measure_chunk, chunk.spec, list(chunk.items), chunk.campaign_id,
-            key=f"perftune-{self.run_id}-{chunk.index}-{chunk.tries}",
-            resources={resource_of(chunk.device_id): 1}, pure=False)
+            [] if worker else self._ahead_of(chunk), key=key,
+            resources={resource_of(chunk.device_id): 1}, pure=False,
+            workers=[worker] if worker else None, allow_other_workers=False)
         pending[future.key] = chunk
+        self.futures[future.key] = future
+        self.copies.setdefault(chunk.index, set()).add(future.key)
         return future
+
+    def _forget(self, key: str, chunk: Chunk) -> None:
+        self.futures.pop(key, None)
+        self.copies.get(chunk.index, set()).discard(key)
+
+    def _cancel_copies(self, chunk: Chunk, pending: dict[str, Chunk]) -> None:
+        """Cancel the chunk's other copies: one came back."""
+        keys = self.copies.pop(chunk.index, set())
+        futures = [self.futures.pop(key) for key in keys if key in self.futures]
+        for key in keys:
+            pending.pop(key, None)
+        if futures:
+            self.client.cancel(futures)
+
+    def _copy_waiting(self, pending: dict[str, Chunk]) -> list[Any]:
+        """At the end of the run (no chunk queued for a free slot), send each idle worker a
+        copy of a chunk of its device that waits behind another on a busy worker: it is
+        measured at once instead of after that one."""
+        if len(pending) > CHUNKS_IN_FLIGHT * max(1, len(self.addresses)):
+            return []
+        processing = {address: list(keys) for address, keys in self.client.processing().items()}
+        names = {address: name for name, address in self.addresses.items()
+                 if name not in self.quarantined}
+        idle = [address for address, keys in processing.items()
+                if not keys and address in names]
+        held = [(chunk, address) for address, keys in processing.items() if len(keys) > 1
+                for key in keys if (chunk := pending.get(key)) is not None
+                and len(self.copies.get(chunk.index, ())) == 1]
+        held.sort(key=lambda pair: -pair[0].index)  # sent last: most likely not timed yet
+        copies = []
+        for address in idle:
+            device_id = self.device_of.get(names[address])
+            for index, (chunk, _) in enumerate(held):
+                if chunk.device_id == device_id:
+                    del held[index]
+                    copies.append(self._submit(chunk, pending, worker=address))
+                    self.summary.chunks_copied += 1
+                    break
+        return copies
+
+    def _ahead_of(self, chunk: Chunk) -> list[Planned]:
+        """The configs of the chunks planned next after this one, of its sweep setting and
+        device, to compile ahead."""
+        later = self.work[chunk.index + 1:chunk.index + 1 + self.ahead]
+        return [item for other in later if other.spec == chunk.spec
+                and other.device_id == chunk.device_id for item in other.items]
 
     def _collect(self, future: Any, chunk: Chunk) -> Chunk | None:
         """Take a finished chunk's rows; a failed chunk is returned to try again."""
@@ -377,7 +452,7 @@ class Driver:
         return None
 
     def _cancel(self, pending: dict[str, Chunk]) -> None:
-        futures = [f for f in self.client.futures.values() if f.key in pending]
+        futures = [self.futures[key] for key in pending if key in self.futures]
         if futures:
             self.client.cancel(futures)
 

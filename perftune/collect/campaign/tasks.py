@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import hashlib
 import logging
 import multiprocessing as mp
+import os
+import re
 import socket
 import threading
 import time
@@ -32,6 +35,7 @@ from distributed import WorkerPlugin, get_worker
 from perftune.collect.sweep import Bench, Planned, SweepSpec
 
 PLUGIN_NAME = "perftune-device"
+HANDOVER_DIR_ENV = "PERFTUNE_HANDOVER_DIR"  # where a worker's measuring processes wait when it dies
 CHUNKS_IN_FLIGHT = 2  # chunks a worker holds at once (its threads): one timed, one compiling
 _BENCHES_KEPT = 2  # benches (isolated device processes) a worker keeps for sweeps in flight
 
@@ -61,6 +65,18 @@ def _bench_key(spec: SweepSpec) -> str:
                  if name != "problems"})
 
 
+def handover_path(worker_name: str, spec: SweepSpec) -> str | None:
+    """Where this worker's measuring process for ``spec`` waits to be taken over, should the
+    worker die: in the directory :data:`HANDOVER_DIR_ENV` names (none without it), by the
+    worker's name, which its nanny gives the worker it starts next, and the spec's setting."""
+    folder = os.environ.get(HANDOVER_DIR_ENV)
+    if not folder or not worker_name:
+        return None
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", worker_name)[:40]
+    setting = hashlib.sha256(_bench_key(spec).encode()).hexdigest()[:12]
+    return os.path.join(folder, f"{name}-{setting}.sock")
+
+
 class DeviceProbe(WorkerPlugin):
     """Warms the worker up when it starts (a restarted worker too) and keeps the worker's
     benches, one per sweep setting, the oldest idle one closed beyond a few.
@@ -88,6 +104,7 @@ class DeviceProbe(WorkerPlugin):
         self._fresh()
 
     def _fresh(self) -> None:
+        self.worker_name = ""
         self.failure: str | None = None
         self.warmup: dict[str, Any] = {}
         self.warming: asyncio.Task[None] | None = None
@@ -106,6 +123,7 @@ class DeviceProbe(WorkerPlugin):
 
     async def setup(self, worker: Any) -> None:
         self.warmup["setup"] = time.monotonic()
+        self.worker_name = str(getattr(worker, "name", "") or "")
         self.warming = asyncio.create_task(self._warm_then_offer(worker))
 
     async def _warm_then_offer(self, worker: Any) -> None:
@@ -128,13 +146,15 @@ class DeviceProbe(WorkerPlugin):
             spec, bench = self.warm[0], None
             try:
                 started = time.monotonic()
-                bench = Bench(spec)
-                pool = bench.start_compiling()  # its processes start while the bench starts
-                self._time_pool(pool, started)
-                self.warmup["pool_start_method"] = (bench.precompiler.start_method
-                                                    if bench.precompiler else None)
-                bench.start()
+                bench = self._new_bench(spec)
+                if bench.predecessor_waits:  # take it over first: that takes no time
+                    bench.start()
+                    self._start_pool(bench, started)
+                else:  # the pool's processes start while the bench's does
+                    self._start_pool(bench, started)
+                    bench.start()
                 self.warmup["bench_s"] = time.monotonic() - started
+                self.warmup["taken_over"] = bench.worker.taken_over > 0
             except Exception as exc:  # its chunks will fail and say why; learn the device
                 logger.warning("warming up: %s: %s", type(exc).__name__, exc)
                 if bench is not None:
@@ -147,6 +167,14 @@ class DeviceProbe(WorkerPlugin):
                         self.benches[_bench_key(spec)] = bench
                 return bench.device
         return probe_device(self.interpret)
+
+    def _new_bench(self, spec: SweepSpec) -> Bench:
+        return Bench(spec, handover=handover_path(self.worker_name, spec))
+
+    def _start_pool(self, bench: Bench, started: float) -> None:
+        self._time_pool(bench.start_compiling(), started)
+        self.warmup["pool_start_method"] = (bench.precompiler.start_method
+                                            if bench.precompiler else None)
 
     def _time_pool(self, pool: Sequence[concurrent.futures.Future[None]],
                    started: float) -> None:
@@ -182,7 +210,7 @@ class DeviceProbe(WorkerPlugin):
             bench = self.benches.pop(key, None)
             if bench is None:
                 self._close_idle(_BENCHES_KEPT - 1)
-                bench = Bench(spec)
+                bench = self._new_bench(spec)
                 try:
                     bench.precompile(items)  # the pool compiles while the worker starts
                     with self.device_lock:  # a new device process: not while one is timed
@@ -210,15 +238,26 @@ class DeviceProbe(WorkerPlugin):
                 self.benches.pop(key).close()
 
 
+def _cancelled(worker: Any) -> bool:
+    """Whether the driver cancelled the task this thread runs."""
+    try:
+        task = worker.state.tasks.get(worker.get_current_task())
+    except Exception:  # not a task of this worker's (called outside one)
+        return False
+    return task is None or task.state == "cancelled"
+
+
 class ChunkFailed(RuntimeError):
     """A chunk could not be measured on a worker (its device would not start, or is not the
     device it was planned for); the message starts with the worker's name."""
 
 
-def measure_chunk(spec: SweepSpec, items: Sequence[Planned], campaign_id: str) -> dict[str, Any]:
+def measure_chunk(spec: SweepSpec, items: Sequence[Planned], campaign_id: str,
+                  ahead: Sequence[Planned] = ()) -> dict[str, Any]:
     """Measure one chunk on this worker: its rows, who measured them, and when (``arrived``,
     and ``timed``: from and to, ``time.monotonic`` of the worker's host), and how much of
-    that it waited for its configs to compile (``compile_wait_s``)."""
+    that it waited for its configs to compile (``compile_wait_s``). The configs of ``ahead``
+    (chunks planned next) are compiled after the chunk's own, not measured."""
     arrived = time.monotonic()
     worker = get_worker()
     where = f"{socket.gethostname()}/{worker.name}"
@@ -226,11 +265,13 @@ def measure_chunk(spec: SweepSpec, items: Sequence[Planned], campaign_id: str) -
     if not isinstance(probe, DeviceProbe) or probe.device is None:
         raise ChunkFailed(f"{where}: the worker has not learned its device")
     try:
-        with probe.bench(spec, items) as bench:
+        with probe.bench(spec, [*items, *ahead]) as bench:
             if bench.device["device_id"] != probe.device["device_id"]:
                 raise ChunkFailed(f"{where}: measures on {bench.device['device_id']}, "
                                   f"not {probe.device['device_id']}")
             with probe.device_lock:
+                if _cancelled(worker):  # a copy whose other copy came back while it waited
+                    return {"rows": [], "worker": where, "cancelled": True}
                 started, waited = time.monotonic(), bench.compile_wait_s
                 rows = bench.measure_chunk(items, campaign_id)
                 timed = (started, time.monotonic())
