@@ -495,6 +495,7 @@ jobs = 4
     assert "#SBATCH -p gpu" in script and "#SBATCH -A perf" in script
     assert "#SBATCH --gres=gpu:h200:1" in script and "#SBATCH -t 02:00:00" in script
     assert "export DASK_DISTRIBUTED__WORKER__DAEMON=False" in script
+    assert 'export PERFTUNE_HANDOVER_DIR="$(mktemp -d)"' in script
     assert f"--nthreads {CHUNKS_IN_FLIGHT}" in script
     with pytest.raises(PerftuneInputError, match=r"\[slurm\] settings"):
         slurm_cluster({"no_such_option": 1})

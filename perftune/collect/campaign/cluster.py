@@ -159,6 +159,9 @@ def slurm_cluster(options: Mapping[str, Any]) -> Any:
                                  "'perftune[cluster]'") from None
     settings = {**SLURM_DEFAULTS, **{k: v for k, v in options.items() if k != "jobs"}}
     prologue = [f"export {name}={value}" for name, value in WORKER_ENV.items()]
+    # a private folder per job, where a killed worker's measuring process waits for the
+    # worker the nanny starts next
+    prologue.append(f'export {HANDOVER_DIR_ENV}="$(mktemp -d)"')
     settings["job_script_prologue"] = [*prologue, *settings.get("job_script_prologue", [])]
     try:
         return SLURMCluster(**settings)

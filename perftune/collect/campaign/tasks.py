@@ -7,9 +7,11 @@ so that work planned for a device type reaches only workers of that type (the po
 be starting: a chunk's configs wait in its queue). A chunk (configs of one problem)
 is measured by the single-GPU collector's :class:`Bench`: the same reference check, isolated
 launches, timing rounds and NVML energy, with compilation shared inside the worker. A worker
-holds :data:`CHUNKS_IN_FLIGHT` chunks at once and times one at a time: while one chunk is
-timed, the next one's configs compile. The rows go back to the driver; a worker never opens
-the store.
+holds :data:`CHUNKS_IN_FLIGHT` chunks at once and times one at a time; each chunk's configs,
+and those of the chunks planned after it, go to the compile pool as it arrives. The rows go
+back to the driver; a worker never opens the store. Where :data:`HANDOVER_DIR_ENV` names a
+folder, a worker's measuring process waits there when the worker dies, for the worker its nanny
+starts next to take it over (:mod:`perftune.collect.handover`).
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ class DeviceProbe(WorkerPlugin):
     benches, one per sweep setting, the oldest idle one closed beyond a few.
 
     With ``warm`` (the campaign's sweep specs, without problems), the bench of the first one
-    is started, its compile pool (GPU) beside it, and its device is the worker's; without, or
+    is started, its compile pool (GPU) beside it, and its device is the worker's (a measuring
+    process left by the worker's killed predecessor is taken over first); without, or
     if that bench fails to start, the device is learned in a short-lived process. This runs
     in the background (``warming``): a worker restarted by its nanny must finish starting
     within the nanny's timeout, while warming up may take longer. The worker sets ``device``
