@@ -39,7 +39,9 @@ process was set up; whether it took over the killed worker's measuring process,
 ``taken_over``; seconds until it offered its device, received its first chunk and started
 timing it: ``downtime_s``; the timing lost with the killed process, ``lost_timing_s``; then
 the seconds of measuring left once it offered its device, and the share of them it spent
-timing chunks). Times on workers are ``time.monotonic`` of the host, the driver's clock on a
+timing chunks), and ``events``: what the run recorded of its workers (``campaign_events``:
+``worker_lost`` with the worker's address before and after, ``chunk_failed``, ...). Times on
+workers are ``time.monotonic`` of the host, the driver's clock on a
 local cluster. Without two GPUs it runs on CPU workers under the Triton interpreter (a smoke
 test: ``--spec campaigns/example-cpu.toml``; nothing is written unless ``--out`` is given).
 """
@@ -92,6 +94,8 @@ def one_run(spec_path: Path, workers: int, work: Path, kill_at: float | None,
             counts = store.query("SELECT count(*) AS rows, count(DISTINCT key) AS keys, "
                                  "count(*) FILTER (WHERE status = 'ok') AS ok "
                                  "FROM measurements").iloc[0]
+            events = store.query("SELECT event, worker, detail FROM campaign_events "
+                                 "ORDER BY key").to_dict("records")
         warmups = _warmups(connection.client)
     finally:
         connection.close()
@@ -110,7 +114,8 @@ def one_run(spec_path: Path, workers: int, work: Path, kill_at: float | None,
             "per_minute_elapsed": (summary.written / summary.elapsed_s * 60
                                    if summary.elapsed_s else 0.0),
             "killed": killed or None, "interrupted": summary.interrupted,
-            "per_worker": per_worker, "restart": _restart(summary, warmups, killed)}
+            "per_worker": per_worker, "restart": _restart(summary, warmups, killed),
+            "events": events}
 
 
 def _warmups(client: Any) -> dict[str, dict[str, Any]]:
