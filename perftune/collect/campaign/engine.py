@@ -396,14 +396,14 @@ class Driver:
                  if name not in self.quarantined}
         idle = [address for address, keys in processing.items()
                 if not keys and address in names]
-        held = [(chunk, address) for address, keys in processing.items() if len(keys) > 1
+        held = [chunk for keys in processing.values() if len(keys) > 1
                 for key in keys if (chunk := pending.get(key)) is not None
                 and len(self.copies.get(chunk.index, ())) == 1]
-        held.sort(key=lambda pair: -pair[0].index)  # sent last: most likely not timed yet
+        held.sort(key=lambda chunk: -chunk.index)  # sent last: most likely not timed yet
         copies = []
         for address in idle:
             device_id = self.device_of.get(names[address])
-            for index, (chunk, _) in enumerate(held):
+            for index, chunk in enumerate(held):
                 if chunk.device_id == device_id:
                     del held[index]
                     copies.append(self._submit(chunk, pending, worker=address))

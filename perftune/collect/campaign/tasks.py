@@ -38,7 +38,7 @@ from perftune.collect.sweep import Bench, Planned, SweepSpec
 
 PLUGIN_NAME = "perftune-device"
 HANDOVER_DIR_ENV = "PERFTUNE_HANDOVER_DIR"  # where a worker's measuring processes wait when it dies
-CHUNKS_IN_FLIGHT = 2  # chunks a worker holds at once (its threads): one timed, one compiling
+CHUNKS_IN_FLIGHT = 2  # chunks a worker holds at once (its threads): one timed, one waiting
 _BENCHES_KEPT = 2  # benches (isolated device processes) a worker keeps for sweeps in flight
 
 logger = logging.getLogger(__name__)
@@ -255,6 +255,11 @@ class ChunkFailed(RuntimeError):
     device it was planned for); the message starts with the worker's name."""
 
 
+class ChunkCancelled(RuntimeError):
+    """A chunk's task was cancelled while it waited for the device (a copy whose other copy
+    came back): not measured, and not the worker's fault."""
+
+
 def measure_chunk(spec: SweepSpec, items: Sequence[Planned], campaign_id: str,
                   ahead: Sequence[Planned] = ()) -> dict[str, Any]:
     """Measure one chunk on this worker: its rows, who measured them, and when (``arrived``,
@@ -274,13 +279,13 @@ def measure_chunk(spec: SweepSpec, items: Sequence[Planned], campaign_id: str,
                                   f"not {probe.device['device_id']}")
             with probe.device_lock:
                 if _cancelled(worker):  # a copy whose other copy came back while it waited
-                    return {"rows": [], "worker": where, "cancelled": True}
+                    raise ChunkCancelled(f"{where}: cancelled while it waited for the device")
                 started, waited = time.monotonic(), bench.compile_wait_s
                 rows = bench.measure_chunk(items, campaign_id)
                 timed = (started, time.monotonic())
                 compile_wait_s = bench.compile_wait_s - waited
                 restarts = bench.worker.restarts
-    except ChunkFailed:
+    except (ChunkFailed, ChunkCancelled):
         raise
     except Exception as exc:
         raise ChunkFailed(f"{where}: {type(exc).__name__}: {exc}") from None
