@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from perftune.collect.families._base import Config, KernelFamily
+from perftune.collect.handover import process_alive
 from perftune.collect.problems import Problem
 
 _family: KernelFamily | None = None
@@ -85,14 +86,9 @@ def _set_up_device() -> None:
 def _exit_without(owner: int) -> None:
     """Exit once the process that owns the pool is gone (killed: a pool process waits for work
     forever otherwise, holding its memory and, on a GPU, its CUDA context)."""
-    while True:
+    while process_alive(owner):
         time.sleep(1.0)
-        try:
-            os.kill(owner, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except OSError:  # exists, not ours to signal
-            pass
+    os._exit(0)
 
 
 ELSEWHERE = "\0compiling elsewhere"  # a pool process's answer: another process claimed it
