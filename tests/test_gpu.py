@@ -160,3 +160,23 @@ def test_autotune_compiles_at_once_screens_and_times_finalists_in_full(tmp_path)
     assert tuned.best_config in tuned.configs_timings
     _doubles(tuned, 1 << 21)  # a new key: the configs left out earlier are ready, or wait
     assert tuned.history[-1]["measured"] + tuned.history[-1]["left_out"] == 20
+
+
+def test_trimmed_spin_times_a_matmul_like_the_whole_lead():
+    """After its first repetitions, the timer spins only what the call's GPU work leaves short
+    of the lead; the call times the same."""
+    from perftune.collect.timers.cuda_events import CudaEventTimer
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+    out = torch.empty_like(a)
+
+    def call():
+        torch.matmul(a, a, out=out)
+
+    medians: dict[bool, list[float]] = {}
+    for trim in (False, True, False, True):
+        timer = CudaEventTimer(trim_lead=trim, min_reps=100, max_reps=100)
+        medians.setdefault(trim, []).append(timer.time(call).median_ms)
+    whole, trimmed = min(medians[False]), min(medians[True])
+    assert abs(trimmed / whole - 1) < 0.05, medians
+    assert timer._own_ms(call) is not None and timer._own_ms(lambda: None) is None

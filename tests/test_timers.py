@@ -85,3 +85,16 @@ def test_nvml_reads_the_gpu_cuda_pins_not_nvml_index_zero() -> None:
         assert nvml_handle(nvml, 0) == "handle1"
         env.delenv("CUDA_VISIBLE_DEVICES")
         assert nvml_handle(nvml, 0) == "handle0"
+
+
+def test_held_stream_spins_the_whole_lead_first_then_what_the_gpu_work_leaves() -> None:
+    from perftune.collect.timers.cuda_events import FULL_LEAD_REPS, spins_ms
+
+    reps = FULL_LEAD_REPS + 6
+    assert spins_ms(reps, 0.1, None) == [0.1] * reps  # a function not timed before
+    spins = spins_ms(reps, 0.1, 0.03)
+    assert spins[:FULL_LEAD_REPS] == [0.1] * FULL_LEAD_REPS
+    assert spins[FULL_LEAD_REPS:] == pytest.approx([0.07] * 6)
+    assert all(spin + 0.03 >= 0.1 - 1e-12 for spin in spins)  # the GPU never falls behind
+    assert spins_ms(reps, 0.1, 0.5)[FULL_LEAD_REPS:] == [0.0] * 6  # longer work: no spin
+    assert spins_ms(2, 0.1, 0.5) == [0.1, 0.1]
