@@ -393,6 +393,53 @@ def test_compile_pools_of_a_host_compile_each_binary_once(tmp_path: Path) -> Non
     assert seen["queued"] == [False] * 4  # noted done: nothing to queue
 
 
+_DEAD_CLAIM = """
+import concurrent.futures, json, subprocess, sys
+from perftune.collect.compile import Claims, Precompiler
+from perftune.collect.families import load_family
+from perftune.collect.problems import parse_problem
+
+ref = "tests.helpers:LoggedCompileGemm"
+family = load_family(ref)
+problem = parse_problem("m=16,n=32,k=32", family.dims, "fp16")
+items = [(problem, "triton", {"BLOCK_M": 16, "BLOCK_N": n, "BLOCK_K": 16, "GROUP_M": 1,
+                              "num_warps": 1, "num_stages": 1}) for n in (32, 48)]
+pool = Precompiler(family, ref, 2)
+concurrent.futures.wait(pool.start(), timeout=120)  # its processes take the configs at once
+claims = [pool.claims.of(pool._key(*item)) for item in items]
+holder = subprocess.Popen([sys.executable, "-c",  # another pool's processes, killed compiling
+    "import fcntl, os, sys, time\\n"
+    "for claim in sys.argv[1:]:\\n"
+    "    fcntl.flock(os.open(claim + '.lock', os.O_CREAT | os.O_RDWR), fcntl.LOCK_EX)\\n"
+    "print('held', flush=True); time.sleep(1.5); os._exit(9)", *claims],
+    stdout=subprocess.PIPE, text=True)
+assert holder.stdout.readline().strip() == "held"
+pool.submit(items)
+first = pool._futures[pool._key(*items[1])]
+answers = [pool.wait(*items[0])]
+retaken_at_once = pool._futures[pool._key(*items[1])] is not first
+answers.append(pool.wait(*items[1]))
+print(json.dumps({"answers": answers, "done": [Claims.done(c) for c in claims],
+                  "retaken_at_once": retaken_at_once, "holder": holder.wait()}))
+pool.close()
+"""
+
+
+def test_a_claim_whose_compiler_died_is_compiled_by_the_waiting_pool(tmp_path: Path) -> None:
+    """A killed worker's pool leaves the configs it was compiling unfinished: the pool that
+    waited for one compiles all of them at once, rather than the timing process one by one."""
+    log = tmp_path / "compiled.log"
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "cache"),
+           "PERFTUNE_TEST_COMPILE_LOG": str(log)}
+    done = subprocess.run([sys.executable, "-c", _DEAD_CLAIM], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"answers": [None, None], "done": [True, True], "retaken_at_once": True,
+                    "holder": 9}
+    assert sorted(log.read_text().split()) == ["32", "48"]  # each compiled once, by the pool
+
+
 _POOL_OWNER = """
 import concurrent.futures, os, time
 from perftune.collect.compile import Precompiler

@@ -139,6 +139,7 @@ def default_workers() -> int:
 
 
 _RENEWALS = 3  # broken pools a Precompiler replaces
+_RETAKES = 3  # claims a Precompiler takes over from compilers that died, per config
 _PRELOADED = ("torch", "triton")  # what every family's compiling imports
 _server_lock = threading.Lock()
 _server: tuple[int | None, dict[str, str], str] | None = None  # ours: pid, environment, cwd
@@ -267,6 +268,7 @@ class Precompiler:
         self._pool = self._new_pool()
         self._renewals = 0
         self._futures: dict[Hashable, Future[str | None]] = {}
+        self._items: dict[Hashable, tuple[Problem, str, Config]] = {}
         self.claims = Claims.beside_triton_cache(family_ref)
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -307,6 +309,7 @@ class Precompiler:
             key = self._key(problem, dataflow, config)
             if key in self._futures:
                 continue
+            self._items[key] = (problem, dataflow, config)
             claim = self.claims.of(key) if self.claims else None
             if claim is not None and Claims.done(claim):
                 done: Future[str | None] = Future()
@@ -331,18 +334,41 @@ class Precompiler:
         """Block until this config is compiled, here or by another process of the host;
         returns the compile error, if any."""
         key = self._key(problem, dataflow, config)
-        future = self._futures.get(key)
-        if future is None:
-            return None
-        try:
-            error = future.result()
-        except Exception as exc:  # a pool process died: let the worker compile it itself
-            return None if "BrokenProcessPool" in type(exc).__name__ else str(exc)
-        if error == ELSEWHERE and self.claims is not None:
+        for _ in range(_RETAKES + 1):
+            future = self._futures.get(key)
+            if future is None:
+                return None
+            try:
+                error = future.result()
+            except Exception as exc:  # a pool process died: let the worker compile it itself
+                return None if "BrokenProcessPool" in type(exc).__name__ else str(exc)
+            if error != ELSEWHERE or self.claims is None:
+                return error
             claim = self.claims.of(key)
             with Claims.hold(claim, wait=True, shared=True):  # until the other is done
-                return Claims.error(claim)
-        return error
+                if Claims.done(claim):
+                    return Claims.error(claim)
+            # Its compiler died first (a killed worker's pool, whose other configs are then
+            # abandoned too): compile them in this pool, all at once, rather than leave them
+            # to the timing process, which would compile each while its GPU waits.
+            self._retake_abandoned()
+        return None
+
+    def _retake_abandoned(self) -> None:
+        """Queue again the configs left to other compilers that died before they were done."""
+        assert self.claims is not None
+        abandoned = []
+        for key, future in list(self._futures.items()):
+            if (not future.done() or future.cancelled() or future.exception() is not None
+                    or future.result() != ELSEWHERE):
+                continue
+            claim = self.claims.of(key)
+            with Claims.hold(claim, shared=True) as free:  # not if one compiles it now
+                if free and not Claims.done(claim):
+                    abandoned.append(key)
+        for key in abandoned:
+            del self._futures[key]
+        self.submit([self._items[key] for key in abandoned])
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
