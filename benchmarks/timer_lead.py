@@ -116,7 +116,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", type=int, default=12,
                         help="how many of the scaling campaign's problems (default 12)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "timer_lead.json")
+    parser.add_argument("--results", type=Path, default=RESULTS / "timer_lead.json",
+                        help="where to write the figures (default: "
+                             "benchmarks/results/timer_lead.json)")
     args = parser.parse_args()
     import torch
 
@@ -145,8 +147,8 @@ def main() -> None:
                                        - 1) <= AGREEMENT for load in loads),
               "wall_ratio_idle": idle["wall_ratio_trimmed_to_whole"],
               "loads": loads}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "loads"}, indent=2))
 
 
