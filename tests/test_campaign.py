@@ -378,15 +378,21 @@ print(json.dumps({"answers": answers, "queued": queued}))
 """
 
 
-def test_compile_pools_of_a_host_compile_each_binary_once(tmp_path: Path) -> None:
+def _logged_compiles(tmp_path: Path, script: str) -> tuple[dict[str, Any], list[str]]:
+    """Run a script of compile pools with a Triton cache of its own: what it printed last
+    (JSON), and the configs' BLOCK_N that LoggedCompileGemm compiled, in order."""
     log = tmp_path / "compiled.log"
     env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "cache"),
            "PERFTUNE_TEST_COMPILE_LOG": str(log)}
-    done = subprocess.run([sys.executable, "-c", _SHARED_POOLS], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    compiled = sorted(int(n) for n in log.read_text().split())
+    return json.loads(done.stdout.strip().splitlines()[-1]), log.read_text().split()
+
+
+def test_compile_pools_of_a_host_compile_each_binary_once(tmp_path: Path) -> None:
+    seen, logged = _logged_compiles(tmp_path, _SHARED_POOLS)
+    compiled = sorted(int(n) for n in logged)
     assert compiled == [16, 32, 48, 64]  # one compile per config over all three pools
     for answers in seen["answers"]:  # each has the failed one's error
         assert answers == [None, None, None, "ValueError: no such tile"]
@@ -428,16 +434,10 @@ pool.close()
 def test_a_claim_whose_compiler_died_is_compiled_by_the_waiting_pool(tmp_path: Path) -> None:
     """A killed worker's pool leaves the configs it was compiling unfinished: the pool that
     waited for one compiles all of them at once, rather than the timing process one by one."""
-    log = tmp_path / "compiled.log"
-    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "cache"),
-           "PERFTUNE_TEST_COMPILE_LOG": str(log)}
-    done = subprocess.run([sys.executable, "-c", _DEAD_CLAIM], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen, logged = _logged_compiles(tmp_path, _DEAD_CLAIM)
     assert seen == {"answers": [None, None], "done": [True, True], "retaken_at_once": True,
                     "holder": 9}
-    assert sorted(log.read_text().split()) == ["32", "48"]  # each compiled once, by the pool
+    assert sorted(logged) == ["32", "48"]  # each compiled once, by the pool
 
 
 _POOL_OWNER = """
