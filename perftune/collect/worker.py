@@ -385,4 +385,3 @@ class IsolatedWorker:
                 if not process_alive(self._pid):
                     self._pid = None  # gone: nothing to kill (its number may be reused)
         self.kill()
-

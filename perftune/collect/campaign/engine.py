@@ -177,7 +177,7 @@ class Driver:
         self.bare: list[SweepSpec] = []  # each sweep's spec as its chunks carry it
         self.work: list[Chunk] = []
         self.ahead = 0  # chunks whose configs a chunk carries to compile ahead
-        self.futures: dict[str, Any] = {}  # key -> future, of the chunks not back yet
+        self.in_flight: dict[str, tuple[Chunk, Any]] = {}  # key -> chunk and its future
         self.copies: dict[int, set[str]] = {}  # chunk index -> keys of its copies not back
 
     # -- the run ------------------------------------------------------------------------------
@@ -318,46 +318,43 @@ class Driver:
 
         if not work:
             return True
-        pending: dict[str, Chunk] = {}
         waiting = as_completed()
         self.work = work
         self.ahead = _AHEAD_PER_WORKER * max(1, len(self.addresses))
         for chunk in work:
-            waiting.add(self._submit(chunk, pending))
+            waiting.add(self._submit(chunk))
         complete = True
         while not waiting.is_empty():
             if self.stop.is_set():
-                self._cancel(pending)
+                self._cancel()
                 return False
             if waiting.has_ready():
                 for future in waiting.next_batch(block=False):
-                    back = pending.pop(future.key, None)
+                    back = self._forget(future.key)
                     if back is None:  # a copy cancelled once the other was back
                         continue
-                    self._forget(future.key, back)
                     if future.status != "finished" and self.copies.get(back.index):
                         continue  # a copy failed while another is measured: that one counts
-                    self._cancel_copies(back, pending)
+                    self._cancel_copies(back)
                     retry = self._collect(future, back)
                     if retry is not None:
-                        waiting.add(self._submit(retry, pending))
+                        waiting.add(self._submit(retry))
                     elif future.status != "finished":
                         complete = False
             else:
                 time.sleep(0.2)
                 self._watch_workers()
-                if self._stranded(pending):
+                if self._stranded():
                     complete = False
                     break
-                for copy in self._copy_waiting(pending):
+                for copy in self._copy_waiting():
                     waiting.add(copy)
             if self._flush_due():
                 self._flush()
         self._watch_workers()  # once more: a worker lost while results kept arriving counts too
         return complete
 
-    def _submit(self, chunk: Chunk, pending: dict[str, Chunk], *,
-                worker: str | None = None) -> Any:
+    def _submit(self, chunk: Chunk, *, worker: str | None = None) -> Any:
         """Send a chunk to a worker of its device (with ``worker``: a copy, to that one)."""
         if worker is None:
             chunk.tries += 1
@@ -367,29 +364,30 @@ class Driver:
             [] if worker else self._ahead_of(chunk), key=key,
             resources={resource_of(chunk.device_id): 1}, pure=False,
             workers=[worker] if worker else None, allow_other_workers=False)
-        pending[future.key] = chunk
-        self.futures[future.key] = future
+        self.in_flight[future.key] = (chunk, future)
         self.copies.setdefault(chunk.index, set()).add(future.key)
         return future
 
-    def _forget(self, key: str, chunk: Chunk) -> None:
-        self.futures.pop(key, None)
-        self.copies.get(chunk.index, set()).discard(key)
+    def _forget(self, key: str) -> Chunk | None:
+        """The chunk of a future that came back, no longer in flight (None: not in flight)."""
+        entry = self.in_flight.pop(key, None)
+        if entry is None:
+            return None
+        self.copies.get(entry[0].index, set()).discard(key)
+        return entry[0]
 
-    def _cancel_copies(self, chunk: Chunk, pending: dict[str, Chunk]) -> None:
+    def _cancel_copies(self, chunk: Chunk) -> None:
         """Cancel the chunk's other copies: one came back."""
         keys = self.copies.pop(chunk.index, set())
-        futures = [self.futures.pop(key) for key in keys if key in self.futures]
-        for key in keys:
-            pending.pop(key, None)
+        futures = [self.in_flight.pop(key)[1] for key in keys if key in self.in_flight]
         if futures:
             self.client.cancel(futures)
 
-    def _copy_waiting(self, pending: dict[str, Chunk]) -> list[Any]:
+    def _copy_waiting(self) -> list[Any]:
         """At the end of the run (no chunk queued for a free slot), send each idle worker a
         copy of a chunk of its device that waits behind another on a busy worker: it is
         measured at once instead of after that one."""
-        if len(pending) > CHUNKS_IN_FLIGHT * max(1, len(self.addresses)):
+        if len(self.in_flight) > CHUNKS_IN_FLIGHT * max(1, len(self.addresses)):
             return []
         processing = {address: list(keys) for address, keys in self.client.processing().items()}
         names = {address: name for name, address in self.addresses.items()
@@ -397,8 +395,8 @@ class Driver:
         idle = [address for address, keys in processing.items()
                 if not keys and address in names]
         held = [chunk for keys in processing.values() if len(keys) > 1
-                for key in keys if (chunk := pending.get(key)) is not None
-                and len(self.copies.get(chunk.index, ())) == 1]
+                for chunk in (self.in_flight[key][0] for key in keys if key in self.in_flight)
+                if len(self.copies.get(chunk.index, ())) == 1]
         held.sort(key=lambda chunk: -chunk.index)  # sent last: most likely not timed yet
         copies = []
         for address in idle:
@@ -406,7 +404,7 @@ class Driver:
             for index, chunk in enumerate(held):
                 if chunk.device_id == device_id:
                     del held[index]
-                    copies.append(self._submit(chunk, pending, worker=address))
+                    copies.append(self._submit(chunk, worker=address))
                     self.summary.chunks_copied += 1
                     break
         return copies
@@ -451,8 +449,8 @@ class Driver:
                     f"{chunk.tries} tries: {text}")
         return None
 
-    def _cancel(self, pending: dict[str, Chunk]) -> None:
-        futures = [self.futures[key] for key in pending if key in self.futures]
+    def _cancel(self) -> None:
+        futures = [future for _, future in self.in_flight.values()]
         if futures:
             self.client.cancel(futures)
 
@@ -504,7 +502,7 @@ class Driver:
                 except Exception as exc:  # it may be down already
                     self.notice(f"retiring {name}: {exc}")
 
-    def _stranded(self, pending: dict[str, Chunk]) -> bool:
+    def _stranded(self) -> bool:
         """Whether chunks wait for a device type that no live worker offers any more."""
         if not self.quarantined:
             return False
@@ -512,7 +510,7 @@ class Driver:
         for name, (_, info) in self._workers().items():
             if name not in self.quarantined:
                 offered.update(info.get("resources", {}))
-        stranded = {c.device_id for c in pending.values()
+        stranded = {c.device_id for c, _ in self.in_flight.values()
                     if resource_of(c.device_id) not in offered}
         for device_id in stranded:
             self.store.add_event(self.run_id, "stranded", device_id=device_id,
